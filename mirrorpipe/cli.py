@@ -1,0 +1,475 @@
+"""What every mirrorpipe command shares: sizes, errors and exit codes, progress, SIGPIPE, terminals.
+
+A command subclasses Command, declares its own options in add_arguments() and does its work in
+run(); Command.main() supplies the common flags (-h, --version, -q, -P, --debug), turns engine
+errors into one-line messages with the documented exit status, and sets up the standard streams.
+"""
+
+import argparse
+import fcntl
+import os
+import re
+import signal
+import socket
+import stat
+import sys
+import tempfile
+import threading
+import time
+
+from . import __version__
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Error, UsageError
+
+F_SETPIPE_SZ = 1031
+PIPE_BUFFER_SIZE = 1 << 20
+
+# ---------------------------------------------------------------------------------------------
+# Sizes
+
+_SIZE_UNITS = {"": 1, "B": 1}
+for _power, _letter in enumerate("KMGTPE", start=1):
+    _SIZE_UNITS[_letter] = 1024 ** _power
+    _SIZE_UNITS[_letter + "IB"] = 1024 ** _power
+    _SIZE_UNITS[_letter + "B"] = 1000 ** _power
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_size(text):
+    """'512' -> 512, '4K'/'4KiB' -> 4096 (powers of 1024), '1KB' -> 1000 (powers of 1000)."""
+    match = _SIZE_RE.match(text)
+    unit = match and _SIZE_UNITS.get(match.group(2).upper())
+    if not unit:
+        raise ValueError(
+            f"invalid size {text!r}: use a number with an optional suffix, e.g. 512, 4K, 1M, 1G "
+            "(powers of 1024) or 1KB, 1MB, 1GB (powers of 1000)")
+    value = float(match.group(1)) * unit if "." in match.group(1) else int(match.group(1)) * unit
+    if value != int(value):
+        raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
+    return int(value)
+
+
+def size_argument(text):
+    """argparse type for sizes; argparse turns the ValueError into a usage error."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def format_size(count):
+    """Bytes in the largest binary unit that keeps a number ≥ 1: 1536 -> '1.5 KiB'."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Terminals and standard streams
+
+def enlarge_pipe(fd):
+    """Give a pipe 1 MiB of kernel buffer: with the default 64 KiB a Python filter spends its time
+    in context switches. Anything that is not a pipe is left alone."""
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_BUFFER_SIZE)
+    except OSError:
+        pass  # over the unprivileged limit, or a closed descriptor: the default still works
+
+
+def refuse_terminal_output(fd=1):
+    if os.isatty(fd):
+        raise UsageError("refusing to write binary data to a terminal; "
+                         "redirect the output to a file or pipe it into another command")
+
+
+def refuse_terminal_input(fd=0):
+    if os.isatty(fd):
+        raise UsageError("refusing to read binary data from a terminal; "
+                         "give a file or pipe data into this command")
+
+
+def open_input(path):
+    """A readable descriptor for PATH, or standard input for '-' (refused when it is a terminal)."""
+    if path == "-":
+        refuse_terminal_input(0)
+        return 0
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise Error(f"cannot read {path}: {exc.strerror}") from None
+
+
+def open_output(path):
+    """A writable descriptor for PATH (created or truncated), or standard output for '-'
+    (refused when it is a terminal)."""
+    if path == "-":
+        refuse_terminal_output(1)
+        return 1
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    except OSError as exc:
+        raise Error(f"cannot write {path}: {exc.strerror}") from None
+
+
+def finish_output(fd):
+    """Close an output file opened by open_output; errors that surface only now are reported."""
+    if fd > 2:
+        os.close(fd)
+
+
+def input_size(fd):
+    """Bytes a regular file or block device holds from its current position; None for a stream."""
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+            end = os.lseek(fd, 0, os.SEEK_END)
+            here = os.lseek(fd, 0, os.SEEK_SET)
+            return end - here
+    except OSError:
+        pass
+    return None
+
+
+def open_terminal():
+    """The controlling terminal for prompts (stdin and stdout carry data), or None without one."""
+    try:
+        return open("/dev/tty", "r+", buffering=1, encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def ask(question, tty=None):
+    """Ask a question on /dev/tty and return the answer line, or None when there is no terminal."""
+    own = tty is None
+    tty = tty or open_terminal()
+    if tty is None:
+        return None
+    try:
+        with _TerminalLine.lock():
+            tty.write(question)
+            tty.flush()
+        answer = tty.readline()
+        return answer.rstrip("\n") if answer else None
+    finally:
+        if own:
+            tty.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages and progress on stderr
+
+class _TerminalLine:
+    """Coordinates writers of stderr among the mirrorpipe commands of one pipeline.
+
+    The commands of a pipeline share a process group. Each one that shows progress writes its
+    status to a small file in a directory named for the group; the live process with the lowest
+    pid draws all statuses as one line. Every write to the terminal happens under one lock, so a
+    message or a final summary never lands in the middle of another command's line.
+    """
+
+    _dir = None
+
+    @classmethod
+    def directory(cls):
+        if cls._dir is None:
+            base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+            cls._dir = os.path.join(base, f"mirrorpipe-progress-{os.getuid()}-{os.getpgrp()}")
+            try:
+                os.mkdir(cls._dir, 0o700)
+            except FileExistsError:
+                pass
+        return cls._dir
+
+    @classmethod
+    def lock(cls):
+        return _FileLock(os.path.join(cls.directory(), "lock"))
+
+    @classmethod
+    def publish(cls, text):
+        path = os.path.join(cls.directory(), str(os.getpid()))
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
+    @classmethod
+    def withdraw(cls):
+        try:
+            os.unlink(os.path.join(cls.directory(), str(os.getpid())))
+        except OSError:
+            pass
+        try:
+            os.rmdir(cls.directory())  # only succeeds when no other command left anything
+        except OSError:
+            pass
+
+    @classmethod
+    def statuses(cls):
+        """[(pid, text)] of the live publishers, lowest pid first; files of dead ones are removed."""
+        found = []
+        for name in os.listdir(cls.directory()):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                try:
+                    os.unlink(os.path.join(cls.directory(), name))
+                except OSError:
+                    pass
+                continue
+            except PermissionError:
+                pass
+            try:
+                with open(os.path.join(cls.directory(), name)) as f:
+                    found.append((pid, f.read()))
+            except OSError:
+                continue
+        return sorted(found)
+
+
+class _FileLock:
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)
+
+
+class Messages:
+    """stderr output of one command: warnings, notes, the live progress line and its summary."""
+
+    def __init__(self, prog, quiet=False, progress=None, debug=False):
+        self.prog = prog
+        self.quiet = quiet
+        self.debug = debug
+        self.interactive = os.isatty(2)
+        self.show_progress = (not quiet) and (self.interactive if progress is None else progress)
+
+    def _emit(self, line):
+        if self.interactive:
+            with _TerminalLine.lock():
+                # Erase any progress line first; the drawing process repaints it on its next tick.
+                os.write(2, ("\r\x1b[K" + line + "\n").encode("utf-8", "replace"))
+        else:
+            os.write(2, (line + "\n").encode("utf-8", "replace"))
+
+    def error(self, text):
+        self._emit(f"{self.prog}: error: {text}")
+
+    def warn(self, text):
+        if not self.quiet:
+            self._emit(f"{self.prog}: warning: {text}")
+
+    def note(self, text):
+        if not self.quiet:
+            self._emit(f"{self.prog}: {text}")
+
+    def progress(self, total=None, unit="bytes"):
+        """A Progress meter, live on stderr when progress is shown, silent otherwise."""
+        return Progress(self, total) if self.show_progress else NoProgress()
+
+
+class NoProgress:
+    """The progress interface with nothing shown: engine code always has a meter to call."""
+
+    done = 0
+    output = 0
+
+    def advance(self, count):
+        self.done += count
+
+    def advance_output(self, count):
+        """Bytes written when they differ from bytes read (compress shows both)."""
+        self.output += count
+
+    def set_detail(self, text):
+        pass
+
+    def set_total(self, total):
+        pass
+
+    def finish(self, summary=None):
+        pass
+
+
+class Progress(NoProgress):
+    """Bytes done, rate and (with a known total) ETA, redrawn twice a second on stderr."""
+
+    INTERVAL = 0.5
+
+    def __init__(self, messages, total=None):
+        self.messages = messages
+        self.total = total
+        self.detail = ""
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name="progress", daemon=True)
+        self._thread.start()
+
+    def set_detail(self, text):
+        self.detail = text
+
+    def set_total(self, total):
+        self.total = total
+
+    def status(self):
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.done / elapsed
+        parts = [f"{self.messages.prog} {format_size(self.done)}"]
+        if self.total:
+            parts[0] += f"/{format_size(self.total)} {100 * self.done / self.total:.0f}%"
+        if self.output:
+            parts[0] += f" -> {format_size(self.output)}"
+        parts.append(f"{format_size(rate)}/s")
+        if self.total and rate > 0 and self.done < self.total:
+            parts.append(f"ETA {format_duration((self.total - self.done) / rate)}")
+        if self.detail:
+            parts.append(self.detail)
+        return " ".join(parts)
+
+    def _tick(self):
+        while not self._stop.wait(self.INTERVAL):
+            try:
+                self._draw()
+            except OSError:
+                return  # /dev/shm or stderr went away; progress is a courtesy, never a failure
+
+    def _draw(self):
+        if not self.messages.interactive:
+            os.write(2, (self.status() + "\n").encode())
+            return
+        _TerminalLine.publish(self.status())
+        with _TerminalLine.lock():
+            statuses = _TerminalLine.statuses()
+            if statuses and statuses[0][0] == os.getpid():
+                width = _terminal_width()
+                line = " | ".join(text for _, text in statuses)
+                if len(line) >= width:
+                    line = line[:width - 2] + "…"
+                os.write(2, ("\r" + line + "\x1b[K").encode("utf-8", "replace"))
+
+    def finish(self, summary=None):
+        """Stop drawing and leave one summary line (or nothing) in place of the live line."""
+        self._stop.set()
+        self._thread.join()
+        if self.messages.interactive:
+            _TerminalLine.withdraw()
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        text = summary or f"{format_size(self.done)} in {elapsed:.1f} s ({format_size(self.done / elapsed)}/s)"
+        self.messages.note(text)
+
+
+def _terminal_width():
+    try:
+        return os.get_terminal_size(2).columns
+    except OSError:
+        return 80
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error convention: 'CMD: error: what (see CMD --help)'."""
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+class Command:
+    """Base of every command: subclasses set name and description and define the two hooks."""
+
+    name = None
+    description = None
+    epilog = None
+
+    def add_arguments(self, parser):
+        raise NotImplementedError
+
+    def run(self, args):
+        """Do the work; return an exit status (None means success)."""
+        raise NotImplementedError
+
+    def preprocess_argv(self, argv):
+        """A chance to translate spellings argparse cannot express (compress's -1 … -19)."""
+        return argv
+
+    def make_parser(self):
+        parser = _Parser(prog=self.name, description=self.description, epilog=self.epilog,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.add_arguments(parser)
+        common = parser.add_argument_group("common options")
+        common.add_argument("-q", "--quiet", action="store_true",
+                            help="print nothing on stderr but errors")
+        common.add_argument("-P", "--progress", action="store_true", default=None,
+                            help="show a live progress line on stderr (default: only when stderr is a terminal)")
+        common.add_argument("--no-progress", dest="progress", action="store_false",
+                            help="never show the progress line")
+        common.add_argument("--debug", action="store_true",
+                            help="show a Python traceback with errors")
+        common.add_argument("--version", action="version", version=f"%(prog)s (mirrorpipe) {__version__}")
+        return parser
+
+    def main(self, argv=None):
+        # A closed downstream pipe (`| head`) ends us quietly, as it ends cat or dd.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        argv = self.preprocess_argv(list(sys.argv[1:] if argv is None else argv))
+        args = self.make_parser().parse_args(argv)
+        self.messages = Messages(self.name, quiet=args.quiet, progress=args.progress, debug=args.debug)
+        for fd in (0, 1):
+            enlarge_pipe(fd)
+        try:
+            status = self.run(args)
+            return EXIT_OK if status is None else status
+        except Error as exc:
+            if args.debug:
+                raise
+            self.messages.error(str(exc))
+            return exc.status
+        except KeyboardInterrupt:
+            self.messages.error("interrupted")
+            return 130
+        except OSError as exc:
+            if args.debug:
+                raise
+            self.messages.error(describe_os_error(exc))
+            return EXIT_FAILURE
+        except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+            if args.debug:
+                raise
+            self.messages.error(f"internal error: {exc!r} (run again with --debug for details and report it)")
+            return EXIT_FAILURE
+
+
+def describe_os_error(exc):
+    text = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {text}"
+    return text
+
+
+def entry_point(command_class):
+    """The console-script function for a command class."""
+    def main(argv=None):
+        return command_class().main(argv)
+    return main
+
+
+def host_name():
+    return socket.gethostname()

@@ -1,0 +1,1 @@
+"""One module per command: argument parsing and wiring of engine pieces only."""

@@ -1,0 +1,443 @@
+"""The compressed stream: independent zstd frames followed by a seek table.
+
+compress_stream() cuts raw input into frames of at most frame_size bytes. Each frame is a complete
+zstd frame with its content size and content checksum, so any zstd decoder reads the stream and
+every frame can be compressed, decompressed and checked on its own. Runs of all-zero input become
+zero frames that are compressed once and reused. After the last frame comes a skippable frame
+with a seek table in zstd's seekable format (contrib/seekable_format): for every frame its
+compressed size, decompressed size and the low 32 bits of its XXH64 checksum, then a footer with
+the frame count, a descriptor byte (bit 7: checksums present) and the magic 0x8F92EAB1.
+Stock `zstd -d` decodes the frames and skips the table.
+
+decompress_stream() reads any zstd stream. It walks frame and block headers itself, so it knows
+every frame's compressed offset for error messages, hands frames of bounded size to a thread pool
+and decodes larger or unsized frames (single-frame output of stock zstd) block by block, so memory
+stays bounded whatever the input.
+"""
+
+import os
+import queue
+import struct
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import zstandard
+
+from .errors import Error
+from .streams import BLOCK_SIZE, is_zero, read_full, write_all
+
+DEFAULT_LEVEL = 3
+MAX_LEVEL = 19
+DEFAULT_FRAME_SIZE = 16 << 20
+MIN_FRAME_SIZE = 64 << 10
+MAX_FRAME_SIZE = 1 << 30
+
+ZSTD_MAGIC = 0xFD2FB528
+SKIPPABLE_MAGIC_MIN = 0x184D2A50
+SKIPPABLE_MAGIC_MAX = 0x184D2A5F
+SEEK_TABLE_MAGIC = 0x184D2A5E
+SEEKABLE_FOOTER_MAGIC = 0x8F92EAB1
+SEEK_TABLE_CHECKSUM_FLAG = 0x80
+
+# Largest frame content handed whole to a worker thread; bigger or unsized frames stream.
+POOL_FRAME_LIMIT = 64 << 20
+MAX_BLOCK_SIZE = 128 << 10
+# Windows up to 2 GiB, as `zstd -d --long=31`: the memory is what the stream's author chose.
+MAX_WINDOW_SIZE = 1 << 31
+
+
+def default_threads():
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class _OrderedWriter:
+    """Results of parallel jobs written in submission order by one writer thread.
+
+    At most `depth` results wait at a time, which bounds memory. A failure in a job or in the
+    writer stops the writer; the producer sees it on its next submit() or at close().
+    """
+
+    def __init__(self, workers, depth, sink):
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="zstd")
+        self.queue = queue.Queue(depth)
+        self.sink = sink
+        self.failure = None
+        self.thread = threading.Thread(target=self._write, name="writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, fn, *args):
+        self._put(self.pool.submit(fn, *args))
+
+    def put_result(self, value):
+        future = Future()
+        future.set_result(value)
+        self._put(future)
+
+    def _put(self, future):
+        while True:
+            if self.failure is not None:
+                raise self.failure
+            try:
+                self.queue.put(future, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _write(self):
+        while True:
+            future = self.queue.get()
+            if future is None:
+                return
+            try:
+                self.sink(future.result())
+            except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
+                self.failure = exc
+                return
+
+    def close(self):
+        """Wait until everything submitted is written (or the first failure); raise that failure."""
+        if self.failure is None:
+            self._put_end()
+        self.thread.join()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.failure is not None:
+            raise self.failure
+
+    def _put_end(self):
+        while self.failure is None:
+            try:
+                self.queue.put(None, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+
+# ---------------------------------------------------------------------------------------------
+# Compression
+
+class CompressStats:
+    def __init__(self):
+        self.raw_bytes = 0
+        self.compressed_bytes = 0
+        self.frames = 0
+
+
+def compress_stream(src_fd, dst_fd, level=DEFAULT_LEVEL, threads=None, frame_size=DEFAULT_FRAME_SIZE,
+                    progress=None):
+    """Compress everything readable from src_fd to dst_fd in the independent-frame format."""
+    if not 1 <= level <= MAX_LEVEL:
+        raise Error(f"compression level {level} is out of range 1-{MAX_LEVEL}")
+    if not MIN_FRAME_SIZE <= frame_size <= MAX_FRAME_SIZE:
+        raise Error(f"frame size {frame_size} is out of range {MIN_FRAME_SIZE}-{MAX_FRAME_SIZE} bytes")
+    threads = threads or default_threads()
+    stats = CompressStats()
+    seek_entries = []
+    local = threading.local()
+
+    def compressor():
+        if not hasattr(local, "cctx"):
+            local.cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+        return local.cctx
+
+    # Buffers cycle between the reader and the workers; their number bounds the memory in flight.
+    depth = threads + 2
+    free_buffers = queue.Queue()
+    for _ in range(threads + depth + 1):
+        free_buffers.put(bytearray(frame_size))
+
+    def compress_job(buf, length):
+        try:
+            return compressor().compress(memoryview(buf)[:length]), length
+        finally:
+            free_buffers.put(buf)
+
+    zero_frames = {}
+
+    def zero_frame(length):
+        if length not in zero_frames:
+            zero_frames[length] = compressor().compress(bytes(length))
+        return zero_frames[length], length
+
+    def sink(item):
+        frame, raw_length = item
+        write_all(dst_fd, frame)
+        seek_entries.append((len(frame), raw_length, frame[-4:]))
+        stats.frames += 1
+        stats.compressed_bytes += len(frame)
+        if progress:
+            progress.advance_output(len(frame))
+
+    writer = _OrderedWriter(threads, depth, sink)
+    try:
+        buf = free_buffers.get()
+        view = memoryview(buf)
+        filled = 0      # data bytes gathered in buf for the next frame
+        zero_run = 0    # all-zero bytes seen since the last data byte
+        while True:
+            want = min(BLOCK_SIZE, frame_size - filled)
+            got = read_full(src_fd, view[filled:filled + want])
+            if got == 0:
+                break
+            stats.raw_bytes += got
+            if progress:
+                progress.advance(got)
+            if is_zero(buf, filled, got):
+                if filled:
+                    writer.submit(compress_job, buf, filled)
+                    buf = free_buffers.get()
+                    view = memoryview(buf)
+                    filled = 0
+                zero_run += got
+                if zero_run >= frame_size:
+                    writer.put_result(zero_frame(frame_size))
+                    zero_run -= frame_size
+            else:
+                if zero_run:
+                    writer.put_result(zero_frame(zero_run))
+                    zero_run = 0
+                filled += got
+                if filled == frame_size:
+                    writer.submit(compress_job, buf, filled)
+                    buf = free_buffers.get()
+                    view = memoryview(buf)
+                    filled = 0
+            if got < want:
+                break
+        if zero_run:
+            writer.put_result(zero_frame(zero_run))
+        if filled or stats.raw_bytes == 0:
+            # Empty input still gets one (empty) frame: stock zstd rejects a stream without any.
+            writer.submit(compress_job, buf, filled)
+    finally:
+        writer.close()
+    write_all(dst_fd, seek_table(seek_entries))
+    return stats
+
+
+def seek_table(entries):
+    """The skippable frame holding the seek table for [(compressed, decompressed, checksum4)]."""
+    body = bytearray()
+    for compressed, decompressed, checksum in entries:
+        body += struct.pack("<II", compressed, decompressed)
+        body += checksum
+    body += struct.pack("<IBI", len(entries), SEEK_TABLE_CHECKSUM_FLAG, SEEKABLE_FOOTER_MAGIC)
+    return struct.pack("<II", SEEK_TABLE_MAGIC, len(body)) + bytes(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decompression
+
+class _Input:
+    """Buffered reading of the compressed stream that always knows its stream offset."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.buf = bytearray()
+        self.pos = 0          # next unconsumed byte in buf
+        self.offset = 0       # stream offset of buf[pos]
+        self.eof = False
+
+    def available(self):
+        return len(self.buf) - self.pos
+
+    def fill(self, count):
+        """Make count bytes available; False when the input ends first."""
+        while self.available() < count and not self.eof:
+            if self.pos > (4 << 20) and self.pos * 2 > len(self.buf):
+                del self.buf[:self.pos]
+                self.pos = 0
+            chunk = bytearray(max(self.CHUNK, count - self.available()))
+            got = read_full(self.fd, memoryview(chunk))
+            if got < len(chunk):
+                self.eof = True
+            self.buf += memoryview(chunk)[:got]
+        return self.available() >= count
+
+    def peek(self, count, at=0):
+        return bytes(self.buf[self.pos + at:self.pos + at + count])
+
+    def take(self, count):
+        with memoryview(self.buf) as view:
+            data = bytes(view[self.pos:self.pos + count])
+        self.pos += count
+        self.offset += count
+        return data
+
+    def skip(self, count):
+        """Consume count bytes without keeping them; False when the input ends first."""
+        while count:
+            if not self.fill(1):
+                return False
+            step = min(count, self.available())
+            self.pos += step
+            self.offset += step
+            count -= step
+        return True
+
+
+class DecompressStats:
+    def __init__(self):
+        self.compressed_bytes = 0
+        self.raw_bytes = 0
+        self.frames = 0
+
+
+def _frame_header_size(descriptor):
+    fcs_flag = descriptor >> 6
+    single_segment = (descriptor >> 5) & 1
+    window = 0 if single_segment else 1
+    dict_id = (0, 1, 2, 4)[descriptor & 3]
+    fcs = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    return 5 + window + dict_id + fcs, fcs, window + dict_id
+
+
+def _content_size(header, fcs_bytes, fcs_at):
+    if fcs_bytes == 0:
+        return None
+    raw = header[fcs_at:fcs_at + fcs_bytes]
+    value = int.from_bytes(raw, "little")
+    return value + 256 if fcs_bytes == 2 else value
+
+
+def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
+    """Decode any zstd stream from src_fd to dst_fd; raise Error naming the compressed offset of
+    the first corrupt, truncated or foreign byte (everything before it has been written)."""
+    threads = threads or default_threads()
+    stats = DecompressStats()
+    local = threading.local()
+
+    def decompressor():
+        if not hasattr(local, "dctx"):
+            local.dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
+        return local.dctx
+
+    def decode_job(frame, frame_offset):
+        try:
+            return decompressor().decompress(frame)
+        except zstandard.ZstdError as exc:
+            raise Error(f"corrupt data in the zstd frame at compressed offset {frame_offset}: {exc}") from None
+
+    def sink(data):
+        write_all(dst_fd, data)
+        stats.raw_bytes += len(data)
+        if progress:
+            progress.advance(len(data))
+
+    src = _Input(src_fd)
+    writer = _OrderedWriter(threads, threads + 2, sink)
+    try:
+        while src.fill(4):
+            frame_offset = src.offset
+            magic = struct.unpack("<I", src.peek(4))[0]
+            if SKIPPABLE_MAGIC_MIN <= magic <= SKIPPABLE_MAGIC_MAX:
+                if not src.fill(8):
+                    raise _truncated(src, frame_offset, "skippable frame")
+                length = struct.unpack("<I", src.peek(4, at=4))[0]
+                src.skip(8)
+                if not src.skip(length):
+                    raise _truncated(src, frame_offset, "skippable frame")
+                continue
+            if magic != ZSTD_MAGIC:
+                raise _not_zstd(frame_offset, magic)
+            stats.frames += 1
+            if not src.fill(5):
+                raise _truncated(src, frame_offset, "zstd frame")
+            descriptor = src.peek(5)[4]
+            if descriptor & 0x08:
+                raise Error(f"corrupt zstd frame header at compressed offset {frame_offset} (reserved bit set)")
+            header_size, fcs_bytes, fcs_at = _frame_header_size(descriptor)
+            if not src.fill(header_size):
+                raise _truncated(src, frame_offset, "zstd frame")
+            content_size = _content_size(src.peek(header_size), fcs_bytes, 5 + fcs_at)
+            has_checksum = bool(descriptor & 0x04)
+            if content_size is not None and content_size <= POOL_FRAME_LIMIT:
+                frame = _take_frame(src, frame_offset, header_size, has_checksum)
+                writer.submit(decode_job, frame, frame_offset)
+            else:
+                _stream_frame(src, frame_offset, header_size, has_checksum, writer)
+        if src.offset == 0:
+            raise Error("no compressed data on input (the stream is empty)")
+    finally:
+        stats.compressed_bytes = src.offset
+        writer.close()
+    return stats
+
+
+def _blocks(src, frame_offset, header_size, has_checksum):
+    """Walk one frame's blocks; yield (start, end) of the header, each block and the checksum,
+    relative to the frame start, reading more input as needed. The caller may consume what was
+    yielded: positions are kept relative to frame_offset, not to the read position."""
+    def fill_to(end):
+        if not src.fill(end - (src.offset - frame_offset)):
+            raise _truncated(src, frame_offset, "zstd frame")
+
+    at = header_size
+    yield 0, header_size
+    while True:
+        fill_to(at + 3)
+        block_header = int.from_bytes(src.peek(3, at=at - (src.offset - frame_offset)), "little")
+        last, block_type, block_size = block_header & 1, (block_header >> 1) & 3, block_header >> 3
+        if block_type == 3 or block_size > MAX_BLOCK_SIZE:
+            raise Error(f"corrupt zstd block header at compressed offset {frame_offset + at} "
+                        f"in the frame at {frame_offset}")
+        end = at + 3 + (1 if block_type == 1 else block_size)
+        fill_to(end)
+        yield at, end
+        at = end
+        if last:
+            break
+    if has_checksum:
+        fill_to(at + 4)
+        yield at, at + 4
+
+
+def _take_frame(src, frame_offset, header_size, has_checksum):
+    end = 0
+    for _, end in _blocks(src, frame_offset, header_size, has_checksum):
+        pass
+    return src.take(end)
+
+
+def _stream_frame(src, frame_offset, header_size, has_checksum, writer):
+    """Decode one frame of unknown or large size a block at a time, in order with the pool."""
+    dobj = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE).decompressobj()
+    pending = []
+    pending_size = 0
+    consumed = 0
+    for start, end in _blocks(src, frame_offset, header_size, has_checksum):
+        # _blocks reads ahead relative to the frame start; consume up to this piece's end.
+        piece = src.take(end - consumed)
+        consumed = end
+        try:
+            out = dobj.decompress(piece)
+        except zstandard.ZstdError as exc:
+            raise Error(f"corrupt data in the zstd frame at compressed offset {frame_offset} "
+                        f"(near offset {frame_offset + start}): {exc}") from None
+        if out:
+            pending.append(out)
+            pending_size += len(out)
+            if pending_size >= BLOCK_SIZE:
+                writer.put_result(b"".join(pending))
+                pending, pending_size = [], 0
+    if pending:
+        writer.put_result(b"".join(pending))
+
+
+def _truncated(src, frame_offset, what):
+    return Error(f"truncated input: the stream ends at compressed offset {src.offset + src.available()} "
+                 f"inside the {what} that starts at offset {frame_offset}")
+
+
+def _not_zstd(offset, magic):
+    found = struct.pack("<I", magic).hex(" ")
+    if 0xFD2FB522 <= magic <= 0xFD2FB527:
+        return Error(f"legacy zstd format (before v0.8) at compressed offset {offset} is not supported")
+    if offset == 0:
+        return Error(f"input is not zstd data (it starts with bytes {found})")
+    return Error(f"corrupt or foreign data at compressed offset {offset}: expected a zstd frame, "
+                 f"found bytes {found}")

@@ -1,0 +1,59 @@
+"""Moving bytes between file descriptors in large buffers, and spotting all-zero blocks.
+
+Every command moves data through these helpers so that the hot loops stay free of per-byte work.
+"""
+
+import os
+
+BLOCK_SIZE = 1 << 20
+
+# A bytes object of zeros: bytearray.startswith(ZEROS, pos) compares with memcmp at memory speed
+# without copying the block, unlike any(), count() or memoryview comparisons.
+ZEROS = bytes(BLOCK_SIZE)
+
+
+def is_zero(buf, start=0, length=None):
+    """True when buf[start:start+length] holds only zero bytes."""
+    if length is None:
+        length = len(buf) - start
+    while length > 0:
+        n = min(length, BLOCK_SIZE)
+        if not buf.startswith(ZEROS if n == BLOCK_SIZE else ZEROS[:n], start):
+            return False
+        start += n
+        length -= n
+    return True
+
+
+def read_full(fd, view):
+    """Fill the writable memoryview from fd; return how many bytes arrived (less only at end of input)."""
+    got = 0
+    size = len(view)
+    while got < size:
+        try:
+            n = os.readv(fd, [view[got:]])
+        except InterruptedError:
+            continue
+        if n == 0:
+            break
+        got += n
+    return got
+
+
+def write_all(fd, data):
+    """Write every byte of data to fd, however many calls the kernel needs."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:
+            continue
+        view = view[n:]
+
+
+def write_zeros(fd, count):
+    """Write count zero bytes to fd."""
+    while count > 0:
+        n = min(count, BLOCK_SIZE)
+        write_all(fd, ZEROS if n == BLOCK_SIZE else memoryview(ZEROS)[:n])
+        count -= n
