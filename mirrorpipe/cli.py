@@ -6,6 +6,7 @@ errors into one-line messages with the documented exit status, and sets up the s
 """
 
 import argparse
+import atexit
 import fcntl
 import os
 import re
@@ -183,10 +184,9 @@ class _TerminalLine:
         if cls._dir is None:
             base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
             cls._dir = os.path.join(base, f"mirrorpipe-progress-{os.getuid()}-{os.getpgrp()}")
-            try:
-                os.mkdir(cls._dir, 0o700)
-            except FileExistsError:
-                pass
+            atexit.register(cls._clean_up)
+        # Made again on every use: the last command of a pipeline to exit removes it.
+        os.makedirs(cls._dir, mode=0o700, exist_ok=True)
         return cls._dir
 
     @classmethod
@@ -206,10 +206,16 @@ class _TerminalLine:
             os.unlink(os.path.join(cls.directory(), str(os.getpid())))
         except OSError:
             pass
+
+    @classmethod
+    def _clean_up(cls):
+        cls.withdraw()
         try:
-            os.rmdir(cls.directory())  # only succeeds when no other command left anything
+            if not cls.statuses():
+                os.unlink(os.path.join(cls._dir, "lock"))
+                os.rmdir(cls._dir)
         except OSError:
-            pass
+            pass  # another command of the pipeline is still using it
 
     @classmethod
     def statuses(cls):
@@ -261,12 +267,19 @@ class Messages:
         self.show_progress = (not quiet) and (self.interactive if progress is None else progress)
 
     def _emit(self, line):
-        if self.interactive:
-            with _TerminalLine.lock():
-                # Erase any progress line first; the drawing process repaints it on its next tick.
-                os.write(2, ("\r\x1b[K" + line + "\n").encode("utf-8", "replace"))
-        else:
-            os.write(2, (line + "\n").encode("utf-8", "replace"))
+        data = (line + "\n").encode("utf-8", "replace")
+        try:
+            if self.interactive:
+                with _TerminalLine.lock():
+                    # Erase any progress line first; the drawing process repaints it on its next tick.
+                    os.write(2, b"\r\x1b[K" + data)
+                return
+        except OSError:
+            pass  # no shared lock to be had: the message matters more than tidiness
+        try:
+            os.write(2, data)
+        except OSError:
+            pass
 
     def error(self, text):
         self._emit(f"{self.prog}: error: {text}")

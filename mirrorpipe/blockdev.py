@@ -1,0 +1,261 @@
+"""Facts about block devices from the kernel: sizes, sector sizes, identity, partitions, what is
+mounted or in use, the disk the running system lives on, and what the first bytes of a disk hold.
+
+Devices are identified by their device number (st_rdev), which is what /proc and /sys speak.
+"""
+
+import fcntl
+import os
+import stat
+import struct
+
+BLKGETSIZE64 = 0x80081272
+BLKSSZGET = 0x1268
+BLKPBSZGET = 0x127B
+
+
+def is_block_device(path_or_fd):
+    st = os.stat(path_or_fd) if not isinstance(path_or_fd, int) else os.fstat(path_or_fd)
+    return stat.S_ISBLK(st.st_mode)
+
+
+def device_size(fd):
+    return struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
+
+
+def sector_sizes(fd):
+    """(logical, physical) sector size in bytes."""
+    logical = struct.unpack("i", fcntl.ioctl(fd, BLKSSZGET, b"\0" * 4))[0]
+    physical = struct.unpack("I", fcntl.ioctl(fd, BLKPBSZGET, b"\0" * 4))[0]
+    return logical, physical
+
+
+def _devno(rdev):
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
+def sysfs_path(rdev):
+    """/sys/devices/... directory of a block device number, or None when sysfs doesn't know it."""
+    path = f"/sys/dev/block/{_devno(rdev)}"
+    return os.path.realpath(path) if os.path.exists(path) else None
+
+
+def _read_sysfs(path):
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8", "replace").strip()
+        return text or None
+    except OSError:
+        return None
+
+
+def _rdev_of_sysfs(path):
+    text = _read_sysfs(os.path.join(path, "dev"))
+    if not text:
+        return None
+    major, minor = text.split(":")
+    return os.makedev(int(major), int(minor))
+
+
+def device_name(rdev):
+    """Kernel name ('sda1') of a device number, or its number when sysfs doesn't know it."""
+    path = sysfs_path(rdev)
+    return os.path.basename(path) if path else _devno(rdev)
+
+
+def is_partition(rdev):
+    path = sysfs_path(rdev)
+    return bool(path) and os.path.exists(os.path.join(path, "partition"))
+
+
+def whole_disk(rdev):
+    """The disk a partition belongs to; a whole disk is its own."""
+    if is_partition(rdev):
+        parent = _rdev_of_sysfs(os.path.dirname(sysfs_path(rdev)))
+        if parent is not None:
+            return parent
+    return rdev
+
+
+def partitions(rdev):
+    """[(rdev, name, start_byte, size_bytes)] of a disk's partitions, in order of start."""
+    path = sysfs_path(rdev)
+    found = []
+    if not path or is_partition(rdev):
+        return found
+    for name in os.listdir(path):
+        child = os.path.join(path, name)
+        if os.path.exists(os.path.join(child, "partition")):
+            start = int(_read_sysfs(os.path.join(child, "start")) or 0) * 512
+            size = int(_read_sysfs(os.path.join(child, "size")) or 0) * 512
+            found.append((_rdev_of_sysfs(child), name, start, size))
+    return sorted(found, key=lambda p: p[2])
+
+
+def identity(rdev):
+    """{'model': ..., 'serial': ...} as far as sysfs exposes them (None where it doesn't)."""
+    path = sysfs_path(whole_disk(rdev)) or ""
+    model = _read_sysfs(os.path.join(path, "device", "model"))
+    serial = (_read_sysfs(os.path.join(path, "device", "serial"))
+              or _read_sysfs(os.path.join(path, "serial"))
+              or _read_sysfs(os.path.join(path, "device", "wwid")))
+    return {"model": model, "serial": serial}
+
+
+def _holders_tree(rdev):
+    """The device, its partitions, and everything stacked on them (device mapper, md), as rdevs."""
+    seen = set()
+    todo = [rdev] + [p[0] for p in partitions(rdev)]
+    while todo:
+        dev = todo.pop()
+        if dev is None or dev in seen:
+            continue
+        seen.add(dev)
+        path = sysfs_path(dev)
+        holders = os.path.join(path, "holders") if path else ""
+        if holders and os.path.isdir(holders):
+            for name in os.listdir(holders):
+                todo.append(_rdev_of_sysfs(os.path.join(holders, name)))
+    return seen
+
+
+def _underlying_disks(rdev):
+    """Whole disks below a device, following device-mapper and md slaves down to the hardware."""
+    disks = set()
+    todo = [rdev]
+    seen = set()
+    while todo:
+        dev = todo.pop()
+        if dev is None or dev in seen:
+            continue
+        seen.add(dev)
+        path = sysfs_path(dev)
+        slaves = os.path.join(path, "slaves") if path else ""
+        names = os.listdir(slaves) if slaves and os.path.isdir(slaves) else []
+        if names:
+            todo.extend(_rdev_of_sysfs(os.path.join(slaves, n)) for n in names)
+        else:
+            disks.add(whole_disk(dev))
+    return disks
+
+
+def mounts():
+    """[(rdev, mount_point, read_write, source)] for every mount backed by a device number."""
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            major, minor = fields[2].split(":")
+            options = fields[5].split(",")
+            source = fields[sep + 2] if len(fields) > sep + 2 else ""
+            found.append((os.makedev(int(major), int(minor)), _unescape(fields[4]), "rw" in options,
+                          source))
+    return found
+
+
+def _unescape(text):
+    # mountinfo writes space, tab, newline and backslash as octal escapes.
+    return text.encode().decode("unicode_escape") if "\\" in text else text
+
+
+def swap_devices():
+    found = set()
+    try:
+        with open("/proc/swaps", encoding="utf-8", errors="replace") as f:
+            next(f, None)
+            for line in f:
+                path = line.split()[0]
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if stat.S_ISBLK(st.st_mode):
+                    found.add(st.st_rdev)
+    except OSError:
+        pass
+    return found
+
+
+def uses_of(rdev):
+    """Human descriptions of what uses the device or anything on it: mounts and swap.
+    Devices stacked on it (LVM, RAID, LUKS) appear as in use through their own mounts."""
+    tree = _holders_tree(rdev)
+    uses = []
+    for dev, point, read_write, _ in mounts():
+        if dev in tree:
+            uses.append(f"/dev/{device_name(dev)} is mounted at {point} ({'read-write' if read_write else 'read-only'})")
+    for dev in swap_devices() & tree:
+        uses.append(f"/dev/{device_name(dev)} is in use as swap")
+    return uses
+
+
+def read_write_mounts(rdev):
+    """[(device name, mount point)] of read-write mounts of the device or its partitions."""
+    tree = _holders_tree(rdev)
+    return [(device_name(dev), point) for dev, point, read_write, _ in mounts()
+            if dev in tree and read_write]
+
+
+def system_disks():
+    """Whole disks holding the root file system (the disk the running system lives on)."""
+    root = os.stat("/").st_dev
+    disks = _underlying_disks(root) if sysfs_path(root) else set()
+    # Root on btrfs or overlay reports an anonymous device number; find it through the mount source.
+    for dev, point, _, source in mounts():
+        if point == "/" and source.startswith("/dev/"):
+            try:
+                st = os.stat(source)
+            except OSError:
+                continue
+            if stat.S_ISBLK(st.st_mode):
+                disks |= _underlying_disks(st.st_rdev)
+    return disks
+
+
+# ---------------------------------------------------------------------------------------------
+# What the first bytes of a disk hold
+
+SIGNATURE_BYTES = 64 << 10
+
+# (offset, magic, description)
+_SIGNATURES = [
+    (1080, b"\x53\xef", "an ext2/3/4 file system"),
+    (0, b"XFSB", "an XFS file system"),
+    (65600, b"_BHRfS_M", "a btrfs file system"),
+    (3, b"NTFS    ", "an NTFS file system"),
+    (3, b"EXFAT   ", "an exFAT file system"),
+    (82, b"FAT32   ", "a FAT32 file system"),
+    (54, b"FAT12   ", "a FAT file system"),
+    (54, b"FAT16   ", "a FAT file system"),
+    (32769, b"CD001", "an ISO 9660 file system"),
+    (0, b"LUKS\xba\xbe", "a LUKS encrypted volume"),
+    (536, b"LVM2 001", "an LVM physical volume"),
+    (4086, b"SWAPSPACE2", "a swap area"),
+    (0, b"\x28\xb5\x2f\xfd", "zstd data"),
+]
+
+
+def partition_table(data, sector_size=512):
+    """'gpt', 'mbr' or None for the first sectors of a disk."""
+    if data[sector_size:sector_size + 8] == b"EFI PART" or data[4096:4104] == b"EFI PART":
+        return "gpt"
+    if len(data) >= 512 and data[510:512] == b"\x55\xaa":
+        entries = [data[446 + 16 * i:462 + 16 * i] for i in range(4)]
+        # A FAT or NTFS boot sector also ends in 55 AA; a partition table has valid entries.
+        valid = [e for e in entries if e[4] != 0 and e[0] in (0x00, 0x80)]
+        if valid and len(valid) == sum(1 for e in entries if e[4] != 0):
+            return "mbr"
+    return None
+
+
+def describe_contents(data, sector_size=512):
+    """A phrase for what the first SIGNATURE_BYTES of a disk hold ('a GPT partition table',
+    'an ext2/3/4 file system'), or None when they are blank or unrecognised."""
+    table = partition_table(data, sector_size)
+    if table:
+        return f"{'a GPT' if table == 'gpt' else 'an MBR'} partition table"
+    for offset, magic, description in _SIGNATURES:
+        if data[offset:offset + len(magic)] == magic:
+            return description
+    return None

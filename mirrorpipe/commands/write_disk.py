@@ -1,0 +1,59 @@
+"""write-disk: a raw stream from standard input to a block device or a file."""
+
+from .. import cli
+from ..errors import Error
+from ..target import open_target
+
+
+class WriteDisk(cli.Command):
+    name = "write-disk"
+    description = (
+        "Write a raw stream from standard input to a block device or a file (created if missing).\n"
+        "Refuses, before writing a byte, a target that is mounted, has a mounted partition, is used\n"
+        "as swap or holds the running system. Asks on the terminal before overwriting a disk that\n"
+        "holds a partition table or file system. All-zero blocks become holes in file targets.\n"
+        "Reports success only after the data reached stable storage.")
+    epilog = (
+        "examples:\n"
+        "  compress -d < sda.img.zst | write-disk /dev/sdb\n"
+        "  reassemble out/ | compress -d | write-disk --verify /dev/sdb\n"
+        "  zstd -d < sda.img.zst | write-disk restored.img\n"
+        "\n"
+        "exit status: 0 the data is written and durable, 1 failure, 2 usage error.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("target", metavar="TARGET", help="block device or file to write")
+        parser.add_argument("-f", "--force", action="store_true",
+                            help="overwrite a disk holding a partition table or file system without "
+                                 "asking (needed when there is no terminal to ask on)")
+        parser.add_argument("--verify", action="store_true",
+                            help="after writing, read the target back and compare it with the stream")
+
+    def run(self, args):
+        src = cli.open_input("-")
+        target = open_target(args.target)
+        try:
+            self.confirm_overwrite(target, args.force)
+            progress = self.messages.progress(total=cli.input_size(src))
+            written = target.write_stream(src, progress, verify=args.verify)
+            checked = ", verified" if args.verify else ""
+            progress.finish(f"{cli.format_size(written)} written to {args.target}, "
+                            f"flushed to stable storage{checked}")
+        finally:
+            target.close()
+
+    def confirm_overwrite(self, target, force):
+        contents = target.existing_contents()
+        if not contents or force:
+            return
+        question = (f"{self.name}: {target.path} ({cli.format_size(target.capacity)}) holds {contents}; "
+                    "everything on it will be overwritten. Type 'yes' to continue: ")
+        answer = cli.ask(question)
+        if answer is None:
+            raise Error(f"{target.path} holds {contents}; refusing to overwrite it without "
+                        "confirmation: run in a terminal to be asked, or add --force")
+        if answer.strip().lower() != "yes":
+            raise Error(f"not confirmed; nothing was written to {target.path}")
+
+
+main = cli.entry_point(WriteDisk)

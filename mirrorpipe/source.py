@@ -1,0 +1,162 @@
+"""Reading a disk, a partition or an image file as one raw stream.
+
+The source is opened read-only. Block devices report their size through the kernel; image files
+are read with SEEK_DATA/SEEK_HOLE, so holes are emitted as zeros without being read.
+"""
+
+import datetime
+import errno
+import os
+import stat
+
+from . import __version__, blockdev
+from .errors import Error
+from .streams import BLOCK_SIZE, write_all, write_zeros
+
+
+class Source:
+    """An open source and the byte range [offset, offset + length) of it to read."""
+
+    def __init__(self, path, offset=0, length=None):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise Error(f"cannot open {path}: {exc.strerror}") from None
+        st = os.fstat(self.fd)
+        self.rdev = st.st_rdev if stat.S_ISBLK(st.st_mode) else None
+        self.is_file = stat.S_ISREG(st.st_mode)
+        if self.rdev is not None:
+            self.size = blockdev.device_size(self.fd)
+        elif self.is_file:
+            self.size = st.st_size
+        elif stat.S_ISDIR(st.st_mode):
+            raise Error(f"{path} is a directory; give a disk, a partition or an image file")
+        else:
+            self.size = None  # a character device or pipe: read until it ends
+        if self.size is None and offset:
+            raise Error(f"{path} is not seekable, so --offset cannot be used with it")
+        if offset < 0 or (self.size is not None and offset > self.size):
+            raise Error(f"--offset {offset} is beyond the end of {path} ({self.size} bytes)")
+        if length is not None and self.size is not None and offset + length > self.size:
+            raise Error(f"--offset {offset} plus --length {length} runs past the end of {path} "
+                        f"({self.size} bytes)")
+        self.offset = offset
+        self.length = length if length is not None else (None if self.size is None else self.size - offset)
+        try:
+            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        except OSError:
+            pass
+
+    def close(self):
+        os.close(self.fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def read_write_mounts(self):
+        """Read-write mounts of the source or its partitions: an image of them may be inconsistent."""
+        return blockdev.read_write_mounts(self.rdev) if self.rdev is not None else []
+
+    def info(self, host):
+        """JSON-ready facts about the source, for read-disk --info."""
+        facts = {
+            "source": self.path,
+            "type": "image file" if self.is_file else "other",
+            "size": self.size,
+            "offset": self.offset,
+            "length": self.length,
+            "logical_sector_size": None,
+            "physical_sector_size": None,
+            "model": None,
+            "serial": None,
+            "partition_table": None,
+            "contents": None,
+            "partitions": [],
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "host": host,
+            "mirrorpipe_version": __version__,
+        }
+        sector = 512
+        if self.rdev is not None:
+            facts["type"] = "partition" if blockdev.is_partition(self.rdev) else "disk"
+            facts["device"] = blockdev.device_name(self.rdev)
+            sector, facts["physical_sector_size"] = blockdev.sector_sizes(self.fd)
+            facts["logical_sector_size"] = sector
+            facts.update(blockdev.identity(self.rdev))
+            facts["partitions"] = [{"name": name, "start": start, "size": size}
+                                   for _, name, start, size in blockdev.partitions(self.rdev)]
+        if self.size:
+            head = os.pread(self.fd, min(blockdev.SIGNATURE_BYTES, self.size), 0)
+            facts["partition_table"] = blockdev.partition_table(head, sector)
+            facts["contents"] = blockdev.describe_contents(head, sector)
+        return facts
+
+    def extents(self):
+        """(start, end, is_data) ranges covering the range to read; holes only for image files."""
+        end = None if self.length is None else self.offset + self.length
+        if not self.is_file:
+            yield self.offset, end, True
+            return
+        pos = self.offset
+        while pos < end:
+            try:
+                data = min(os.lseek(self.fd, pos, os.SEEK_DATA), end)
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: nothing but hole from pos to the end
+                    raise
+                data = end
+            if data > pos:
+                yield pos, data, False
+                pos = data
+                continue
+            hole = min(os.lseek(self.fd, pos, os.SEEK_HOLE), end)
+            yield pos, hole, True
+            pos = hole
+
+    def copy_to(self, out_fd, progress=None):
+        """Write the range to out_fd; return the number of bytes written."""
+        buf = bytearray(BLOCK_SIZE)
+        view = memoryview(buf)
+        written = 0
+        for start, end, is_data in self.extents():
+            if not is_data:
+                write_zeros(out_fd, end - start)
+                written += end - start
+                if progress:
+                    progress.advance(end - start)
+                continue
+            pos = start
+            while end is None or pos < end:
+                want = BLOCK_SIZE if end is None else min(BLOCK_SIZE, end - pos)
+                got = self._read_at(pos, view[:want])
+                if got == 0:
+                    if end is not None:
+                        raise Error(f"{self.path} ended at byte {pos}, before the {end} bytes it "
+                                    "reported (was it changed or removed while reading?)")
+                    break
+                write_all(out_fd, view[:got])
+                pos += got
+                written += got
+                if progress:
+                    progress.advance(got)
+        return written
+
+    def _read_at(self, pos, view):
+        """Read up to len(view) bytes at pos; fewer only at the end of the source."""
+        got = 0
+        while got < len(view):
+            try:
+                n = os.preadv(self.fd, [view[got:]], pos + got) if self.size is not None \
+                    else os.readv(self.fd, [view[got:]])
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise Error(f"read error on {self.path} at byte {pos + got}: {exc.strerror}") from None
+            if n == 0:
+                break
+            got += n
+        return got
