@@ -1,0 +1,94 @@
+"""reassemble: join the volumes of a set back into the stream, checking every chunk first."""
+
+import os
+import sys
+
+from .. import cli, volumes
+from ..errors import Error
+
+
+class Reassemble(cli.Command):
+    name = "reassemble"
+    description = (
+        "Join the volumes split-span made back into the stream on standard output. Sources are\n"
+        "directories, volume files or manifests, in any order and with any names: the manifests\n"
+        "give the order. Every chunk is checked against its manifest before it is written, so no\n"
+        "byte of damaged data reaches the output. When all volumes are at hand, a missing, foreign,\n"
+        "duplicate or truncated volume is reported before the first byte is written.\n"
+        "\n"
+        "Disc by disc: given a directory (a mounted disc) that holds only part of the set, it reads\n"
+        "what is there, then asks on the terminal for the next disc and reads the directory again.")
+    epilog = (
+        "examples:\n"
+        "  reassemble out/ | compress -d | write-disk /dev/sdb\n"
+        "  reassemble /media/cdrom | compress -d | write-disk /dev/sdb     # asks for each disc\n"
+        "  reassemble --verify out/\n"
+        "  ssh backup-host 'reassemble /srv/pc1' | compress -d | write-disk /dev/sdb\n"
+        "\n"
+        "exit status: 0 the whole set was written (or verified), 1 any problem (the message names\n"
+        "the volume and what is wrong), 2 usage error.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("sources", nargs="+", metavar="SOURCE",
+                            help="directory, volume file or manifest of the set")
+        parser.add_argument("-o", "--output", metavar="FILE", default="-",
+                            help="write the stream to FILE instead of standard output")
+        parser.add_argument("--verify", action="store_true",
+                            help="check the whole set without writing the stream; print a table of "
+                                 "the volumes on standard output")
+
+    def run(self, args):
+        found = volumes.scan(args.sources)
+        volume_set = volumes.gather(found)
+        # Disc by disc only for directories (they can be read again) and with a terminal to ask on.
+        tty = None
+        directories = args.sources if all(os.path.isdir(s) for s in args.sources) else None
+        if volume_set.describe_missing() and directories:
+            tty = cli.open_terminal()
+        disc_by_disc = tty is not None
+        out_fd = None
+        if not args.verify:
+            problem = volumes.check_before_reading(volume_set, found, disc_by_disc)
+            if problem:
+                raise Error(problem)
+            out_fd = cli.open_output(args.output)
+        progress = self.messages.progress()
+        reader = volumes.SetReader(volume_set, found, out_fd=out_fd, progress=progress,
+                                   directories=directories, tty=tty, verify_only=args.verify)
+        if args.verify:
+            return self.verify(reader, volume_set, found, disc_by_disc)
+        reader.run()
+        cli.finish_output(out_fd)
+        last = volume_set.last
+        progress.finish(f"{cli.format_size(last.total_length)} from {last.volume_count} "
+                        f"volume{'s' if last.volume_count > 1 else ''} of set '{last.set_name}', "
+                        "every chunk verified")
+
+    def verify(self, reader, volume_set, found, disc_by_disc):
+        problems = list(volume_set.problems)
+        if disc_by_disc:
+            reports = reader.run()
+        else:
+            reports = reader.verify_present()
+            missing = volume_set.describe_missing()
+            if missing:
+                problems.append(missing)
+        problems += [f"volume {r.index}: {r.status}" for r in reports.values() if r.status not in ("ok", "missing")]
+        lines = [f"{'volume':>7}  {'bytes':>15}  {'chunks':>6}  status       file"]
+        for index in sorted(reports):
+            r = reports[index]
+            status = r.status if r.status in ("ok", "missing") else "BAD"
+            lines.append(f"{index:>7}  {r.length if r.length is not None else '-':>15}  "
+                         f"{r.chunks if r.chunks is not None else '-':>6}  {status:<11}  {r.path or '-'}")
+        reference = volume_set.reference
+        count = volume_set.count
+        lines.append(f"set '{reference.set_name}' (set id {reference.set_id}): "
+                     + (f"{count} volumes, {volume_set.last.total_length} bytes" if count else "last volume not found")
+                     + (", all verified" if not problems else f", {len(problems)} problem(s)"))
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+        if problems:
+            raise Error("; ".join(problems))
+
+
+main = cli.entry_point(Reassemble)

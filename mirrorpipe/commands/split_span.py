@@ -1,0 +1,78 @@
+"""split-span: cut a stream into disc-sized volumes, each with a manifest beside it."""
+
+from .. import cli, manifests, media, volumes
+from ..errors import Error, UsageError
+
+
+class SplitSpan(cli.Command):
+    name = "split-span"
+    description = (
+        "Cut the stream on standard input into volumes OUTDIR/NAME.001, NAME.002, ... of a disc's or\n"
+        "any size, each with a manifest NAME.001.manifest beside it (set id, place in the stream,\n"
+        "xxh3-128 hashes of the volume and of every chunk), for reassemble to check and join.\n"
+        "`cat OUTDIR/NAME.???` gives the stream back. The stream is not looked into: compressed,\n"
+        "raw or encrypted, any stream is cut as it is.\n"
+        "\n"
+        "A volume being written is NAME.NNN.part; it gets its final name, and then its manifest,\n"
+        "only when complete. A run killed at any moment leaves no set that reassemble accepts.\n"
+        "Sets of more than 899 volumes continue with wider numbers that still sort in order:\n"
+        "NAME.90000 ... NAME.98999, then NAME.9900000 ...")
+    epilog = (
+        "media presets (volume size leaves room for the ISO image of the volume):\n"
+        + "\n".join(f"  --{p.name:<7} {p.media:<22} {p.sectors:>11,} sectors, volumes of "
+                    f"{media.volume_size_for(p):,} bytes" for p in media.PRESETS.values())
+        + "\n\n"
+        "--exec CMD runs `sh -c CMD` after each finished volume with {} standing for the volume's\n"
+        "path (passed as an argument, never as shell code: do not quote {}), stdin from /dev/null,\n"
+        "and in the environment MIRRORPIPE_VOLUME, MIRRORPIPE_VOLUME_INDEX, MIRRORPIPE_SET_ID,\n"
+        "MIRRORPIPE_SET_NAME and MIRRORPIPE_LAST (1 for the last volume, else 0).\n"
+        "\n"
+        "examples:\n"
+        "  read-disk /dev/sda | compress | split-span --bd25 out/\n"
+        "  read-disk /dev/sda | compress | ssh backup-host 'split-span --dvd --name pc1 /srv/pc1'\n"
+        "  ... | split-span --dvd --exec 'burn-iso --device /dev/sr0 {} && rm {}' /var/tmp/spool\n"
+        "  cat out/image.??? | zstd -d > sda.img     # restore with stock tools\n"
+        "\n"
+        "exit status: 0 the set is complete, 1 failure (the message says which volumes are\n"
+        "complete), 2 usage error.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("outdir", metavar="OUTDIR", help="directory for the volumes (created if missing)")
+        sizes = parser.add_mutually_exclusive_group(required=True)
+        for preset in media.PRESETS.values():
+            sizes.add_argument(f"--{preset.name}", dest="preset", action="store_const", const=preset.name,
+                               help=f"volumes for {preset.media} discs")
+        sizes.add_argument("-s", "--size", type=cli.size_argument, metavar="SIZE",
+                           help="volumes of SIZE bytes (e.g. 4G, 700MB)")
+        parser.add_argument("-n", "--name", default="image", metavar="NAME",
+                            help="set name and file name prefix (default: image)")
+        parser.add_argument("--chunk-size", type=cli.size_argument, default=manifests.DEFAULT_CHUNK_SIZE,
+                            metavar="SIZE",
+                            help="bytes per hashed chunk, what reassemble checks before passing it on "
+                                 "(default 16M)")
+        parser.add_argument("--exec", dest="exec_command", metavar="CMD",
+                            help="run CMD after each finished volume; {} is the volume's path; "
+                                 "a failure stops split-span")
+
+    def run(self, args):
+        if args.preset:
+            volume_size = media.volume_size_for(media.PRESETS[args.preset], args.chunk_size)
+        else:
+            volume_size = args.size
+        src = cli.open_input("-")
+        progress = self.messages.progress()
+        try:
+            writer = volumes.VolumeSetWriter(
+                args.outdir, args.name, volume_size, chunk_size=args.chunk_size, media=args.preset,
+                on_finished=volumes.ExecHook(args.exec_command) if args.exec_command else None,
+                progress=progress)
+        except Error as exc:
+            raise UsageError(str(exc)) from None
+        finished = writer.write(src, confirm_end=volumes.confirm_stdin_end)
+        last = finished[-1]
+        progress.finish(f"{cli.format_size(last.total_length)} in {last.volume_count} "
+                        f"volume{'s' if last.volume_count > 1 else ''} of set '{args.name}' "
+                        f"(set id {last.set_id}) in {args.outdir}")
+
+
+main = cli.entry_point(SplitSpan)

@@ -1,0 +1,72 @@
+"""Disc media presets and how large a volume may be so that its ISO image fits the disc.
+
+Capacities are what a blank disc really holds in 2048-byte sectors (DESIGN.md), not the marketed
+size: the smallest common disc of each kind, Blu-ray with the spare area drives format by default.
+"""
+
+import math
+from dataclasses import dataclass
+
+from . import manifests
+
+SECTOR_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str          # the flag without dashes, also recorded in manifests: 'dvd', 'bd25'
+    media: str
+    sectors: int
+
+    @property
+    def capacity(self):
+        return self.sectors * SECTOR_SIZE
+
+
+PRESETS = {preset.name: preset for preset in (
+    Preset("cd650", "CD-R 74 min", 333_000),
+    Preset("cd700", "CD-R 80 min", 359_424),
+    Preset("dvd", "DVD±R single layer", 2_295_104),
+    Preset("dvd-dl", "DVD±R dual layer", 4_171_712),
+    Preset("bd25", "BD-R single layer", 11_826_176),
+    Preset("bd50", "BD-R dual layer", 23_652_352),
+    Preset("bd100", "BD-R XL triple layer", 47_305_728),
+    Preset("bd128", "BD-R XL quad layer", 60_403_712),
+)}
+
+# What an ISO image adds to the volume file, generously (the ISO packaging tests check the fit):
+# ISO 9660 system area (16 sectors), primary/Joliet/terminator descriptors, UDF recognition
+# sequence, anchors at sector 256 and at the end, main and reserve descriptor sequences, path
+# tables, the root directories of all three trees and the file entries of three files come to
+# about 300 sectors in pycdlib's layout; 2 MiB is more than three times that.
+FILE_SYSTEM_RESERVE = 2 << 20
+# A file over 4 GiB is stored as extents of at most 4 GiB - 1 sector, each with its own directory
+# record (with Rock Ridge entries) in the ISO 9660 and Joliet trees and UDF allocation descriptors
+# of at most 1 GiB: one sector per extent covers all of it.
+ISO_EXTENT_SIZE = (4 << 30) - SECTOR_SIZE
+EXTENT_RESERVE = SECTOR_SIZE
+README_RESERVE = 64 << 10
+# cdrecord/xorriso append 300 KiB of padding by default; DVD writes round to 32 KiB ECC blocks and
+# BD writes to 64 KiB clusters.
+BURNER_PADDING = 1 << 20
+
+
+def _sectors(size):
+    return math.ceil(size / SECTOR_SIZE) * SECTOR_SIZE
+
+
+def iso_reserve(capacity, chunk_size=manifests.DEFAULT_CHUNK_SIZE):
+    """Bytes of a disc of `capacity` bytes kept free for the ISO packaging of its volume.
+
+    The manifest grows with the chunk count; the count of a volume as large as the whole disc is
+    an upper bound for the real (smaller) volume."""
+    chunks = manifests.chunk_count(capacity, chunk_size)
+    extents = math.ceil(capacity / ISO_EXTENT_SIZE)
+    return (FILE_SYSTEM_RESERVE + extents * EXTENT_RESERVE + _sectors(manifests.largest_size(chunks))
+            + README_RESERVE + BURNER_PADDING)
+
+
+def volume_size_for(preset, chunk_size=manifests.DEFAULT_CHUNK_SIZE):
+    """The largest volume, in whole sectors, whose ISO image still fits a disc of the preset."""
+    usable = preset.capacity - iso_reserve(preset.capacity, chunk_size)
+    return usable // SECTOR_SIZE * SECTOR_SIZE

@@ -1,0 +1,717 @@
+"""Volume sets: cutting a stream into volumes while it streams, and finding, checking and reading
+a set back.
+
+Writing: VolumeSetWriter slices its input into NAME.001, NAME.002, ... of volume_size bytes
+(the last one shorter), hashing as it writes. A volume grows as `NAME.001.part`; once complete it
+is fsync'ed, its manifest is written as `NAME.001.manifest.part` and fsync'ed, then the volume and
+after it the manifest are renamed to their final names. Only a volume with its manifest counts as
+finished, and only a last volume (known at end of input) completes a set, so a run killed at any
+moment leaves no set that reads as complete.
+
+Numbering: 3 digits, 001 to 899; larger sets widen the number like GNU split's suffixes, so
+names still sort in stream order: 900 is 90000 ... 9899 is 98999, then 9900000 ... (each tier
+adds a leading 9 and one more digit).
+
+Reading: scan() finds manifests and volumes in directories and files given in any order,
+VolumeSet orders and checks them by manifest, read_set() streams a set chunk by chunk, checking
+each chunk's digest before the chunk is passed on, and asks for the next disc on /dev/tty when
+a directory holds only part of the set.
+"""
+
+import errno
+import os
+import re
+import secrets
+import stat
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from . import cli, manifests
+from .errors import Error
+from .manifests import Manifest
+from .streams import read_full, write_all
+
+PART_SUFFIX = ".part"
+IO_BUFFER_SIZE = 4 << 20
+_TIER0_VOLUMES = 900
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+def volume_suffix(index):
+    """1 -> '001', 899 -> '899', 900 -> '90000', 9899 -> '98999', 9900 -> '9900000', ..."""
+    if index < 1:
+        raise ValueError(f"volume index {index} is not 1 or more")
+    number, nines, tier_size = index, 0, _TIER0_VOLUMES
+    while number >= tier_size:
+        number -= tier_size
+        nines += 1
+        tier_size *= 10
+    return "9" * nines + f"{number:0{3 + nines}d}"
+
+
+_SUFFIX_RE = re.compile(r"(9*)([0-8]\d*)")
+
+
+def suffix_index(suffix):
+    """The index a volume suffix stands for (inverse of volume_suffix), None if it is not one."""
+    match = _SUFFIX_RE.fullmatch(suffix)
+    if not match or len(match.group(2)) != 3 + len(match.group(1)) or suffix == "000":
+        return None
+    nines = len(match.group(1))
+    return sum(_TIER0_VOLUMES * 10 ** tier for tier in range(nines)) + int(match.group(2))
+
+
+def volume_name(set_name, index):
+    return f"{set_name}.{volume_suffix(index)}"
+
+
+def looks_like_volume(file_name):
+    """True for names split-span gives volumes (NAME.NNN), whatever the set name."""
+    stem, dot, suffix = file_name.rpartition(".")
+    return bool(dot and stem and suffix_index(suffix))
+
+
+def describe_indices(indices):
+    """[1, 2, 3, 5] -> '1-3, 5'."""
+    ranges = []
+    for index in sorted(indices):
+        if ranges and ranges[-1][1] == index - 1:
+            ranges[-1][1] = index
+        else:
+            ranges.append([index, index])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+
+def _sync_directory(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a set
+
+class ExecHook:
+    """Runs the user's --exec command after each finished volume.
+
+    The command runs as `sh -c CMD sh VOLUME` with every {} in CMD replaced by "$1", so the volume
+    path reaches the shell as an argument and never as shell code, whatever characters it holds.
+    stdin is /dev/null: split-span's stdin carries the stream.
+    """
+
+    def __init__(self, command):
+        self.command = command
+        self.script = command.replace("{}", '"$1"')
+
+    def __call__(self, manifest, path):
+        env = dict(os.environ,
+                   MIRRORPIPE_VOLUME=path,
+                   MIRRORPIPE_VOLUME_INDEX=str(manifest.index),
+                   MIRRORPIPE_SET_ID=manifest.set_id,
+                   MIRRORPIPE_SET_NAME=manifest.set_name,
+                   MIRRORPIPE_LAST="1" if manifest.last else "0")
+        try:
+            status = subprocess.run(["sh", "-c", self.script, "sh", path],
+                                    stdin=subprocess.DEVNULL, env=env).returncode
+        except OSError as exc:
+            raise Error(f"cannot run --exec command: {exc.strerror}") from None
+        if status:
+            how = f"was killed by signal {-status}" if status < 0 else f"failed with status {status}"
+            raise Error(f"--exec command {how} for {path}; stopping. The volumes up to this one are "
+                        "complete; fix the command and run the pipeline again")
+
+
+@dataclass
+class _OpenVolume:
+    index: int
+    path: str
+    fd: int
+    offset: int
+    length: int = 0
+    chunk_digests: bytearray = field(default_factory=bytearray)
+    chunk_filled: int = 0
+
+    def __post_init__(self):
+        self.volume_hash = manifests.new_hash()
+        self.chunk_hash = manifests.new_hash()
+
+
+class VolumeSetWriter:
+    """Writes one volume set into a directory; write() consumes the stream."""
+
+    def __init__(self, directory, set_name, volume_size, chunk_size=manifests.DEFAULT_CHUNK_SIZE,
+                 media=None, on_finished=None, progress=None, messages=None):
+        if not manifests.SET_NAME_RE.fullmatch(set_name):
+            raise Error(f"invalid set name {set_name!r}: use up to 100 letters, digits and . _ + -, "
+                        "starting with a letter or digit")
+        if not manifests.MIN_CHUNK_SIZE <= chunk_size <= manifests.MAX_CHUNK_SIZE:
+            raise Error(f"chunk size {chunk_size} is outside {cli.format_size(manifests.MIN_CHUNK_SIZE)}"
+                        f"-{cli.format_size(manifests.MAX_CHUNK_SIZE)}")
+        if not manifests.MIN_VOLUME_SIZE <= volume_size <= manifests.MAX_VOLUME_SIZE:
+            raise Error(f"volume size {volume_size} is outside {cli.format_size(manifests.MIN_VOLUME_SIZE)}"
+                        f"-{cli.format_size(manifests.MAX_VOLUME_SIZE)}")
+        if manifests.chunk_count(volume_size, chunk_size) > manifests.MAX_CHUNKS:
+            raise Error(f"{cli.format_size(volume_size)} volumes need more than {manifests.MAX_CHUNKS} "
+                        f"chunks of {cli.format_size(chunk_size)}; choose a larger chunk size")
+        self.directory = directory
+        self.set_name = set_name
+        self.set_id = secrets.token_hex(16)
+        self.volume_size = volume_size
+        self.chunk_size = chunk_size
+        self.media = media
+        self.on_finished = on_finished
+        self.progress = progress or cli.NoProgress()
+        self.messages = messages
+        self.stream_hash = manifests.new_hash()
+        self.finished = []        # manifests of the finished volumes
+        self.host = cli.host_name()[:manifests.MAX_HOST_LENGTH]
+
+    def prepare_directory(self):
+        """Create the directory; refuse one that already holds a set of this name; remove the
+        unfinished volumes an interrupted run of this set name left."""
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            names = os.listdir(self.directory)
+        except OSError as exc:
+            raise Error(f"cannot use the output directory {self.directory}: {exc.strerror}") from None
+        prefix = self.set_name + "."
+        for name in sorted(names):
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix):]
+            base = rest.removesuffix(PART_SUFFIX).removesuffix(manifests.SUFFIX)
+            if suffix_index(base) is None:
+                continue
+            if rest.endswith(PART_SUFFIX):
+                os.unlink(os.path.join(self.directory, name))
+            else:
+                raise Error(f"{self.directory} already holds a volume set named '{self.set_name}' "
+                            f"({name}); choose another --name or an empty directory")
+
+    def write(self, src_fd, confirm_end=None):
+        """Cut everything readable from src_fd into volumes; return the finished manifests.
+
+        confirm_end() is called at end of input before the last volume is finished; it raises
+        errors.Error when the end was not the stream's end (the feeding connection died)."""
+        self.prepare_directory()
+        buf = bytearray(IO_BUFFER_SIZE)
+        view = memoryview(buf)
+        volume = None
+        try:
+            while True:
+                got = read_full(src_fd, view)
+                if got == 0:
+                    break
+                data = view[:got]
+                while data:
+                    # A full volume is finished only now that more data has come: at end of input
+                    # it is the last volume, and no empty last volume is ever written.
+                    if volume is None or volume.length == self.volume_size:
+                        if volume is not None:
+                            self._finish(volume, last=False)
+                        volume = self._start(len(self.finished) + 1)
+                    taken = self._append(volume, data)
+                    data = data[taken:]
+                self.progress.advance(got)
+            if confirm_end:
+                confirm_end()
+            # An empty stream still makes a set: one empty volume.
+            self._finish(volume or self._start(1), last=True)
+        except BaseException as exc:
+            if volume is not None and (not self.finished or self.finished[-1].index != volume.index):
+                self._discard(volume)
+            if isinstance(exc, OSError):
+                raise Error(self._describe_failure(exc, volume)) from None
+            raise
+        return self.finished
+
+    def _start(self, index):
+        path = os.path.join(self.directory, volume_name(self.set_name, index))
+        fd = os.open(path + PART_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self.progress.set_detail(f"volume {index}")
+        return _OpenVolume(index=index, path=path, fd=fd, offset=(index - 1) * self.volume_size)
+
+    def _append(self, volume, data):
+        """Write as much of data as fits the volume; hash it per chunk, volume and stream."""
+        piece = data[:self.volume_size - volume.length]
+        write_all(volume.fd, piece)
+        volume.volume_hash.update(piece)
+        self.stream_hash.update(piece)
+        rest = piece
+        while rest:
+            take = min(len(rest), self.chunk_size - volume.chunk_filled)
+            volume.chunk_hash.update(rest[:take])
+            volume.chunk_filled += take
+            rest = rest[take:]
+            if volume.chunk_filled == self.chunk_size:
+                self._close_chunk(volume)
+        volume.length += len(piece)
+        return len(piece)
+
+    @staticmethod
+    def _close_chunk(volume):
+        volume.chunk_digests += volume.chunk_hash.digest()
+        volume.chunk_hash.reset()
+        volume.chunk_filled = 0
+
+    def _finish(self, volume, last):
+        if volume.chunk_filled:
+            self._close_chunk(volume)
+        manifest = Manifest(
+            set_id=self.set_id, set_name=self.set_name, index=volume.index, offset=volume.offset,
+            length=volume.length, chunk_size=self.chunk_size, volume_size=self.volume_size,
+            chunk_digests=bytes(volume.chunk_digests), volume_digest=volume.volume_hash.digest(),
+            media=self.media, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            host=self.host, last=last)
+        if last:
+            manifest.total_length = volume.offset + volume.length
+            manifest.volume_count = volume.index
+            manifest.stream_digest = self.stream_hash.digest()
+        os.fsync(volume.fd)
+        os.close(volume.fd)
+        volume.fd = -1
+        manifest_file = manifests.manifest_path(volume.path)
+        fd = os.open(manifest_file + PART_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            write_all(fd, manifest.to_json())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # Volume first, manifest last: the manifest's arrival is what makes the volume finished.
+        os.rename(volume.path + PART_SUFFIX, volume.path)
+        os.rename(manifest_file + PART_SUFFIX, manifest_file)
+        _sync_directory(self.directory)
+        self.finished.append(manifest)
+        if self.on_finished:
+            self.on_finished(manifest, _argument_path(volume.path))
+
+    def _discard(self, volume):
+        """Remove an unfinished volume's files (they would only take space; .part never counts)."""
+        if volume.fd >= 0:
+            os.close(volume.fd)
+            volume.fd = -1
+        for path in (volume.path + PART_SUFFIX, manifests.manifest_path(volume.path) + PART_SUFFIX,
+                     volume.path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _describe_failure(self, exc, volume):
+        where = f"volume {volume.index} ({volume.path})" if volume else f"{self.directory}"
+        if self.finished:
+            first, last = self.finished[0], self.finished[-1]
+            kept = (f"volumes 1-{last.index} ({volume_name(self.set_name, first.index)} to "
+                    f"{volume_name(self.set_name, last.index)}) are complete"
+                    if last.index > 1 else f"volume 1 ({volume_name(self.set_name, 1)}) is complete")
+        else:
+            kept = "no volume is complete"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (f"no space left in {self.directory} while writing {where}: {kept}, the unfinished "
+                    "volume was removed and the set is incomplete; free space (or move finished "
+                    "volumes away with --exec) and run the pipeline again")
+        return (f"cannot write {where}: {cli.describe_os_error(exc)}; {kept}, the unfinished volume "
+                "was removed and the set is incomplete")
+
+
+def _argument_path(path):
+    """A path that no command takes for an option."""
+    return "./" + path if path.startswith("-") else path
+
+
+def confirm_stdin_end(wait=0.2):
+    """At end of input, tell a cut connection from the stream's end.
+
+    A byte stream has no end marker: when the ssh session that feeds `ssh host 'split-span ...'`
+    dies, split-span just sees end of input. But sshd then also closes the reading ends of the
+    session's stdout and stderr pipes, which a clean end of the stream never does while we run.
+    So if stdout or stderr is a pipe or socket whose reader is gone (or goes within `wait`
+    seconds, as sshd closes its descriptors one by one), the input was cut."""
+    import select
+    watched = []
+    for fd in (1, 2):
+        try:
+            mode = os.fstat(fd).st_mode
+        except OSError:
+            continue
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            watched.append(fd)
+    if not watched:
+        return
+    poller = select.poll()
+    for fd in watched:
+        poller.register(fd, 0)  # no events asked: poll reports POLLERR/POLLHUP only
+    if poller.poll(wait * 1000):
+        raise Error("input ended because the process feeding it went away (its connection or "
+                    "session closed), not at the end of the stream; the last volume was not "
+                    "finished and the set is incomplete: run the pipeline again")
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding a set
+
+@dataclass
+class VolumeFile:
+    """A manifest and the volume file beside it."""
+    manifest: Manifest
+    manifest_path: str
+
+    @property
+    def path(self):
+        return manifests.volume_path(self.manifest_path)
+
+    def open_checked(self):
+        """A descriptor of the volume file after checking it is there, regular and of the length
+        its manifest says; errors.Error naming the problem otherwise."""
+        name = f"volume {self.manifest.index} ({self.path})"
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        except FileNotFoundError:
+            raise Error(f"{name} is missing: its manifest {self.manifest_path} is there but not the "
+                        "volume file beside it; copy it there (a renamed volume keeps its "
+                        "manifest's name without '.manifest')") from None
+        except OSError as exc:
+            raise Error(f"cannot read {name}: {exc.strerror}") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise Error(f"{name} is not a regular file")
+            if info.st_size != self.manifest.length:
+                what = "truncated" if info.st_size < self.manifest.length else "longer than its manifest says"
+                raise Error(f"{name} is {what}: {info.st_size} bytes, its manifest says "
+                            f"{self.manifest.length}; copy it again from the original")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
+@dataclass
+class Scan:
+    """What some directories and files hold."""
+    volumes: list = field(default_factory=list)
+    unfinished: list = field(default_factory=list)    # .part files of an interrupted split-span
+    orphans: list = field(default_factory=list)       # volume-like files without a manifest
+
+
+def scan(sources):
+    """Find manifests (with their volumes), .part leftovers and volumes without manifest in the
+    directories and files given. Directories are read one level deep."""
+    found = Scan()
+    seen = set()
+
+    def take_manifest(path):
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            found.volumes.append(VolumeFile(manifests.read(path), path))
+
+    for source in sources:
+        if os.path.isdir(source):
+            try:
+                names = sorted(os.listdir(source))
+            except OSError as exc:
+                raise Error(f"cannot read directory {source}: {exc.strerror}") from None
+            present = set(names)
+            for name in names:
+                path = os.path.join(source, name)
+                if name.endswith(PART_SUFFIX):
+                    found.unfinished.append(path)
+                elif name.endswith(manifests.SUFFIX):
+                    take_manifest(path)
+                elif looks_like_volume(name) and name + manifests.SUFFIX not in present:
+                    found.orphans.append(path)
+        elif os.path.exists(source):
+            if source.endswith(PART_SUFFIX):
+                found.unfinished.append(source)
+            elif source.endswith(manifests.SUFFIX):
+                take_manifest(source)
+            elif os.path.exists(manifests.manifest_path(source)):
+                take_manifest(manifests.manifest_path(source))
+            else:
+                found.orphans.append(source)
+        else:
+            raise Error(f"{source} does not exist; give directories, volume files or manifests")
+    return found
+
+
+def _set_label(manifest):
+    return f"'{manifest.set_name}' (set id {manifest.set_id})"
+
+
+class VolumeSet:
+    """The volumes of one set found so far, by index, and what is wrong with them as a whole."""
+
+    def __init__(self, first):
+        self.reference = first
+        self.by_index = {}
+        self.last = None
+        self.problems = []
+
+    @property
+    def count(self):
+        return self.last.index if self.last else None
+
+    def add(self, volume):
+        """Take a volume of this set; a problem is recorded for one that does not fit."""
+        mine, theirs = self.reference, volume.manifest
+        if theirs.set_id != mine.set_id:
+            self.problems.append(
+                f"{volume.path} is volume {theirs.index} of another set {_set_label(theirs)}, not of "
+                f"the set {_set_label(mine)}; remove it")
+            return
+        if (theirs.volume_size, theirs.chunk_size, theirs.set_name) != \
+                (mine.volume_size, mine.chunk_size, mine.set_name):
+            self.problems.append(f"{volume.manifest_path} disagrees with the other manifests of its "
+                                 "set (volume or chunk size, set name); it was altered: remove it")
+            return
+        known = self.by_index.get(theirs.index)
+        if known:
+            if (known.manifest.volume_digest, known.manifest.length, known.manifest.last) != \
+                    (theirs.volume_digest, theirs.length, theirs.last):
+                self.problems.append(
+                    f"two different volumes {theirs.index} of set '{mine.set_name}': {known.path} and "
+                    f"{volume.path} (different content); keep the right one and remove the other")
+            return   # an identical copy (the same disc twice) is harmless
+        self.by_index[theirs.index] = volume
+        if theirs.last:
+            if self.last and self.last.index != theirs.index:
+                self.problems.append(f"two last volumes ({self.last.index} and {theirs.index}) in set "
+                                     f"'{mine.set_name}'; the manifests were altered")
+            self.last = theirs
+
+    def missing(self):
+        """Indices absent below the last volume (or below the highest found without it)."""
+        top = self.count or max(self.by_index, default=0)
+        return [index for index in range(1, top + 1) if index not in self.by_index]
+
+    def describe_missing(self):
+        """'missing volumes 3, 5 of 7' / 'no last volume (...)', or '' when complete."""
+        parts = []
+        missing = self.missing()
+        if self.count:
+            extra = [index for index in self.by_index if index > self.count]
+            if extra:
+                parts.append(f"volumes {describe_indices(extra)} lie beyond the last volume "
+                             f"{self.count}; the manifests were altered")
+        if missing:
+            noun = "volume" if len(missing) == 1 else "volumes"
+            of = f" of {self.count}" if self.count else ""
+            parts.append(f"missing {noun} {describe_indices(missing)}{of} of set '{self.reference.set_name}'")
+        if not self.count:
+            parts.append(f"no last volume of set '{self.reference.set_name}' (found "
+                         f"{describe_indices(self.by_index)}): the rest of the set is missing or "
+                         "split-span did not finish")
+        return "; ".join(parts)
+
+
+def gather(found):
+    """The one set the scanned sources hold, as a VolumeSet (its problems recorded in it)."""
+    if not found.volumes:
+        hint = ""
+        if found.unfinished:
+            hint = f" ({found.unfinished[0]} is unfinished: split-span was interrupted)"
+        elif found.orphans:
+            hint = f" ({found.orphans[0]} has no manifest beside it)"
+        raise Error(f"no finished volume found{hint}; give the directories or files of a set "
+                    "split-span made")
+    # The set most volumes belong to is the one wanted; the others are intruders.
+    counts = {}
+    for volume in found.volumes:
+        counts[volume.manifest.set_id] = counts.get(volume.manifest.set_id, 0) + 1
+    main_id = max(counts, key=counts.get)
+    ordered = sorted(found.volumes, key=lambda v: (v.manifest.set_id != main_id, v.manifest.index))
+    volume_set = VolumeSet(ordered[0].manifest)
+    for volume in ordered:
+        volume_set.add(volume)
+    return volume_set
+
+
+def leftovers_note(found):
+    """What else the sources hold that explains a missing volume, or ''."""
+    notes = []
+    if found.unfinished:
+        notes.append(f"{', '.join(found.unfinished)} unfinished (left by an interrupted split-span)")
+    if found.orphans:
+        notes.append(f"{', '.join(found.orphans)} without manifest")
+    return "; ".join(notes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a set
+
+class VolumeReport:
+    """How one volume fared: a row of the --verify table."""
+
+    def __init__(self, index, path=None, length=None, chunks=None, status="missing"):
+        self.index, self.path, self.length, self.chunks, self.status = index, path, length, chunks, status
+
+
+class SetReader:
+    """Streams a set in order, checking every chunk before it is written.
+
+    With verify_only, nothing is written, every volume is checked to the end and the problems
+    are collected in the reports instead of stopping at the first.
+    """
+
+    def __init__(self, volume_set, found, out_fd=None, progress=None, directories=None, tty=None,
+                 verify_only=False):
+        self.set = volume_set
+        self.found = found
+        self.out_fd = out_fd
+        self.progress = progress or cli.NoProgress()
+        self.directories = directories    # re-read when the next disc is needed
+        self.tty = tty
+        self.verify_only = verify_only
+        self.reports = {}
+        self.stream_hash = manifests.new_hash()
+        self.buffer = bytearray(volume_set.reference.chunk_size)
+
+    def run(self):
+        """Read the set from volume 1 to the last, asking for discs not at hand; the reports."""
+        if self.set.count and not self.set.missing():
+            self.progress.set_total(self.set.last.total_length)
+        index = 1
+        while True:
+            volume = self.set.by_index.get(index) or self._ask_for(index)
+            self._read(volume)
+            if volume.manifest.last:
+                break
+            index += 1
+        self._check_stream(volume)
+        return self.reports
+
+    def verify_present(self):
+        """Check every volume found, without asking for the others (--verify of a local set)."""
+        top = self.set.count or max(self.set.by_index, default=0)
+        for index in range(1, top + 1):
+            volume = self.set.by_index.get(index)
+            if volume:
+                self._read(volume)
+            else:
+                self.reports[index] = VolumeReport(index)
+        if self.set.last and not self.set.missing():
+            self._check_stream(self.set.by_index[self.set.count])
+        return self.reports
+
+    def _check_stream(self, last_volume):
+        if all(r.status == "ok" for r in self.reports.values()) and \
+                self.stream_hash.digest() != last_volume.manifest.stream_digest:
+            raise Error(f"the reassembled stream does not match the hash in the last manifest "
+                        f"({last_volume.manifest_path}); the manifests were altered")
+
+    def _read(self, volume):
+        manifest = volume.manifest
+        report = self.reports[manifest.index] = VolumeReport(
+            manifest.index, volume.path, manifest.length, manifest.chunks, "ok")
+        self.progress.set_detail(f"volume {manifest.index}" + (f"/{self.set.count}" if self.set.count else ""))
+        try:
+            fd = volume.open_checked()
+        except Error as exc:
+            if not self.verify_only:
+                raise
+            report.status = str(exc)
+            return
+        view = memoryview(self.buffer)
+        volume_hash = manifests.new_hash()
+        try:
+            for number in range(manifest.chunks):
+                start = number * manifest.chunk_size
+                want = min(manifest.chunk_size, manifest.length - start)
+                got = read_full(fd, view[:want])
+                chunk = view[:got]
+                digest = manifests.new_hash()
+                digest.update(chunk)
+                if got != want or digest.digest() != manifest.chunk_digest(number):
+                    problem = (f"corrupt data in volume {manifest.index} ({volume.path}) at offset "
+                               f"{start} (stream offset {manifest.offset + start}): the "
+                               f"{cli.format_size(want)} chunk there does not match its manifest")
+                    if not self.verify_only:
+                        raise Error(problem + "; nothing of it was written. Copy the volume again "
+                                    "from a good disc or source")
+                    if report.status == "ok":
+                        report.status = problem
+                    continue
+                volume_hash.update(chunk)
+                self.stream_hash.update(chunk)
+                if self.out_fd is not None:
+                    write_all(self.out_fd, chunk)
+                self.progress.advance(got)
+        finally:
+            os.close(fd)
+        if report.status == "ok" and volume_hash.digest() != manifest.volume_digest:
+            problem = (f"volume {manifest.index} ({volume.path}) does not match its manifest's volume "
+                       "hash although every chunk does; the manifest was altered")
+            if not self.verify_only:
+                raise Error(problem)
+            report.status = problem
+
+    def _ask_for(self, index):
+        """Disc by disc: ask on the terminal until a disc holding volume `index` is in place."""
+        name = self.set.reference.set_name
+        of = f" (of {self.set.count})" if self.set.count else ""
+        question = f"insert disc {index}{of} of set '{name}' and press Enter (q to give up): "
+        while True:
+            if not self.directories or self.tty is None:
+                raise Error(self._missing_message(index))
+            answer = cli.ask(question, tty=self.tty)
+            if answer is None or answer.strip().lower() in ("q", "quit"):
+                raise Error(f"gave up waiting for disc {index}{of} of set '{name}'")
+            try:
+                found = scan(self.directories)
+            except Error as exc:
+                self._tell(f"{exc}")
+                continue
+            mine = [v for v in found.volumes if v.manifest.set_id == self.set.reference.set_id]
+            if any(v.manifest.index == index for v in mine):
+                # What the earlier disc held from here on is gone with it; this disc's volumes count.
+                for stale in [i for i in self.set.by_index if i >= index]:
+                    del self.set.by_index[stale]
+                for volume in mine:
+                    if volume.manifest.index >= index:
+                        self.set.add(volume)
+                if self.set.problems:
+                    raise Error(self.set.problems[-1])
+                return self.set.by_index[index]
+            if found.volumes:
+                seen = ", ".join(
+                    f"disc {m.index} of set '{m.set_name}'" if m.set_id == self.set.reference.set_id
+                    else f"disc {m.index} of another set {_set_label(m)}"
+                    for m in (v.manifest for v in found.volumes[:3]))
+                self._tell(f"this is {seen}, not disc {index} of set '{name}'")
+            else:
+                self._tell(f"no volume found in {', '.join(self.directories)}")
+
+    def _tell(self, text):
+        self.tty.write(f"reassemble: {text}\n")
+        self.tty.flush()
+
+    def _missing_message(self, index):
+        missing = self.set.describe_missing() or f"missing volume {index}"
+        note = leftovers_note(self.found)
+        return f"{missing}{'; ' + note if note else ''}; give all volumes of the set"
+
+
+def check_before_reading(volume_set, found, disc_by_disc):
+    """Problems that must stop reassemble before the first byte, as one message, or None.
+
+    Without disc-by-disc reading, a set must be complete; either way it must be one set."""
+    problems = list(volume_set.problems)
+    if not disc_by_disc:
+        missing = volume_set.describe_missing()
+        if missing:
+            note = leftovers_note(found)
+            problems.append(missing + (f" ({note})" if note else ""))
+        else:
+            # Check every file up front, so a truncated last volume is reported in seconds.
+            for index in sorted(volume_set.by_index):
+                try:
+                    os.close(volume_set.by_index[index].open_checked())
+                except Error as exc:
+                    problems.append(str(exc))
+    return "; ".join(problems) or None
