@@ -1,0 +1,264 @@
+"""Volume sets in Python: names, writing while streaming, finding and checking a set."""
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mirrorpipe import manifests, volumes
+from mirrorpipe.errors import Error
+
+KIB = 1 << 10
+MIB = 1 << 20
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_set(directory, data, volume_size, chunk_size=64 * KIB, name="image", **kwargs):
+    """Cut data into a set in directory with VolumeSetWriter; the finished manifests."""
+    with tempfile.TemporaryFile() as source:
+        source.write(data)
+        source.seek(0)
+        writer = volumes.VolumeSetWriter(str(directory), name, volume_size, chunk_size=chunk_size, **kwargs)
+        return writer.write(source.fileno())
+
+
+def read_set(*sources):
+    found = volumes.scan([str(s) for s in sources])
+    volume_set = volumes.gather(found)
+    problem = volumes.check_before_reading(volume_set, found, disc_by_disc=False)
+    if problem:
+        raise Error(problem)
+    read_end, write_end = os.pipe()
+    out = bytearray()
+    collector = threading.Thread(target=lambda: _drain(read_end, out))
+    collector.start()
+    try:
+        volumes.SetReader(volume_set, found, out_fd=write_end).run()
+    finally:
+        os.close(write_end)
+        collector.join()
+        os.close(read_end)
+    return bytes(out)
+
+
+def _drain(fd, out):
+    while True:
+        data = os.read(fd, 1 << 20)
+        if not data:
+            return
+        out += data
+
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+def test_volume_numbers_widen_like_gnu_split():
+    assert [volumes.volume_suffix(i) for i in (1, 9, 899, 900, 9899, 9900)] == \
+        ["001", "009", "899", "90000", "98999", "9900000"]
+    assert volumes.suffix_index("000") is None and volumes.suffix_index("0001") is None
+    assert volumes.suffix_index("manifest") is None and volumes.suffix_index("9001") is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 10 ** 8), st.integers(1, 10 ** 8))
+def test_property_names_sort_in_stream_order_and_read_back(a, b):
+    assert volumes.suffix_index(volumes.volume_suffix(a)) == a
+    assert (volumes.volume_suffix(a) < volumes.volume_suffix(b)) == (a < b)
+
+
+def test_describe_indices():
+    assert volumes.describe_indices([5, 1, 2, 3, 7, 8]) == "1-3, 5, 7-8"
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+def test_volumes_are_plain_slices_with_matching_manifests(tmp_path):
+    data = os.urandom(5 * MIB + 123)
+    finished = write_set(tmp_path / "out", data, 2 * MIB, chunk_size=512 * KIB)
+    names = sorted(os.listdir(tmp_path / "out"))
+    assert names == ["image.001", "image.001.manifest", "image.002", "image.002.manifest",
+                     "image.003", "image.003.manifest"]
+    assert b"".join((tmp_path / "out" / f"image.00{i}").read_bytes() for i in (1, 2, 3)) == data
+    last = manifests.read(str(tmp_path / "out" / "image.003.manifest"))
+    assert last.last and last.total_length == len(data) and last.volume_count == 3
+    assert last.stream_digest == xxhash.xxh3_128(data).digest()
+    assert last.chunks == 3
+    assert last.chunk_digest(1) == xxhash.xxh3_128(data[4 * MIB + 512 * KIB:5 * MIB]).digest()
+    assert last.chunk_digest(2) == xxhash.xxh3_128(data[5 * MIB:]).digest()
+    first = finished[0]
+    assert not first.last and first.chunks == 4 and first.volume_digest == xxhash.xxh3_128(data[:2 * MIB]).digest()
+    assert len({m.set_id for m in finished}) == 1 and len(first.set_id) == 32
+
+
+def test_a_stream_ending_on_a_volume_boundary_has_no_empty_last_volume(tmp_path):
+    data = os.urandom(4 * MIB)
+    finished = write_set(tmp_path / "out", data, 2 * MIB)
+    assert [(m.index, m.length, m.last) for m in finished] == [(1, 2 * MIB, False), (2, 2 * MIB, True)]
+    assert read_set(tmp_path / "out") == data
+
+
+def test_an_empty_stream_makes_a_set_of_one_empty_volume(tmp_path):
+    finished = write_set(tmp_path / "out", b"", 2 * MIB)
+    assert [(m.index, m.length, m.last, m.chunks) for m in finished] == [(1, 0, True, 0)]
+    assert read_set(tmp_path / "out") == b""
+
+
+def test_every_set_gets_its_own_random_id(tmp_path):
+    ids = {write_set(tmp_path / f"out{i}", b"same", 2 * MIB)[0].set_id for i in range(3)}
+    assert len(ids) == 3
+
+
+def test_an_existing_set_is_not_overwritten_but_part_leftovers_are_removed(tmp_path):
+    write_set(tmp_path / "out", b"x" * 100, 2 * MIB)
+    with pytest.raises(Error, match="already holds a volume set named 'image'"):
+        write_set(tmp_path / "out", b"y" * 100, 2 * MIB)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "image.004.part").write_bytes(b"killed run")
+    (tmp_path / "other" / "image.txt").write_bytes(b"not ours")
+    write_set(tmp_path / "other", b"z" * 100, 2 * MIB)
+    assert sorted(os.listdir(tmp_path / "other")) == ["image.001", "image.001.manifest", "image.txt"]
+
+
+def test_invalid_parameters_are_refused(tmp_path):
+    for kwargs, message in [({"name": "../escape"}, "invalid set name"),
+                            ({"chunk_size": 1000}, "chunk size"),
+                            ({"volume_size": 1000}, "volume size")]:
+        args = {"name": "image", "chunk_size": 64 * KIB, "volume_size": MIB, **kwargs}
+        with pytest.raises(Error, match=message):
+            volumes.VolumeSetWriter(str(tmp_path), args["name"], args["volume_size"], chunk_size=args["chunk_size"])
+    with pytest.raises(Error, match="choose a larger chunk size"):
+        volumes.VolumeSetWriter(str(tmp_path), "x", 10 ** 12, chunk_size=64 * KIB)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 6 MiB tmpfs: out of space after two volumes of 2 MiB."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5M", "tmpfs", str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_out_of_space_says_which_volumes_are_complete_and_leaves_no_partial_volume(small_filesystem):
+    data = os.urandom(9 * MIB)
+    with pytest.raises(Error) as caught:
+        write_set(small_filesystem / "out", data, 2 * MIB)
+    message = str(caught.value)
+    assert message.startswith(f"no space left in {small_filesystem}/out while writing volume 3")
+    assert "volumes 1-2 (image.001 to image.002) are complete" in message
+    assert "\n" not in message
+    left = sorted(os.listdir(small_filesystem / "out"))
+    assert left == ["image.001", "image.001.manifest", "image.002", "image.002.manifest"]
+    with pytest.raises(Error, match="no last volume"):
+        read_set(small_filesystem / "out")
+
+
+def test_exec_hook_gets_the_volume_safely_with_its_environment(tmp_path):
+    odd = tmp_path / "o'dd $(touch pwned) dir"
+    log = tmp_path / "log"
+    hook = volumes.ExecHook(
+        f'printf "%s|%s|%s|%s|%s|%s|" {{}} "$MIRRORPIPE_VOLUME" "$MIRRORPIPE_VOLUME_INDEX" '
+        f'"$MIRRORPIPE_SET_NAME" "$MIRRORPIPE_LAST" "$MIRRORPIPE_SET_ID" >> {log}; '
+        f'cat >> {log}; echo >> {log}; test -f {{}}')
+    finished = write_set(odd, os.urandom(3 * MIB), 2 * MIB, on_finished=hook)
+    lines = log.read_text().splitlines()
+    first, last = (line.split("|") for line in lines)
+    assert first[:5] == [str(odd / "image.001"), str(odd / "image.001"), "1", "image", "0"]
+    assert last[:5] == [str(odd / "image.002"), str(odd / "image.002"), "2", "image", "1"]
+    assert first[5] == finished[0].set_id
+    assert first[6] == "" and last[6] == ""   # stdin was /dev/null, not the stream
+    assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
+
+
+def test_a_failing_exec_hook_stops_the_run(tmp_path):
+    hook = volumes.ExecHook("test {} != '" + str(tmp_path / "out" / "image.002") + "'")
+    with pytest.raises(Error, match=r"--exec command failed with status 1 for .*image\.002; stopping"):
+        write_set(tmp_path / "out", os.urandom(5 * MIB), 2 * MIB, on_finished=hook)
+    # Volume 2 itself is complete (the hook runs on finished volumes); nothing after it was written.
+    assert sorted(os.listdir(tmp_path / "out")) == ["image.001", "image.001.manifest",
+                                                    "image.002", "image.002.manifest"]
+
+
+def test_end_of_input_with_the_readers_of_stdout_gone_is_a_cut_not_an_end():
+    probe = [sys.executable, "-c", "from mirrorpipe import volumes; volumes.confirm_stdin_end()"]
+    for reader_alive in (True, False):
+        read_end, write_end = os.pipe()
+        if not reader_alive:
+            os.close(read_end)
+        result = subprocess.run(probe, stdout=write_end, stderr=subprocess.PIPE, cwd=REPO, text=True)
+        os.close(write_end)
+        if reader_alive:
+            os.close(read_end)
+            assert result.returncode == 0, result.stderr
+        else:
+            assert result.returncode == 1 and "not at the end of the stream" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and checking
+
+@pytest.fixture
+def two_sets(tmp_path):
+    data = os.urandom(7 * MIB)
+    write_set(tmp_path / "a", data, 2 * MIB)
+    write_set(tmp_path / "b", os.urandom(3 * MIB), 2 * MIB, name="other")
+    return tmp_path, data
+
+
+def test_sources_in_any_order_and_with_any_names(two_sets):
+    tmp_path, data = two_sets
+    # Renamed volumes keep working as long as each manifest is named after its volume.
+    os.rename(tmp_path / "a" / "image.002", tmp_path / "a" / "zz")
+    os.rename(tmp_path / "a" / "image.002.manifest", tmp_path / "a" / "zz.manifest")
+    os.rename(tmp_path / "a" / "image.001", tmp_path / "a" / "yy")
+    os.rename(tmp_path / "a" / "image.001.manifest", tmp_path / "a" / "yy.manifest")
+    a = tmp_path / "a"
+    assert read_set(a / "image.004.manifest", a / "zz", a / "image.003", a / "yy.manifest") == data
+    assert read_set(a, a / "zz") == data        # the same volume twice is harmless
+
+
+def test_a_volume_of_another_set_is_named_with_both_sets(two_sets):
+    tmp_path, _ = two_sets
+    shutil.copy(tmp_path / "b" / "other.001", tmp_path / "a" / "x.001")
+    shutil.copy(tmp_path / "b" / "other.001.manifest", tmp_path / "a" / "x.001.manifest")
+    a_id = manifests.read(str(tmp_path / "a" / "image.001.manifest")).set_id
+    b_id = manifests.read(str(tmp_path / "b" / "other.001.manifest")).set_id
+    with pytest.raises(Error) as caught:
+        read_set(tmp_path / "a")
+    assert f"x.001 is volume 1 of another set 'other' (set id {b_id}), not of the set 'image' (set id {a_id})" \
+        in str(caught.value)
+
+
+def test_missing_volumes_are_listed_with_the_count(two_sets):
+    tmp_path, _ = two_sets
+    for index in (2, 3):
+        os.unlink(tmp_path / "a" / f"image.00{index}.manifest")
+    with pytest.raises(Error) as caught:
+        read_set(tmp_path / "a")
+    assert "missing volumes 2-3 of 4 of set 'image'" in str(caught.value)
+    assert "image.002, " in str(caught.value) and "without manifest" in str(caught.value)
+
+
+def test_no_last_volume(two_sets):
+    tmp_path, _ = two_sets
+    os.unlink(tmp_path / "a" / "image.004")
+    os.unlink(tmp_path / "a" / "image.004.manifest")
+    (tmp_path / "a" / "image.004.part").write_bytes(b"partial")
+    with pytest.raises(Error) as caught:
+        read_set(tmp_path / "a")
+    assert "no last volume of set 'image' (found 1-3)" in str(caught.value)
+    assert "image.004.part unfinished (left by an interrupted split-span)" in str(caught.value)
