@@ -28,7 +28,9 @@ from .streams import BLOCK_SIZE, is_zero, read_full, write_all
 
 DEFAULT_LEVEL = 3
 MAX_LEVEL = 19
-DEFAULT_FRAME_SIZE = 16 << 20
+# 8 MiB keeps every command under 200 MB with all cores busy; larger frames gained only 0.1%
+# in size on a real disk image while nearly doubling peak memory.
+DEFAULT_FRAME_SIZE = 8 << 20
 MIN_FRAME_SIZE = 64 << 10
 MAX_FRAME_SIZE = 1 << 30
 
@@ -142,10 +144,11 @@ def compress_stream(src_fd, dst_fd, level=DEFAULT_LEVEL, threads=None, frame_siz
             local.cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
         return local.cctx
 
-    # Buffers cycle between the reader and the workers; their number bounds the memory in flight.
-    depth = threads + 2
+    # Buffers cycle between the reader and the workers; their number bounds the memory in flight:
+    # one per worker, one being filled, one spare so the reader never waits on a slow writer.
+    depth = threads + 1
     free_buffers = queue.Queue()
-    for _ in range(threads + depth + 1):
+    for _ in range(threads + 2):
         free_buffers.put(bytearray(frame_size))
 
     def compress_job(buf, length):
@@ -231,32 +234,40 @@ def seek_table(entries):
 # Decompression
 
 class _Input:
-    """Buffered reading of the compressed stream that always knows its stream offset."""
+    """Buffered reading of the compressed stream that always knows its stream offset.
 
-    CHUNK = 1 << 20
+    buf[pos:end] holds unconsumed input; reads go straight into the free tail of buf, which is
+    compacted or grown only when a frame needs more room than is left.
+    """
 
-    def __init__(self, fd):
+    def __init__(self, fd, capacity=8 << 20):
         self.fd = fd
-        self.buf = bytearray()
+        self.buf = bytearray(capacity)
         self.pos = 0          # next unconsumed byte in buf
+        self.end = 0          # end of the valid bytes in buf
         self.offset = 0       # stream offset of buf[pos]
         self.eof = False
 
     def available(self):
-        return len(self.buf) - self.pos
+        return self.end - self.pos
 
     def fill(self, count):
         """Make count bytes available; False when the input ends first."""
-        while self.available() < count and not self.eof:
-            if self.pos > (4 << 20) and self.pos * 2 > len(self.buf):
-                del self.buf[:self.pos]
-                self.pos = 0
-            chunk = bytearray(max(self.CHUNK, count - self.available()))
-            got = read_full(self.fd, memoryview(chunk))
-            if got < len(chunk):
-                self.eof = True
-            self.buf += memoryview(chunk)[:got]
-        return self.available() >= count
+        while self.end - self.pos < count and not self.eof:
+            if self.pos + count > len(self.buf):
+                held = self.end - self.pos
+                self.buf[:held] = self.buf[self.pos:self.end]
+                self.pos, self.end = 0, held
+                if count > len(self.buf):
+                    self.buf.extend(bytes(max(count, 2 * len(self.buf)) - len(self.buf)))
+            with memoryview(self.buf) as view:
+                try:
+                    got = os.readv(self.fd, [view[self.end:]])
+                except InterruptedError:
+                    continue
+            self.end += got
+            self.eof = got == 0
+        return self.end - self.pos >= count
 
     def peek(self, count, at=0):
         return bytes(self.buf[self.pos + at:self.pos + at + count])
@@ -329,7 +340,7 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
             progress.advance(len(data))
 
     src = _Input(src_fd)
-    writer = _OrderedWriter(threads, threads + 2, sink)
+    writer = _OrderedWriter(threads, threads + 1, sink)
     try:
         while src.fill(4):
             frame_offset = src.offset
@@ -368,37 +379,41 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
     return stats
 
 
-def _blocks(src, frame_offset, header_size, has_checksum):
-    """Walk one frame's blocks; yield (start, end) of the header, each block and the checksum,
+def _block_ends(src, frame_offset, header_size, has_checksum):
+    """Walk one frame's blocks; yield the end of the header, of each block and of the checksum,
     relative to the frame start, reading more input as needed. The caller may consume what was
-    yielded: positions are kept relative to frame_offset, not to the read position."""
-    def fill_to(end):
-        if not src.fill(end - (src.offset - frame_offset)):
-            raise _truncated(src, frame_offset, "zstd frame")
-
+    yielded: positions are relative to frame_offset, not to the read position. This loop runs
+    once per block of every frame, so it reads the buffer directly."""
+    yield header_size
     at = header_size
-    yield 0, header_size
-    while True:
-        fill_to(at + 3)
-        block_header = int.from_bytes(src.peek(3, at=at - (src.offset - frame_offset)), "little")
-        last, block_type, block_size = block_header & 1, (block_header >> 1) & 3, block_header >> 3
+    last = 0
+    while not last:
+        buf = src.buf
+        base = src.pos - (src.offset - frame_offset)   # index of the frame start in buf
+        p = base + at
+        if p + 3 > src.end:
+            if not src.fill(p + 3 - src.pos):
+                raise _truncated(src, frame_offset, "zstd frame")
+            continue
+        header = buf[p] | (buf[p + 1] << 8) | (buf[p + 2] << 16)
+        last, block_type, block_size = header & 1, (header >> 1) & 3, header >> 3
         if block_type == 3 or block_size > MAX_BLOCK_SIZE:
             raise Error(f"corrupt zstd block header at compressed offset {frame_offset + at} "
                         f"in the frame at {frame_offset}")
-        end = at + 3 + (1 if block_type == 1 else block_size)
-        fill_to(end)
-        yield at, end
-        at = end
-        if last:
-            break
+        at += 3 + (1 if block_type == 1 else block_size)
+        if not src.fill(base + at - src.pos):
+            raise _truncated(src, frame_offset, "zstd frame")
+        yield at
     if has_checksum:
-        fill_to(at + 4)
-        yield at, at + 4
+        at += 4
+        if not src.fill(at - (src.offset - frame_offset)):
+            raise _truncated(src, frame_offset, "zstd frame")
+        yield at
 
 
 def _take_frame(src, frame_offset, header_size, has_checksum):
     end = 0
-    for _, end in _blocks(src, frame_offset, header_size, has_checksum):
+    for end in _block_ends(src, frame_offset, header_size, has_checksum):
         pass
     return src.take(end)
 
@@ -409,15 +424,14 @@ def _stream_frame(src, frame_offset, header_size, has_checksum, writer):
     pending = []
     pending_size = 0
     consumed = 0
-    for start, end in _blocks(src, frame_offset, header_size, has_checksum):
-        # _blocks reads ahead relative to the frame start; consume up to this piece's end.
+    for end in _block_ends(src, frame_offset, header_size, has_checksum):
         piece = src.take(end - consumed)
-        consumed = end
         try:
             out = dobj.decompress(piece)
         except zstandard.ZstdError as exc:
             raise Error(f"corrupt data in the zstd frame at compressed offset {frame_offset} "
-                        f"(near offset {frame_offset + start}): {exc}") from None
+                        f"(near offset {frame_offset + consumed}): {exc}") from None
+        consumed = end
         if out:
             pending.append(out)
             pending_size += len(out)

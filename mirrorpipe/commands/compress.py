@@ -38,7 +38,7 @@ class Compress(cli.Command):
                             help="worker threads; 0 means one per core (default 0)")
         parser.add_argument("--frame-size", type=cli.size_argument, default=frames.DEFAULT_FRAME_SIZE,
                             metavar="SIZE",
-                            help="raw bytes per independent frame (default 16M)")
+                            help="raw bytes per independent frame (default 8M)")
 
     def preprocess_argv(self, argv):
         # zstd users type -1 ... -19; argparse cannot declare numeric flags.
