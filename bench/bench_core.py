@@ -138,7 +138,8 @@ def peak_rss(rss_dir, pipeline):
 
 def sample_image(workdir, size, seed):
     """The cached sample image of this size and seed, made by tools/make-sample-disk when missing."""
-    label = f"{size >> 20}M" if size % (1 << 20) == 0 else str(size)
+    label = next((f"{size >> shift}{unit}" for shift, unit in ((30, "G"), (20, "M")) if size % (1 << shift) == 0),
+                 str(size))
     path = os.path.join(workdir, f"sample-{label}-seed{seed}.img")
     if not os.path.exists(path):
         print(f"bench: building {path} (cached for later runs)", file=sys.stderr)
