@@ -1,0 +1,105 @@
+"""README.TXT of a disc: which set and disc this is, and the exact commands to restore the set.
+
+The stock-tools commands are written to be run as they stand (tests do): the only things a user
+changes are the two placeholders, the mount point /media/cdrom and the target disk /dev/sdX.
+"""
+
+import shlex
+
+from . import cli
+
+DISC_PLACEHOLDER = "/media/cdrom"
+TARGET_PLACEHOLDER = "/dev/sdX"
+
+# First bytes of a zstd stream: a zstd frame, or a skippable frame (0x184D2A50-5F, little endian).
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def looks_compressed(first_bytes):
+    """Whether a stream starting with FIRST_BYTES is zstd (was made with compress in the pipe)."""
+    return first_bytes[:4] == ZSTD_MAGIC or (
+        len(first_bytes) >= 4 and first_bytes[1:4] == b"\x2a\x4d\x18" and first_bytes[0] & 0xF0 == 0x50)
+
+
+def readme_text(manifest, volume_name, compressed=None):
+    """The README.TXT of the disc holding VOLUME_NAME, described by MANIFEST (a manifests.Manifest).
+
+    COMPRESSED: True or False when known (from volume 1's first bytes), None when this disc
+    cannot tell, in which case both ways are given."""
+    prefix, _, suffix = volume_name.rpartition(".")
+    pattern = f"{shlex.quote(prefix)}.{'?' * len(suffix)}"
+    count = manifest.volume_count if manifest.last else None
+    single = count == 1
+    lines = [
+        "MIRRORPIPE BACKUP DISC",
+        "",
+        f"This is disc {manifest.index}{f' of {count}' if count else ''} of the set "
+        f"'{manifest.set_name}', set id {manifest.set_id}.",
+    ]
+    if manifest.last:
+        lines.append("It is the last disc of the set." if not single else "The set fits on this one disc.")
+    else:
+        lines.append("The last disc of the set says how many discs there are.")
+    lines += [
+        f"It holds {volume_name}, bytes {manifest.offset:,} to {manifest.offset + manifest.length:,} "
+        f"({cli.format_size(manifest.length)}) of the backup stream,",
+        f"and {volume_name}.manifest, the xxh3-128 hashes of the volume and of every "
+        f"{cli.format_size(manifest.chunk_size)} chunk of it.",
+        f"Made {manifest.created or 'at an unknown time'}"
+        f"{f' on {manifest.host}' if manifest.host else ''}"
+        f"{f' for {manifest.media} discs' if manifest.media else ''}.",
+        "",
+        "The volumes of all discs, joined in name order, are the backup stream: a zstd stream when",
+        "the backup was made with compress in the pipe, else the raw disk image.",
+    ]
+    if compressed is None:
+        lines += ["This disc cannot tell which: disc 1's volume starts with the bytes 28 b5 2f fd when it",
+                  f"is zstd (see its README.TXT, or run: head -c 4 {prefix}.{'0' * (len(suffix) - 1)}1 | od -An -tx1)."]
+    else:
+        lines.append("This set's stream is " + ("zstd-compressed." if compressed else "not compressed."))
+    lines += [
+        "",
+        f"Everywhere below, replace {DISC_PLACEHOLDER} with where the disc is mounted (mount each disc",
+        f"there, e.g. as root: mount -o ro /dev/sr0 {DISC_PLACEHOLDER}) and {TARGET_PLACEHOLDER} "
+        "with the disk to restore to.",
+        f"EVERYTHING ON {TARGET_PLACEHOLDER} IS OVERWRITTEN.",
+        "",
+        "RESTORE WITH MIRRORPIPE (asks for each disc and checks every byte before writing it)",
+        "",
+    ]
+    variants = [True, False] if compressed is None else [compressed]
+    for variant in variants:
+        if compressed is None:
+            lines.append("  if the stream is zstd-compressed:" if variant else "  if it is not compressed:")
+        decompress = " | compress -d" if variant else ""
+        lines.append(f"    reassemble {DISC_PLACEHOLDER}{decompress} | write-disk {TARGET_PLACEHOLDER}")
+    lines += ["", "RESTORE WITH STOCK TOOLS ONLY (sh, cp, grep, cat, zstd, dd)", ""]
+    if not single:
+        lines += [
+            "Copy each disc's volume into the current directory (it needs room for the whole set),",
+            "then join, decompress and write them. In sh or bash:",
+            "",
+        ] + [f"    {line}" for line in _copy_loop(prefix, manifest.set_name)] + [""]
+    source = f"{DISC_PLACEHOLDER}/{shlex.quote(volume_name)}" if single else pattern
+    for variant in variants:
+        if compressed is None:
+            lines.append("  then, if the stream is zstd-compressed:" if variant else "  if it is not compressed:")
+        decompress = " | zstd -d" if variant else ""
+        lines += [f"    cat {source}{decompress} | dd of={TARGET_PLACEHOLDER} bs=4M conv=fsync", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _copy_loop(prefix, set_name):
+    """Shell lines asking for disc after disc and copying its volume and manifest, until the
+    manifest of the last volume (`"last": true`) has been copied."""
+    files = f"{shlex.quote(prefix)}.[0-9]*"
+    return [
+        "n=1",
+        "while :; do",
+        f"  printf 'Insert disc %d of set {set_name}, mount it at {DISC_PLACEHOLDER}, press Enter: ' \"$n\"",
+        "  read -r answer",
+        f"  cp {DISC_PLACEHOLDER}/{files} . || continue",
+        f"  grep -q '\"last\": true' {files}.manifest && break",
+        "  n=$((n + 1))",
+        "done",
+    ]
