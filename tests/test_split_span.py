@@ -1,0 +1,198 @@
+"""split-span as a command: options, the set it writes, the whole pipeline on loop devices with a
+real ext4 file system, stock-tools restore, --exec, and SIGKILL at random moments."""
+
+import contextlib
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(REPO, "bin")
+MIB = 1 << 20
+# The launchers run with the interpreter that runs the tests (it has the dependencies).
+ENV = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+
+
+def command(name, *args, stdin=None, input=None, stdout=subprocess.PIPE, check_status=None, **kwargs):
+    """Run bin/NAME without a terminal (its own session: /dev/tty cannot be opened); the result."""
+    result = subprocess.run([os.path.join(BIN, name), *map(str, args)], stdin=stdin, input=input,
+                            stdout=stdout, stderr=subprocess.PIPE, env=ENV, start_new_session=True,
+                            **kwargs)
+    if check_status is not None:
+        assert result.returncode == check_status, result.stderr.decode(errors="replace")
+    return result
+
+
+def shell(script, **kwargs):
+    """A bash pipeline over the bin/ commands (pipefail), without a terminal."""
+    return subprocess.run(["bash", "-o", "pipefail", "-c", script], env=dict(ENV, BIN=BIN),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+
+
+def split(data, outdir, *options):
+    return command("split-span", *options, outdir, input=data, check_status=0)
+
+
+def require(*tools, root=False):
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    if root and os.geteuid() != 0:
+        pytest.skip("needs root (loop devices)")
+
+
+@contextlib.contextmanager
+def loop_device(path):
+    device = subprocess.run(["losetup", "-f", "--show", str(path)], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def ext4_image(tmp_path_factory):
+    """A 64 MiB ext4 image with real files and deleted data (tools/make-sample-disk)."""
+    require("mkfs.ext4", "debugfs", "e2fsck")
+    path = tmp_path_factory.mktemp("sample") / "disk.img"
+    subprocess.run([sys.executable, os.path.join(REPO, "tools", "make-sample-disk"), "--size", "64M",
+                    str(path)], check=True, capture_output=True, env=ENV)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+
+@pytest.mark.parametrize("args, message", [
+    (["out"], "one of the arguments"),
+    (["--dvd", "--size", "1M", "out"], "not allowed with argument"),
+    (["--cd650", "--bd25", "out"], "not allowed with argument"),
+    (["--size", "12Q", "out"], "invalid size"),
+    (["--size", "1K", "out"], "volume size 1024 is outside"),
+    (["--size", "1M", "--name", "a/b", "out"], "invalid set name"),
+    (["--size", "1M", "--chunk-size", "1K", "out"], "chunk size 1024 is outside"),
+])
+def test_usage_errors(tmp_path, args, message):
+    result = command("split-span", *args, input=b"", cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr.decode()
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_presets_give_the_documented_volume_sizes(tmp_path):
+    # Only the manifest is looked at: a tiny stream in a --bd128 set is one short last volume.
+    split(b"tiny", tmp_path / "out", "--bd128", "--name", "pc1")
+    text = (tmp_path / "out" / "pc1.001.manifest").read_text()
+    assert '"media": "bd128"' in text and '"volume_size": 123703248896' in text
+
+
+def test_cat_of_the_volumes_is_the_stream(tmp_path):
+    data = os.urandom(10 * MIB + 5)
+    result = split(data, tmp_path / "out", "-P", "--size", "3M", "--chunk-size", "1M")
+    assert sorted(os.listdir(tmp_path / "out")) == [f"image.00{i}{suffix}" for i in range(1, 5)
+                                                     for suffix in ("", ".manifest")]
+    cat = subprocess.run("cat out/image.???", shell=True, cwd=tmp_path, capture_output=True, check=True)
+    assert cat.stdout == data
+    assert re.search(r"10\.0 MiB in 4 volumes of set 'image' \(set id [0-9a-f]{32}\)", result.stderr.decode())
+
+
+def test_an_existing_set_is_refused(tmp_path):
+    split(b"one", tmp_path / "out", "--size", "1M")
+    result = command("split-span", "--size", "1M", tmp_path / "out", input=b"two")
+    assert result.returncode == 1
+    assert "already holds a volume set named 'image' (image.001)" in result.stderr.decode()
+    assert (tmp_path / "out" / "image.001").read_bytes() == b"one"
+
+
+def test_exec_runs_after_each_volume_and_a_failure_stops_the_run(tmp_path):
+    log = tmp_path / "log"
+    split(os.urandom(5 * MIB), tmp_path / "out", "--size", "2M",
+          "--exec", f'echo "$MIRRORPIPE_VOLUME_INDEX $MIRRORPIPE_LAST $(stat -c %s {{}})" >> {log}')
+    assert log.read_text().splitlines() == [f"1 0 {2 * MIB}", f"2 0 {2 * MIB}", f"3 1 {MIB}"]
+
+    result = command("split-span", "--size", "2M", "--exec", 'test "$MIRRORPIPE_VOLUME_INDEX" -lt 2',
+                     tmp_path / "out2", input=os.urandom(5 * MIB))
+    assert result.returncode == 1
+    assert re.search(r"--exec command failed with status 1 for .*out2/image\.002; stopping",
+                     result.stderr.decode())
+    assert not os.path.exists(tmp_path / "out2" / "image.003")
+
+
+def test_moving_volumes_away_with_exec_stages_one_volume_at_a_time(tmp_path):
+    spool, burned = tmp_path / "spool", tmp_path / "burned"
+    burned.mkdir()
+    # What a burn-and-delete hook sees: at most the volume it is given in the spool.
+    split(os.urandom(7 * MIB), spool, "--size", "2M",
+          "--exec", f'test "$(ls {spool} | grep -vc manifest)" = 1 && mv {{}} {{}}.manifest {burned}/')
+    assert os.listdir(spool) == []
+    cat = subprocess.run("cat image.???", shell=True, cwd=burned, capture_output=True, check=True)
+    assert len(cat.stdout) == 7 * MIB
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole pipeline, on real devices
+
+def test_disk_to_volumes_and_back_on_loop_devices(tmp_path, ext4_image):
+    require("losetup", "zstd", "e2fsck", root=True)
+    target_file = tmp_path / "target.img"
+    with open(target_file, "wb") as f:
+        f.truncate(os.path.getsize(ext4_image))
+    with loop_device(ext4_image) as source, loop_device(target_file) as target:
+        backup = shell(f'"$BIN/read-disk" -q {source} | "$BIN/compress" -q | '
+                       f'"$BIN/split-span" -q --size 2M --chunk-size 256K {tmp_path}/out')
+        assert backup.returncode == 0, backup.stderr.decode()
+        assert len(os.listdir(tmp_path / "out")) >= 4, "the compressed image should span volumes"
+
+        # Stock tools only.
+        stock = shell(f"cat {tmp_path}/out/image.??? | zstd -d -q | cmp - {ext4_image}")
+        assert stock.returncode == 0, stock.stderr.decode() + stock.stdout.decode()
+
+        restore = shell(f'"$BIN/reassemble" -q {tmp_path}/out | "$BIN/compress" -d -q | '
+                        f'"$BIN/write-disk" -q {target}')
+        assert restore.returncode == 0, restore.stderr.decode()
+        assert subprocess.run(["cmp", source, target]).returncode == 0
+        fsck = subprocess.run(["e2fsck", "-fn", target], capture_output=True, text=True)
+        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Killed at any moment
+
+def test_sigkill_at_random_moments_never_leaves_an_acceptable_set(tmp_path):
+    """SIGKILL split-span while it writes, at random points (mid-volume, around the renames of a
+    finishing volume); reassemble must refuse what is left, and name any .part leftover."""
+    rng = random.Random(20261125)
+    data = os.urandom(6 * MIB)
+    seen_part = False
+    for attempt in range(8):
+        outdir = tmp_path / f"out{attempt}"
+        proc = subprocess.Popen([os.path.join(BIN, "split-span"), "-q", "--size", "1M",
+                                 "--chunk-size", "64K", outdir], stdin=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+        # Feed a random share of the stream (a volume boundary or not), then kill after a random
+        # moment, with the stream still open so split-span never sees its end.
+        fed = rng.choice([rng.randrange(1, len(data)), rng.randrange(1, 6) * MIB])
+        proc.stdin.write(data[:fed])
+        proc.stdin.flush()
+        time.sleep(rng.uniform(0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdin.close()
+        left = sorted(os.listdir(outdir)) if outdir.exists() else []
+        seen_part |= any(name.endswith(".part") for name in left)
+        result = command("reassemble", outdir, stdout=subprocess.DEVNULL)
+        message = result.stderr.decode()
+        assert result.returncode == 1, f"accepted after a kill: {left}"
+        assert "no last volume" in message or "no finished volume found" in message, message
+        for name in left:
+            if name.endswith(".part"):
+                assert name in message, message
+    assert seen_part, "no kill landed while a volume was being written; the test proves little"
