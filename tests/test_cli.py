@@ -1,0 +1,98 @@
+"""The conventions every command shares: sizes, one-line errors, terminals, SIGPIPE, progress."""
+
+import re
+
+import pytest
+
+from conftest import assert_one_line_error, sh
+from mirrorpipe import cli
+
+COMMANDS = ["read-disk", "compress", "checksum", "write-disk"]
+
+
+@pytest.mark.parametrize("text,value", [
+    ("512", 512), ("4K", 4096), ("4k", 4096), ("1M", 1 << 20), ("1G", 1 << 30), ("2T", 2 << 40),
+    ("1KiB", 1024), ("1KB", 1000), ("1MB", 10 ** 6), ("1GB", 10 ** 9), ("1.5M", 3 << 19), ("0", 0),
+])
+def test_sizes_accept_binary_and_decimal_suffixes(text, value):
+    assert cli.parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "M", "-1", "1X", "1.3B", "ten"])
+def test_sizes_reject_nonsense(text):
+    with pytest.raises(ValueError, match="invalid size"):
+        cli.parse_size(text)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_and_version(command):
+    result = sh(f"{command} --help", check=True)
+    assert result.stdout.startswith(f"usage: {command}".encode())
+    assert b"--quiet" in result.stdout and b"--progress" in result.stdout
+    assert sh(f"{command} --version", check=True).stdout.decode().startswith(f"{command} (mirrorpipe) ")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_usage_errors_are_one_line_with_status_2(command):
+    result = sh(f"{command} --no-such-flag /dev/null < /dev/null")
+    assert result.returncode == 2
+    assert_one_line_error(result, command, "--no-such-flag", f"see {command} --help")
+
+
+@pytest.mark.parametrize("script,command", [
+    ("read-disk {img}", "read-disk"),
+    ("compress < {img}", "compress"),
+    ("compress < {img} | compress -d", "compress"),
+    ("checksum < {img}", None),  # prints the digest line instead: text, not binary
+])
+def test_binary_output_to_a_terminal_is_refused(terminal, tmp_path, script, command):
+    img = tmp_path / "data"
+    img.write_bytes(b"\x01" * 4096)
+    term = terminal(script.format(img=img) + " > /dev/tty")
+    status = term.wait()
+    text = term.output.decode(errors="replace")
+    if command is None:
+        assert status == 0
+        assert re.search(r"[0-9a-f]{32}  stdin", text), text
+    else:
+        assert status == 2
+        assert f"{command}: error: refusing to write binary data to a terminal" in text
+        assert "\x01" not in text
+
+
+def test_binary_input_from_a_terminal_is_refused(terminal):
+    term = terminal("compress < /dev/tty > /dev/null")
+    assert term.wait() == 2
+    assert b"refusing to read binary data from a terminal" in term.output
+
+
+def test_downstream_exit_ends_upstream_quietly(tmp_path):
+    img = tmp_path / "data"
+    img.write_bytes(bytes(range(256)) * (64 << 12))  # 64 MiB
+    result = sh(f"read-disk {img} | compress | compress -d | head -c 1M | wc -c")
+    assert result.stdout.strip() == b"1048576"
+    assert result.stderr_text == ""
+    # Each upstream command died of SIGPIPE (141) like cat, or finished first: never an error.
+    statuses = sh(f"read-disk {img} | compress -d 2>&1 >/dev/null | head -c 0; "
+                  f"read-disk {img} | head -c 1M > /dev/null; echo ${{PIPESTATUS[0]}}").stdout.split()
+    assert statuses[-1] in (b"141", b"0")
+
+
+def test_progress_lines_of_a_pipeline_share_one_line(terminal, tmp_path):
+    img = tmp_path / "data"
+    img.write_bytes(bytes(range(256)) * (1 << 20))  # 256 MiB keeps them busy for a few ticks
+    term = terminal(f"read-disk -P {img} | compress -P -19 -T1 | checksum -P > /dev/null")
+    assert term.wait(timeout=240) == 0
+    text = term.output.decode(errors="replace")
+    # Every piece between carriage returns and newlines is one whole status or summary line of
+    # one of our commands, never two commands' output interleaved.
+    pieces = [p.replace("\x1b[K", "").strip() for p in re.split(r"[\r\n]+", text)]
+    pieces = [p for p in pieces if p]
+    assert pieces, text
+    for piece in pieces:
+        assert re.match(r"^(read-disk|compress|checksum)[ :]", piece), piece
+        for name in ("read-disk", "compress", "checksum"):
+            # a name appears again only after the separator of the shared line
+            assert piece.count(name + " ") + piece.count(name + ":") <= 1 or " | " in piece, piece
+    assert any(" | " in p for p in pieces), "never drew the commands on one shared line: " + text
+    assert "compress: 256.0 MiB raw" in text

@@ -1,0 +1,241 @@
+"""The compressed stream format: independent zstd frames, zero frames, the seek table, decoding
+of any zstd stream, and errors that name the compressed offset."""
+
+import os
+import random
+import struct
+import subprocess
+
+import pytest
+import zstandard
+
+from conftest import assert_one_line_error, need_tools, sh
+from mirrorpipe import frames
+from mirrorpipe.errors import Error
+
+MiB = 1 << 20
+
+
+def run_engine(function, data, **options):
+    """(output bytes, stats) of an engine function run from a file holding data to a file."""
+    src = _fd_with(data)
+    dst_path = f"/dev/shm/mirrorpipe-test-out-{os.getpid()}"
+    dst = os.open(dst_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        stats = function(src, dst, **options)
+        with open(dst_path, "rb") as f:
+            return f.read(), stats
+    finally:
+        os.close(dst)
+        os.close(src)
+        os.unlink(dst_path)
+
+
+def compress_bytes(data, **options):
+    return run_engine(frames.compress_stream, data, **options)
+
+
+def decompress_bytes(data, **options):
+    return run_engine(frames.decompress_stream, data, **options)[0]
+
+
+def _fd_with(data):
+    path = f"/dev/shm/mirrorpipe-test-in-{os.getpid()}"
+    with open(path, "wb") as f:
+        f.write(data)
+    fd = os.open(path, os.O_RDONLY)
+    os.unlink(path)
+    return fd
+
+
+def parse_frames(stream):
+    """[(kind, offset, length)] of the top-level frames of a zstd stream (zstd's own parser)."""
+    found = []
+    offset = 0
+    while offset < len(stream):
+        magic = struct.unpack_from("<I", stream, offset)[0]
+        if frames.SKIPPABLE_MAGIC_MIN <= magic <= frames.SKIPPABLE_MAGIC_MAX:
+            length = 8 + struct.unpack_from("<I", stream, offset + 4)[0]
+            found.append(("skippable", offset, length))
+        else:
+            dobj = zstandard.ZstdDecompressor().decompressobj()
+            dobj.decompress(stream[offset:])
+            length = len(stream) - offset - len(dobj.unused_data)
+            found.append(("zstd", offset, length))
+        offset += length
+    return found
+
+
+def sample(size, seed=0):
+    """Compressible but not trivial data: words from a small vocabulary."""
+    rng = random.Random(seed)
+    words = [rng.randbytes(rng.randint(2, 9)) for _ in range(500)]
+    out = bytearray()
+    while len(out) < size:
+        out += rng.choice(words)
+    return bytes(out[:size])
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, MiB - 1, MiB, MiB + 1, 3 * MiB + 17])
+def test_round_trip_sizes_at_frame_boundaries(size):
+    data = sample(size)
+    packed, stats = compress_bytes(data, frame_size=MiB)
+    assert stats.raw_bytes == size
+    assert decompress_bytes(packed) == data
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(packed) == data[:MiB] or size == 0
+
+
+def test_frames_are_independent_bounded_and_carry_size_and_checksum():
+    data = sample(5 * MiB + 123)
+    packed, stats = compress_bytes(data, frame_size=MiB)
+    parts = parse_frames(packed)
+    assert [kind for kind, _, _ in parts] == ["zstd"] * 6 + ["skippable"]
+    offset_raw = 0
+    for _, offset, length in parts[:-1]:
+        frame = packed[offset:offset + length]
+        params = zstandard.get_frame_parameters(frame)
+        assert params.has_checksum
+        assert 0 < params.content_size <= MiB
+        # each frame decodes on its own, without anything before it
+        assert zstandard.ZstdDecompressor().decompress(frame) == data[offset_raw:offset_raw + params.content_size]
+        offset_raw += params.content_size
+    assert offset_raw == len(data)
+
+
+def test_seek_table_follows_the_seekable_format():
+    data = sample(3 * MiB) + bytes(2 * MiB) + sample(MiB // 2, seed=2)
+    packed, stats = compress_bytes(data, frame_size=MiB)
+    parts = parse_frames(packed)
+    kind, offset, length = parts[-1]
+    table = packed[offset:offset + length]
+    magic, size = struct.unpack_from("<II", table)
+    assert magic == frames.SEEK_TABLE_MAGIC and size == len(table) - 8
+    count, descriptor, footer_magic = struct.unpack_from("<IBI", table, len(table) - 9)
+    assert footer_magic == frames.SEEKABLE_FOOTER_MAGIC
+    assert descriptor & 0x80 and count == len(parts) - 1 == stats.frames
+    raw_total = 0
+    for index, (_, frame_offset, frame_length) in enumerate(parts[:-1]):
+        compressed, decompressed = struct.unpack_from("<II", table, 8 + 12 * index)
+        checksum = table[8 + 12 * index + 8:8 + 12 * index + 12]
+        assert compressed == frame_length
+        frame = packed[frame_offset:frame_offset + frame_length]
+        assert checksum == frame[-4:]
+        raw_total += decompressed
+    assert raw_total == len(data)
+
+
+def test_zero_runs_become_one_reused_frame():
+    data = sample(MiB) + bytes(6 * MiB) + sample(MiB, seed=3)
+    packed, _ = compress_bytes(data, frame_size=2 * MiB)
+    zstd_frames = [packed[o:o + n] for kind, o, n in parse_frames(packed) if kind == "zstd"]
+    zero_frames = [f for f in zstd_frames if zstandard.get_frame_parameters(f).content_size == 2 * MiB
+                   and zstandard.ZstdDecompressor().decompress(f) == bytes(2 * MiB)]
+    assert len(zero_frames) == 3 and len(set(zero_frames)) == 1
+    assert decompress_bytes(packed) == data
+
+
+def test_all_zero_input_costs_no_compression_work():
+    """A zero frame is compressed once and reused: 512 MiB of zeros is mostly cheap reads."""
+    packed, stats = compress_bytes(bytes(64 * MiB), frame_size=MiB, threads=1)
+    assert stats.frames == 64
+    assert len(set(packed[o:o + n] for kind, o, n in parse_frames(packed) if kind == "zstd")) == 1
+
+
+@pytest.mark.parametrize("level", [1, 3, 19])
+def test_levels(level):
+    data = sample(2 * MiB)
+    packed, _ = compress_bytes(data, level=level, frame_size=MiB)
+    assert decompress_bytes(packed) == data
+
+
+def test_stock_zstd_decodes_our_stream_identically(tmp_path):
+    need_tools("zstd")
+    data = sample(3 * MiB) + bytes(3 * MiB) + os.urandom(MiB)
+    (tmp_path / "raw").write_bytes(data)
+    result = sh(f"compress --frame-size 1M < {tmp_path}/raw | zstd -d -q", check=True)
+    assert result.stdout == data
+    result = sh(f"compress < /dev/null | zstd -d -q | wc -c", check=True)
+    assert result.stdout.strip() == b"0"
+
+
+@pytest.mark.parametrize("zstd_options", [["-T0"], ["--long=27"], ["-19"], ["--no-check"],
+                                          ["-T2", "--rsyncable"]])
+def test_we_decode_stock_zstd_output(tmp_path, zstd_options):
+    need_tools("zstd")
+    data = sample(6 * MiB) + bytes(MiB)
+    (tmp_path / "raw").write_bytes(data)
+    opts = " ".join(zstd_options)
+    # through a pipe: stock zstd then writes one frame without a content size
+    assert sh(f"cat {tmp_path}/raw | zstd -q {opts} | compress -d", check=True).stdout == data
+    # from a file: the frame carries its content size
+    sh(f"zstd -q {opts} {tmp_path}/raw -o {tmp_path}/raw.zst", check=True)
+    assert sh(f"compress -d < {tmp_path}/raw.zst", check=True).stdout == data
+
+
+def test_concatenated_and_skippable_frames(tmp_path):
+    need_tools("zstd")
+    a, b = sample(MiB), sample(MiB, seed=9)
+    (tmp_path / "a").write_bytes(a)
+    (tmp_path / "b").write_bytes(b)
+    skippable = struct.pack("<II", 0x184D2A53, 5) + b"hello"
+    (tmp_path / "skip").write_bytes(skippable)
+    script = (f"cat <(zstd -q -c {tmp_path}/a) {tmp_path}/skip <(compress < {tmp_path}/b) "
+              f"<(zstd -q -c {tmp_path}/a) | compress -d")
+    assert sh(script, check=True).stdout == a + b + a
+
+
+def corrupt(data, offset, byte=0xFF):
+    return data[:offset] + bytes([data[offset] ^ byte]) + data[offset + 1:]
+
+
+def test_corrupt_frame_names_its_compressed_offset_and_keeps_earlier_frames(tmp_path):
+    data = sample(4 * MiB)
+    packed, _ = compress_bytes(data, frame_size=MiB)
+    _, third, length = parse_frames(packed)[2]
+    src = _fd_with(corrupt(packed, third + length // 2))
+    dst = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(Error, match=f"compressed offset {third}"):
+            frames.decompress_stream(src, dst)
+        assert (tmp_path / "out").read_bytes() == data[:2 * MiB]
+    finally:
+        os.close(src)
+        os.close(dst)
+
+
+def test_command_errors_on_corrupt_truncated_foreign_and_empty_input(tmp_path):
+    data = sample(3 * MiB)
+    packed, _ = compress_bytes(data, frame_size=MiB)
+    cases = {
+        "corrupt": (corrupt(packed, len(packed) // 2), "corrupt"),
+        "truncated": (packed[:len(packed) // 2], "truncated input"),
+        "cut-in-table": (packed[:-3], "truncated input"),
+        "foreign": (b"PK\x03\x04" + data[:1000], "not zstd data"),
+        "trailing-garbage": (packed + b"garbage!", "corrupt or foreign data at compressed offset"),
+        "empty": (b"", "empty"),
+    }
+    for name, (blob, message) in cases.items():
+        (tmp_path / name).write_bytes(blob)
+        result = sh(f"compress -d < {tmp_path / name} > /dev/null")
+        assert result.returncode == 1, name
+        assert_one_line_error(result, "compress", message)
+
+
+def test_truncated_stock_single_frame_is_an_error(tmp_path):
+    need_tools("zstd")
+    (tmp_path / "raw").write_bytes(sample(4 * MiB))
+    result = sh(f"zstd -q -c < {tmp_path}/raw | head -c 100000 | compress -d > /dev/null")
+    assert result.returncode == 1
+    assert_one_line_error(result, "compress", "truncated input", "offset 0")
+
+
+def test_memory_is_bounded_for_a_huge_unsized_frame(tmp_path):
+    """2 GiB of zeros in one stock frame compress to a few KB; decoding must not buffer it."""
+    need_tools("zstd")
+    result = sh("head -c 2G /dev/zero | zstd -q -1 | /usr/bin/env time -f '%M' compress -d | wc -c")
+    if "time" in result.stderr_text and "not found" in result.stderr_text:
+        pytest.skip("needs GNU time")
+    assert result.returncode == 0, result.stderr_text
+    assert result.stdout.strip() == str(2 << 30).encode()
+    peak_kib = int(result.stderr_text.strip().splitlines()[-1])
+    assert peak_kib < 200 * 1024
