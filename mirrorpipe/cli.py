@@ -8,6 +8,7 @@ errors into one-line messages with the documented exit status, and sets up the s
 import argparse
 import atexit
 import fcntl
+import io
 import os
 import re
 import signal
@@ -143,9 +144,12 @@ def input_size(fd):
 def open_terminal():
     """The controlling terminal for prompts (stdin and stdout carry data), or None without one."""
     try:
-        return open("/dev/tty", "r+", buffering=1, encoding="utf-8", errors="replace")
+        # Unbuffered bytes under the text layer: open(..., "r+") wants a seekable file (BufferedRandom)
+        # and fails on every terminal.
+        raw = open("/dev/tty", "r+b", buffering=0)
     except OSError:
         return None
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", line_buffering=True)
 
 
 def ask(question, tty=None):
