@@ -1,0 +1,294 @@
+"""reassemble as a command: the fault matrix (every fault at the first, a middle and the last
+volume, refused with the exact problem and status 1, no byte of a bad chunk written), --verify,
+and disc-by-disc reading through a pseudo-terminal."""
+
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import xxhash
+
+from mirrorpipe import manifests
+from test_split_span import BIN, ENV, MIB, command, split
+
+VOLUME = 2 * MIB
+CHUNK = 256 << 10
+COUNT = 5
+
+
+@pytest.fixture(scope="module")
+def volume_sets(tmp_path_factory):
+    """A five-volume set 'image' and a set 'other' of the same shape, made by split-span."""
+    base = tmp_path_factory.mktemp("sets")
+    stream = os.urandom((COUNT - 1) * VOLUME + 300_000)
+    split(stream, base / "image", "--size", "2M", "--chunk-size", "256K")
+    split(os.urandom(len(stream)), base / "other", "--size", "2M", "--chunk-size", "256K", "--name", "other")
+    return base, stream
+
+
+def set_id(path):
+    return manifests.read(str(path)).set_id
+
+
+def forge_volume(original, forged, data):
+    """A self-consistent volume with the original's set and index but other content."""
+    manifest = manifests.read(f"{original}.manifest")
+    manifest.chunk_digests = b"".join(xxhash.xxh3_128(data[i:i + manifest.chunk_size]).digest()
+                                      for i in range(0, len(data), manifest.chunk_size))
+    manifest.volume_digest = xxhash.xxh3_128(data).digest()
+    forged.write_bytes(data)
+    forged.with_name(forged.name + ".manifest").write_bytes(manifest.to_json())
+
+
+def flip_bit(d, i, name):
+    path = d / name
+    data = bytearray(path.read_bytes())
+    where = len(data) // 2 + 12345
+    data[where] ^= 0x10
+    path.write_bytes(data)
+    start = where // CHUNK * CHUNK
+    return (rf"corrupt data in volume {i} \({re.escape(str(path))}\) at offset {start} "
+            rf"\(stream offset {(i - 1) * VOLUME + start}\)"), (i - 1) * VOLUME + start
+
+
+def truncate(d, i, name):
+    path = d / name
+    size = path.stat().st_size
+    os.truncate(path, size - 1000)
+    return rf"volume {i} \({re.escape(str(path))}\) is truncated: {size - 1000} bytes, its manifest says {size}", 0
+
+
+def delete(d, i, name):
+    os.unlink(d / name)
+    os.unlink(d / f"{name}.manifest")
+    if i == COUNT:
+        return rf"no last volume of set 'image' \(found 1-{COUNT - 1}\)", 0
+    return rf"missing volume {i} of {COUNT} of set 'image'", 0
+
+
+def duplicate_with_other_content(d, i, name):
+    original = d / name
+    forge_volume(original, d / "copy.bin", os.urandom(original.stat().st_size))
+    return (rf"two different volumes {i} of set 'image': {re.escape(str(d / 'copy.bin'))} and "
+            rf"{re.escape(str(original))} \(different content\)"), 0
+
+
+def other_sets_volume(d, i, name, other_dir):
+    theirs = other_dir / f"other.00{i}"
+    shutil.copy(theirs, d / name)
+    shutil.copy(f"{theirs}.manifest", d / f"{name}.manifest")
+    mine = set_id(d / ("image.001.manifest" if i != 1 else "image.002.manifest"))
+    return (rf"{re.escape(str(d / name))} is volume {i} of another set 'other' \(set id {set_id(f'{theirs}.manifest')}\), "
+            rf"not of the set 'image' \(set id {mine}\)"), 0
+
+
+def renamed_volume(d, i, name):
+    os.rename(d / name, d / "renamed.bin")
+    return (rf"volume {i} \({re.escape(str(d / name))}\) is missing: its manifest "
+            rf"{re.escape(str(d / name))}\.manifest is there but not the volume file beside it"), 0
+
+
+def part_leftover(d, i, name):
+    # What SIGKILL between the volume's and the manifest's rename leaves.
+    os.rename(d / f"{name}.manifest", d / f"{name}.manifest.part")
+    leftover = re.escape(str(d / f"{name}.manifest.part")) + r" unfinished \(left by an interrupted split-span\)"
+    if i == COUNT:
+        return rf"no last volume of set 'image' \(found 1-{COUNT - 1}\).*{leftover}", 0
+    return rf"missing volume {i} of {COUNT} of set 'image' \({leftover}", 0
+
+
+FAULTS = [flip_bit, truncate, delete, duplicate_with_other_content, other_sets_volume,
+          renamed_volume, part_leftover]
+
+
+@pytest.mark.parametrize("position", [1, 3, COUNT], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.__name__ for f in FAULTS])
+def test_fault_matrix(tmp_path, volume_sets, fault, position):
+    base, stream = volume_sets
+    d = tmp_path / "set"
+    shutil.copytree(base / "image", d)
+    extra = (base / "other",) if fault is other_sets_volume else ()
+    expected, good_prefix = fault(d, position, f"image.00{position}", *extra)
+    with open(tmp_path / "stream.out", "wb") as out:
+        result = command("reassemble", d, stdout=out)
+    message = result.stderr.decode()
+    assert result.returncode == 1, message
+    assert re.search(expected, message), message
+    assert message.startswith("reassemble: error: ") and message.count("\n") == 1
+    # Only verified chunks before the problem reach the output; before any byte when the problem
+    # shows in the files themselves.
+    assert (tmp_path / "stream.out").read_bytes() == stream[:good_prefix]
+
+
+def test_any_file_names_and_order(tmp_path, volume_sets):
+    base, stream = volume_sets
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    names = ["zeta", "alpha", "mid", "b", "a"]
+    for i, name in enumerate(names, start=1):
+        shutil.copy(base / "image" / f"image.00{i}", shuffled / name)
+        shutil.copy(base / "image" / f"image.00{i}.manifest", shuffled / f"{name}.manifest")
+    result = command("reassemble", shuffled / "mid.manifest", shuffled / "zeta", shuffled, check_status=0)
+    assert result.stdout == stream
+
+
+def test_a_terminal_on_stdout_is_refused(volume_sets):
+    base, _ = volume_sets
+    controller, terminal = os.openpty()
+    try:
+        result = command("reassemble", base / "image", stdout=terminal)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 2
+    assert "refusing to write binary data to a terminal" in result.stderr.decode()
+
+
+def test_verify_prints_a_table_and_finds_every_problem(tmp_path, volume_sets):
+    base, stream = volume_sets
+    ok = command("reassemble", "--verify", base / "image", check_status=0).stdout.decode()
+    assert ok.count(" ok ") == COUNT and f"{COUNT} volumes, {len(stream)} bytes, all verified" in ok
+
+    d = tmp_path / "set"
+    shutil.copytree(base / "image", d)
+    flip_bit(d, 2, "image.002")
+    truncate(d, 4, "image.004")
+    result = command("reassemble", "--verify", d)
+    table = result.stdout.decode()
+    assert result.returncode == 1
+    rows = {int(line.split()[0]): line.split()[3] for line in table.splitlines()[1:COUNT + 1]}
+    assert rows == {1: "ok", 2: "BAD", 3: "ok", 4: "BAD", 5: "ok"}
+    assert "2 problem(s)" in table
+    assert "volume 2: corrupt data in volume 2" in result.stderr.decode()
+    assert "volume 4: volume 4" in result.stderr.decode() and "is truncated" in result.stderr.decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Disc by disc, through a pseudo-terminal
+
+class Terminal:
+    """A command run with a pseudo-terminal as its controlling terminal (so /dev/tty is ours);
+    its standard output and error go to files."""
+
+    def __init__(self, script, cwd):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.chdir(cwd)
+            os.execve("/bin/sh", ["sh", "-c", script], dict(ENV, BIN=BIN))
+        self.seen = ""
+
+    def expect(self, pattern, timeout=20):
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, self.seen):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                raise AssertionError(f"no {pattern!r} on the terminal; it shows: {self.seen!r}")
+            try:
+                data = os.read(self.fd, 4096)
+            except OSError:     # EIO: the command exited and closed the terminal
+                data = b""
+            if not data:
+                raise AssertionError(f"terminal closed without {pattern!r}; it shows: {self.seen!r}")
+            self.seen += data.decode(errors="replace")
+        found = self.seen
+        self.seen = ""
+        return found
+
+    def answer(self, text=""):
+        os.write(self.fd, text.encode() + b"\n")
+
+    def wait(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            time.sleep(0.05)
+        os.kill(self.pid, signal.SIGKILL)
+        raise AssertionError("the command did not finish")
+
+    def open_paths(self):
+        paths = []
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                paths.append(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
+            except OSError:
+                pass
+        return paths
+
+
+def insert(drive, disc):
+    """Swap the drive's contents for a disc's (what ejecting and inserting does to a mount point)."""
+    for name in os.listdir(drive):
+        os.unlink(drive / name)
+    for name in os.listdir(disc):
+        shutil.copy(disc / name, drive / name)
+
+
+@pytest.fixture
+def discs(tmp_path, volume_sets):
+    """One directory per disc, as burn-iso lays them out: a volume, its manifest and a README."""
+    base, stream = volume_sets
+    made = {}
+    for set_name in ("image", "other"):
+        for i in range(1, COUNT + 1):
+            disc = made[set_name, i] = tmp_path / f"{set_name}-disc{i}"
+            disc.mkdir()
+            for suffix in ("", ".manifest"):
+                shutil.copy(base / set_name / f"{set_name}.00{i}{suffix}", disc)
+            (disc / "README.TXT").write_text(f"disc {i} of the set '{set_name}'\n")
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    return made, drive, stream
+
+
+def test_disc_by_disc_with_wrong_discs(tmp_path, discs):
+    made, drive, stream = discs
+    insert(drive, made["image", 1])
+    terminal = Terminal(f'exec "$BIN/reassemble" {drive} > {tmp_path}/out 2> {tmp_path}/err', tmp_path)
+    terminal.expect(r"insert disc 2 of set 'image' and press Enter")
+    # The disc that was read is closed, so it can be ejected.
+    assert not [p for p in terminal.open_paths() if p.startswith(str(drive))]
+    insert(drive, made["image", 4])
+    terminal.answer()
+    terminal.expect(r"this is disc 4 of set 'image', not disc 2 of set 'image'")
+    terminal.expect(r"insert disc 2 of set 'image'")
+    insert(drive, made["other", 2])
+    terminal.answer()
+    terminal.expect(r"this is disc 2 of another set 'other' \(set id [0-9a-f]{32}\), not disc 2")
+    insert(drive, made["image", 2])
+    terminal.answer()
+    for i in range(3, COUNT + 1):
+        terminal.expect(rf"insert disc {i} of set 'image'")
+        insert(drive, made["image", i])
+        terminal.answer()
+    status = terminal.wait()
+    assert status == 0, (tmp_path / "err").read_text()
+    assert (tmp_path / "out").read_bytes() == stream
+
+
+def test_disc_by_disc_giving_up(tmp_path, discs):
+    made, drive, stream = discs
+    insert(drive, made["image", 1])
+    terminal = Terminal(f'exec "$BIN/reassemble" {drive} > {tmp_path}/out 2> {tmp_path}/err', tmp_path)
+    terminal.expect(r"insert disc 2 of set 'image'")
+    terminal.answer("q")
+    assert terminal.wait() == 1
+    assert "gave up waiting for disc 2 of set 'image'" in (tmp_path / "err").read_text()
+    assert (tmp_path / "out").read_bytes() == stream[:VOLUME]
+
+
+def test_part_of_a_set_without_a_terminal_lists_what_is_missing(discs):
+    made, drive, _ = discs
+    insert(drive, made["image", 2])
+    result = command("reassemble", drive)
+    assert result.returncode == 1
+    assert "missing volume 1 of set 'image'; no last volume of set 'image' (found 2)" in result.stderr.decode()
+    assert result.stdout == b""
