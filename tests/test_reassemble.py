@@ -3,19 +3,15 @@ volume, refused with the exact problem and status 1, no byte of a bad chunk writ
 and disc-by-disc reading through a pseudo-terminal."""
 
 import os
-import pty
 import re
-import select
 import shutil
-import signal
-import subprocess
-import time
 
 import pytest
 import xxhash
 
 from mirrorpipe import manifests
-from test_split_span import BIN, ENV, MIB, command, split
+from conftest import assert_one_line_error
+from test_split_span import MIB, command, split
 
 VOLUME = 2 * MIB
 CHUNK = 256 << 10
@@ -119,8 +115,7 @@ def test_fault_matrix(tmp_path, volume_sets, fault, position):
         result = command("reassemble", d, stdout=out)
     message = result.stderr.decode()
     assert result.returncode == 1, message
-    assert re.search(expected, message), message
-    assert message.startswith("reassemble: error: ") and message.count("\n") == 1
+    assert re.search(expected, assert_one_line_error(result, "reassemble")), message
     # Only verified chunks before the problem reach the output; before any byte when the problem
     # shows in the files themselves.
     assert (tmp_path / "stream.out").read_bytes() == stream[:good_prefix]
@@ -172,58 +167,6 @@ def test_verify_prints_a_table_and_finds_every_problem(tmp_path, volume_sets):
 # ---------------------------------------------------------------------------------------------
 # Disc by disc, through a pseudo-terminal
 
-class Terminal:
-    """A command run with a pseudo-terminal as its controlling terminal (so /dev/tty is ours);
-    its standard output and error go to files."""
-
-    def __init__(self, script, cwd):
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:
-            os.chdir(cwd)
-            os.execve("/bin/sh", ["sh", "-c", script], dict(ENV, BIN=BIN))
-        self.seen = ""
-
-    def expect(self, pattern, timeout=20):
-        deadline = time.monotonic() + timeout
-        while not re.search(pattern, self.seen):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
-                raise AssertionError(f"no {pattern!r} on the terminal; it shows: {self.seen!r}")
-            try:
-                data = os.read(self.fd, 4096)
-            except OSError:     # EIO: the command exited and closed the terminal
-                data = b""
-            if not data:
-                raise AssertionError(f"terminal closed without {pattern!r}; it shows: {self.seen!r}")
-            self.seen += data.decode(errors="replace")
-        found = self.seen
-        self.seen = ""
-        return found
-
-    def answer(self, text=""):
-        os.write(self.fd, text.encode() + b"\n")
-
-    def wait(self, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                os.close(self.fd)
-                return os.waitstatus_to_exitcode(status)
-            time.sleep(0.05)
-        os.kill(self.pid, signal.SIGKILL)
-        raise AssertionError("the command did not finish")
-
-    def open_paths(self):
-        paths = []
-        for fd in os.listdir(f"/proc/{self.pid}/fd"):
-            try:
-                paths.append(os.readlink(f"/proc/{self.pid}/fd/{fd}"))
-            except OSError:
-                pass
-        return paths
-
-
 def insert(drive, disc):
     """Swap the drive's contents for a disc's (what ejecting and inserting does to a mount point)."""
     for name in os.listdir(drive):
@@ -249,39 +192,50 @@ def discs(tmp_path, volume_sets):
     return made, drive, stream
 
 
-def test_disc_by_disc_with_wrong_discs(tmp_path, discs):
+def open_paths(pid):
+    paths = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            paths.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return paths
+
+
+def test_disc_by_disc_with_wrong_discs(tmp_path, discs, terminal):
     made, drive, stream = discs
     insert(drive, made["image", 1])
-    terminal = Terminal(f'exec "$BIN/reassemble" {drive} > {tmp_path}/out 2> {tmp_path}/err', tmp_path)
-    terminal.expect(r"insert disc 2 of set 'image' and press Enter")
+    term = terminal(f"exec reassemble {drive} > {tmp_path}/out")
+    term.read_until("insert disc 2 of set 'image' and press Enter")
     # The disc that was read is closed, so it can be ejected.
-    assert not [p for p in terminal.open_paths() if p.startswith(str(drive))]
+    assert not [p for p in open_paths(term.process.pid) if p.startswith(str(drive))]
     insert(drive, made["image", 4])
-    terminal.answer()
-    terminal.expect(r"this is disc 4 of set 'image', not disc 2 of set 'image'")
-    terminal.expect(r"insert disc 2 of set 'image'")
+    term.send("")
+    term.read_until("this is disc 4 of set 'image', not disc 2 of set 'image'")
     insert(drive, made["other", 2])
-    terminal.answer()
-    terminal.expect(r"this is disc 2 of another set 'other' \(set id [0-9a-f]{32}\), not disc 2")
+    term.send("")
+    term.read_until("this is disc 2 of another set")
     insert(drive, made["image", 2])
-    terminal.answer()
+    term.send("")
     for i in range(3, COUNT + 1):
-        terminal.expect(rf"insert disc {i} of set 'image'")
+        term.read_until(f"insert disc {i} of set 'image'")
         insert(drive, made["image", i])
-        terminal.answer()
-    status = terminal.wait()
-    assert status == 0, (tmp_path / "err").read_text()
+        term.send("")
+    assert term.wait() == 0, term.output.decode(errors="replace")
+    assert re.search(r"this is disc 2 of another set 'other' \(set id [0-9a-f]{32}\), not disc 2",
+                     term.output.decode())
+    assert term.output.decode().count("insert disc 2 of set 'image'") == 3
     assert (tmp_path / "out").read_bytes() == stream
 
 
-def test_disc_by_disc_giving_up(tmp_path, discs):
+def test_disc_by_disc_giving_up(tmp_path, discs, terminal):
     made, drive, stream = discs
     insert(drive, made["image", 1])
-    terminal = Terminal(f'exec "$BIN/reassemble" {drive} > {tmp_path}/out 2> {tmp_path}/err', tmp_path)
-    terminal.expect(r"insert disc 2 of set 'image'")
-    terminal.answer("q")
-    assert terminal.wait() == 1
-    assert "gave up waiting for disc 2 of set 'image'" in (tmp_path / "err").read_text()
+    term = terminal(f"exec reassemble {drive} > {tmp_path}/out")
+    term.read_until("insert disc 2 of set 'image'")
+    term.send("q")
+    assert term.wait() == 1
+    assert "reassemble: error: gave up waiting for disc 2 of set 'image'" in term.output.decode()
     assert (tmp_path / "out").read_bytes() == stream[:VOLUME]
 
 
@@ -289,6 +243,6 @@ def test_part_of_a_set_without_a_terminal_lists_what_is_missing(discs):
     made, drive, _ = discs
     insert(drive, made["image", 2])
     result = command("reassemble", drive)
-    assert result.returncode == 1
-    assert "missing volume 1 of set 'image'; no last volume of set 'image' (found 2)" in result.stderr.decode()
-    assert result.stdout == b""
+    assert_one_line_error(result, "reassemble",
+                          "missing volume 1 of set 'image'; no last volume of set 'image' (found 2)")
+    assert result.returncode == 1 and result.stdout == b""

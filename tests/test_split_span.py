@@ -1,71 +1,31 @@
 """split-span as a command: options, the set it writes, the whole pipeline on loop devices with a
 real ext4 file system, stock-tools restore, --exec, and SIGKILL at random moments."""
 
-import contextlib
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(REPO, "bin")
+from conftest import BIN, assert_one_line_error, need_root, need_tools, sh
+
 MIB = 1 << 20
-# The launchers run with the interpreter that runs the tests (it has the dependencies).
-ENV = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
 
 
 def command(name, *args, stdin=None, input=None, stdout=subprocess.PIPE, check_status=None, **kwargs):
     """Run bin/NAME without a terminal (its own session: /dev/tty cannot be opened); the result."""
-    result = subprocess.run([os.path.join(BIN, name), *map(str, args)], stdin=stdin, input=input,
-                            stdout=stdout, stderr=subprocess.PIPE, env=ENV, start_new_session=True,
-                            **kwargs)
+    result = subprocess.run([str(BIN / name), *map(str, args)], stdin=stdin, input=input,
+                            stdout=stdout, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
     if check_status is not None:
         assert result.returncode == check_status, result.stderr.decode(errors="replace")
     return result
 
 
-def shell(script, **kwargs):
-    """A bash pipeline over the bin/ commands (pipefail), without a terminal."""
-    return subprocess.run(["bash", "-o", "pipefail", "-c", script], env=dict(ENV, BIN=BIN),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
-
-
 def split(data, outdir, *options):
     return command("split-span", *options, outdir, input=data, check_status=0)
-
-
-def require(*tools, root=False):
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)}")
-    if root and os.geteuid() != 0:
-        pytest.skip("needs root (loop devices)")
-
-
-@contextlib.contextmanager
-def loop_device(path):
-    device = subprocess.run(["losetup", "-f", "--show", str(path)], capture_output=True, text=True,
-                            check=True).stdout.strip()
-    try:
-        yield device
-    finally:
-        subprocess.run(["losetup", "-d", device], capture_output=True)
-
-
-@pytest.fixture(scope="session")
-def ext4_image(tmp_path_factory):
-    """A 64 MiB ext4 image with real files and deleted data (tools/make-sample-disk)."""
-    require("mkfs.ext4", "debugfs", "e2fsck")
-    path = tmp_path_factory.mktemp("sample") / "disk.img"
-    subprocess.run([sys.executable, os.path.join(REPO, "tools", "make-sample-disk"), "--size", "64M",
-                    str(path)], check=True, capture_output=True, env=ENV)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +43,7 @@ def ext4_image(tmp_path_factory):
 def test_usage_errors(tmp_path, args, message):
     result = command("split-span", *args, input=b"", cwd=tmp_path)
     assert result.returncode == 2
-    assert message in result.stderr.decode()
+    assert_one_line_error(result, "split-span", message)
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
 
 
@@ -108,7 +68,7 @@ def test_an_existing_set_is_refused(tmp_path):
     split(b"one", tmp_path / "out", "--size", "1M")
     result = command("split-span", "--size", "1M", tmp_path / "out", input=b"two")
     assert result.returncode == 1
-    assert "already holds a volume set named 'image' (image.001)" in result.stderr.decode()
+    assert_one_line_error(result, "split-span", "already holds a volume set named 'image' (image.001)")
     assert (tmp_path / "out" / "image.001").read_bytes() == b"one"
 
 
@@ -140,27 +100,23 @@ def test_moving_volumes_away_with_exec_stages_one_volume_at_a_time(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The whole pipeline, on real devices
 
-def test_disk_to_volumes_and_back_on_loop_devices(tmp_path, ext4_image):
-    require("losetup", "zstd", "e2fsck", root=True)
+def test_disk_to_volumes_and_back_on_loop_devices(tmp_path, ext4_image, loop_device):
+    need_tools("zstd", "e2fsck")
     target_file = tmp_path / "target.img"
     with open(target_file, "wb") as f:
         f.truncate(os.path.getsize(ext4_image))
-    with loop_device(ext4_image) as source, loop_device(target_file) as target:
-        backup = shell(f'"$BIN/read-disk" -q {source} | "$BIN/compress" -q | '
-                       f'"$BIN/split-span" -q --size 2M --chunk-size 256K {tmp_path}/out')
-        assert backup.returncode == 0, backup.stderr.decode()
-        assert len(os.listdir(tmp_path / "out")) >= 4, "the compressed image should span volumes"
+    source, target = loop_device(ext4_image), loop_device(target_file)
+    sh(f"read-disk -q {source} | compress -q | split-span -q --size 2M --chunk-size 256K {tmp_path}/out",
+       check=True)
+    assert len(os.listdir(tmp_path / "out")) >= 4, "the compressed image should span volumes"
 
-        # Stock tools only.
-        stock = shell(f"cat {tmp_path}/out/image.??? | zstd -d -q | cmp - {ext4_image}")
-        assert stock.returncode == 0, stock.stderr.decode() + stock.stdout.decode()
+    # Stock tools only.
+    sh(f"cat {tmp_path}/out/image.??? | zstd -d -q | cmp - {ext4_image}", check=True)
 
-        restore = shell(f'"$BIN/reassemble" -q {tmp_path}/out | "$BIN/compress" -d -q | '
-                        f'"$BIN/write-disk" -q {target}')
-        assert restore.returncode == 0, restore.stderr.decode()
-        assert subprocess.run(["cmp", source, target]).returncode == 0
-        fsck = subprocess.run(["e2fsck", "-fn", target], capture_output=True, text=True)
-        assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    sh(f"reassemble -q {tmp_path}/out | compress -d -q | write-disk -q {target}", check=True)
+    assert subprocess.run(["cmp", source, target]).returncode == 0
+    fsck = subprocess.run(["e2fsck", "-fn", target], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,9 +130,8 @@ def test_sigkill_at_random_moments_never_leaves_an_acceptable_set(tmp_path):
     seen_part = False
     for attempt in range(8):
         outdir = tmp_path / f"out{attempt}"
-        proc = subprocess.Popen([os.path.join(BIN, "split-span"), "-q", "--size", "1M",
-                                 "--chunk-size", "64K", outdir], stdin=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
+        proc = subprocess.Popen([BIN / "split-span", "-q", "--size", "1M", "--chunk-size", "64K", outdir],
+                                stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         # Feed a random share of the stream (a volume boundary or not), then kill after a random
         # moment, with the stream still open so split-span never sees its end.
         fed = rng.choice([rng.randrange(1, len(data)), rng.randrange(1, 6) * MIB])
