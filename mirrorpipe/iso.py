@@ -59,6 +59,14 @@ def iso9660_name(name):
     return f"{stem}.{extension};1"
 
 
+def joliet_name(name):
+    """NAME within Joliet's 64 characters, keeping its end ('.001.manifest') that tells the files
+    of a disc apart. Windows reads the full name from UDF anyway."""
+    if len(name) <= JOLIET_NAME_LENGTH:
+        return name
+    return name[:JOLIET_NAME_LENGTH - 16] + name[-16:]
+
+
 @dataclass(frozen=True)
 class Labels:
     iso9660: str
@@ -72,8 +80,8 @@ def disc_labels(set_name, index):
     number = f"{index:03d}"
     upper = _NOT_D_CHARACTERS.sub("_", set_name.upper())
     return Labels(
-        iso9660=f"{upper[:ISO_LABEL_LENGTH - 1 - len(number)]}_{number}",
-        joliet=f"{upper[:JOLIET_LABEL_LENGTH - 1 - len(number)]}_{number}",
+        iso9660=f"{upper[:ISO_LABEL_LENGTH - 1 - len(number)].rstrip('_')}_{number}",
+        joliet=f"{upper[:JOLIET_LABEL_LENGTH - 1 - len(number)].rstrip('_')}_{number}",
         udf=f"{set_name[:UDF_LABEL_LENGTH - 12]} disc {index}")
 
 
@@ -137,11 +145,8 @@ def _layout(members, labels):
         for volume in descriptors.logical_volumes:
             volume.logical_vol_ident = udf_label
     for name, length, fp in members:
-        if len(name) > JOLIET_NAME_LENGTH:
-            raise Error(f"file name {name!r} is longer than Joliet's {JOLIET_NAME_LENGTH} characters; "
-                        "use a shorter set name")
         image.add_fp(fp, length, iso_path="/" + iso9660_name(name), rr_name=name,
-                     joliet_path="/" + name, udf_path="/" + name)
+                     joliet_path="/" + joliet_name(name), udf_path="/" + name)
     return image
 
 
@@ -255,8 +260,10 @@ def write_image(volume_path, manifest_bytes, readme_text, image_path, labels, pr
             raise Error(f"cannot write {part_path}: {exc.strerror}") from None
         try:
             image.write_fp(_HoleWriter(target), blocksize=streams.BLOCK_SIZE)
-            start = image.get_record(udf_path="/" + volume_name).inode.extent_location() * SECTOR_SIZE
-            copy_into(source, target, start, volume_length, progress)
+            if volume_length:  # an empty volume (of an empty stream) has no extent
+                record = image.get_record(udf_path="/" + volume_name)
+                copy_into(source, target, record.inode.extent_location() * SECTOR_SIZE, volume_length,
+                          progress)
             os.ftruncate(target, size)
             os.fsync(target)
         except OSError as exc:
@@ -350,8 +357,11 @@ class Disc:
         self._image = pycdlib.PyCdlib()
         try:
             self._image.open_fp(self._file)
-        except (PyCdlibException, ValueError, OSError) as exc:
-            raise Error(f"{self.path} is not a readable ISO image ({exc}); "
+        except OSError as exc:
+            raise Error(f"cannot read {self.path}: {exc.strerror}") from None
+        except Exception as exc:  # noqa: BLE001 - on a damaged image pycdlib fails in many ways
+            reason = str(exc) if isinstance(exc, PyCdlibException) else "damaged or truncated"
+            raise Error(f"{self.path} is not a readable ISO image ({reason}); "
                         "is it a disc made by burn-iso?") from None
         if not self._image.has_udf():
             raise Error(f"{self.path} has no UDF file system; is it a disc made by burn-iso?")

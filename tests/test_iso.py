@@ -1,0 +1,255 @@
+"""ISO packaging engine: images fit their discs, independent readers give the volume back, the
+image reads back without mounting."""
+
+import os
+import re
+import subprocess
+
+import pytest
+import xxhash
+
+from conftest import need_tools
+from mirrorpipe import discreadme, iso, manifests, media
+from mirrorpipe.errors import Error
+
+CHUNK = manifests.DEFAULT_CHUNK_SIZE
+EXTENT = 4 * 1024 ** 3 - 2048          # largest ISO 9660 extent pycdlib writes
+UDF_EXTENT = 1024 ** 3 - 2048          # largest UDF allocation descriptor pycdlib writes
+
+
+def make_volume(directory, length, pieces=(), set_name="pc1-2026-11-25", index=1, last=True,
+                media_name=None, volume_size=None, hashed=True, host="pc1"):
+    """A sparse volume file of LENGTH bytes holding PIECES [(offset, bytes)], with its manifest
+    beside it (real hashes unless hashed=False, for sizes too large to read in a test)."""
+    volume_size = volume_size or max(length, manifests.MIN_VOLUME_SIZE)
+    path = directory / f"{set_name}.{index:03d}"
+    with open(path, "wb") as stream:
+        stream.truncate(length)
+        for offset, data in pieces:
+            stream.seek(offset)
+            stream.write(data)
+    chunks = manifests.chunk_count(length, CHUNK)
+    volume_hash = xxhash.xxh3_128()
+    digests = bytearray()
+    if hashed:
+        with open(path, "rb") as stream:
+            for _ in range(chunks):
+                data = stream.read(CHUNK)
+                digests += xxhash.xxh3_128(data).digest()
+                volume_hash.update(data)
+    else:
+        digests = bytes(16 * chunks)
+    offset = (index - 1) * volume_size
+    manifest = manifests.Manifest(
+        set_id="5e7" + "0" * 29, set_name=set_name, index=index, offset=offset, length=length,
+        chunk_size=CHUNK, volume_size=volume_size, chunk_digests=bytes(digests),
+        volume_digest=volume_hash.digest(), media=media_name, created="2026-11-25T09:00:00Z",
+        host=host, last=last, total_length=offset + length if last else None,
+        volume_count=index if last else None, stream_digest=bytes(16) if last else None)
+    (directory / f"{path.name}.manifest").write_bytes(manifest.to_json())
+    return path
+
+
+def digest_of(path):
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as stream:
+        while data := stream.read(1 << 22):
+            digest.update(data)
+    return digest.hexdigest()
+
+
+def extract_with(reader, image, directory):
+    """Extract IMAGE into DIRECTORY with one of the independent readers."""
+    directory.mkdir()
+    commands = {
+        "xorriso": ["xorriso", "-osirrox", "on", "-indev", str(image), "-extract", "/", str(directory)],
+        "7z": ["7z", "x", f"-o{directory}", str(image)],
+        "bsdtar": ["bsdtar", "-xf", str(image), "-C", str(directory)],
+    }
+    subprocess.run(commands[reader], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fit
+
+@pytest.mark.parametrize("preset", list(media.PRESETS.values()), ids=lambda p: p.name)
+def test_image_of_a_full_volume_fits_its_disc(tmp_path, preset):
+    length = media.volume_size_for(preset)
+    # The longest set name and host a manifest may hold: the largest manifest and README.
+    volume = make_volume(tmp_path, length, [(0, b"\x28\xb5\x2f\xfd"), (length - 5, b"end.\n")],
+                         set_name="n" * 100, media_name=preset.name, hashed=False,
+                         host="h" * manifests.MAX_HOST_LENGTH)
+    image = tmp_path / "disc.iso"
+    size = iso.package(str(volume), str(image))
+    assert size == image.stat().st_size
+    assert size <= preset.sectors * iso.SECTOR_SIZE
+    assert iso.burned_sectors(size) <= preset.sectors, (
+        f"{preset.name}: the image of a full volume needs {iso.burned_sectors(size)} sectors burned, "
+        f"the disc has {preset.sectors}; media.volume_size_for must leave "
+        f"{iso.burned_sectors(size) * 2048 - length} bytes, not {preset.capacity - length}")
+    assert iso.burned_sectors(iso.image_size_bound(length, CHUNK)) <= preset.sectors
+
+
+def test_largest_volume_is_the_most_that_fits():
+    for preset in media.PRESETS.values():
+        largest = iso.largest_volume(preset.sectors, CHUNK)
+        assert iso.fits(iso.image_size_bound(largest, CHUNK), preset.sectors)
+        assert not iso.fits(iso.image_size_bound(largest + iso.SECTOR_SIZE, CHUNK), preset.sectors)
+
+
+def test_full_cd700_image_of_random_data(tmp_path):
+    """A full --cd700 volume of incompressible data from split-span: the image fits the disc and
+    every chunk reads back from it matching the manifest."""
+    preset = media.PRESETS["cd700"]
+    length = media.volume_size_for(preset)
+    subprocess.run(f"head -c {length} /dev/urandom | split-span --cd700 --name cd {tmp_path}/set",
+                   shell=True, check=True)
+    volume = tmp_path / "set" / "cd.001"
+    assert volume.stat().st_size == length
+    image = tmp_path / "cd.001.iso"
+    size = iso.package(str(volume), str(image))
+    assert iso.fits(size, preset.sectors)
+    with iso.Disc(str(image)) as disc:
+        assert disc.volume_length == length
+        iso.verify(disc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent readers
+
+@pytest.fixture
+def small_image(tmp_path):
+    pieces = [(0, os.urandom(3 << 20)), (5 << 20, b"middle" * 1000), ((6 << 20) - 7, b"the end")]
+    volume = make_volume(tmp_path, 6 << 20, pieces)
+    image = tmp_path / (volume.name + ".iso")
+    iso.package(str(volume), str(image))
+    return volume, image
+
+
+@pytest.mark.parametrize("reader", ["xorriso", "7z", "bsdtar"])
+def test_reader_gives_back_the_volume(small_image, tmp_path, reader):
+    need_tools(reader)
+    volume, image = small_image
+    out = tmp_path / "out"
+    extract_with(reader, image, out)
+    names = sorted(os.listdir(out))
+    assert names == sorted([volume.name, volume.name + ".manifest", "README.TXT"])
+    assert (out / volume.name).read_bytes() == volume.read_bytes()
+    assert (out / (volume.name + ".manifest")).read_bytes() == (tmp_path / (volume.name + ".manifest")).read_bytes()
+    assert "disc 1 of 1 of the set 'pc1-2026-11-25'" in (out / "README.TXT").read_text()
+
+
+def test_udfinfo_accepts_the_image_and_labels(small_image):
+    need_tools("udfinfo", "xorriso")
+    _, image = small_image
+    info = subprocess.run(["udfinfo", str(image)], check=True, stdout=subprocess.PIPE, text=True).stdout
+    assert "label=pc1-2026-11-25 disc 1\n" in info
+    assert "numfiles=3\n" in info
+    pvd = subprocess.run(["xorriso", "-indev", str(image), "-pvd_info"], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True).stdout
+    assert re.search(r"Volume Id\s*: PC1_2026_11_25_001\n", pvd), pvd
+
+
+@pytest.mark.large
+def test_volume_over_4_gib(tmp_path):
+    """Multi-extent ISO 9660 and several UDF extents: data at every extent boundary comes back
+    byte for byte through every reader, and through iso.Disc."""
+    need_tools("xorriso", "7z", "bsdtar", "udfinfo")
+    length = EXTENT + (64 << 20)
+    boundaries = [0, UDF_EXTENT, 2 * UDF_EXTENT, 3 * UDF_EXTENT, EXTENT, length]
+    pieces = [(max(0, at - 4096), os.urandom(min(8192, length - max(0, at - 4096)))) for at in boundaries]
+    volume = make_volume(tmp_path, length, pieces)
+    image = tmp_path / "big.iso"
+    size = iso.package(str(volume), str(image))
+    assert size == iso.image_size(volume.name, length, (tmp_path / (volume.name + ".manifest")).stat().st_size,
+                                  len(discreadme.readme_text(manifests.read(str(volume) + ".manifest"),
+                                                             volume.name, False).encode()))
+    assert image.stat().st_blocks * 512 < 64 << 20, "the image of a sparse volume should stay sparse"
+    subprocess.run(["udfinfo", str(image)], check=True, stdout=subprocess.DEVNULL)
+    iso_records = subprocess.run(["xorriso", "-indev", str(image), "-find", "/", "-exec", "report_lba"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+    extents = [line for line in iso_records.splitlines() if line.endswith(f"'/{volume.name}'")]
+    assert len(extents) == 2, iso_records   # a multi-extent file: two ISO 9660 records
+    expected = digest_of(volume)
+    with iso.Disc(str(image)) as disc:
+        assert len(disc.extents) == 5
+        iso.verify(disc)
+    for reader in ("xorriso", "7z", "bsdtar"):
+        out = tmp_path / reader
+        extract_with(reader, image, out)
+        assert digest_of(out / volume.name) == expected, f"{reader} gave back a different volume"
+        (out / volume.name).unlink()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading back, names, sizes
+
+def test_disc_reads_volume_in_any_buffer_size(small_image):
+    volume, image = small_image
+    data = volume.read_bytes()
+    with iso.Disc(str(image)) as disc:
+        assert disc.volume_name == volume.name
+        assert disc.manifest.index == 1
+        assert disc.readme_text.startswith("MIRRORPIPE BACKUP DISC")
+        reader = disc.open_volume()
+        parts = []
+        while chunk := reader.read(777_777):
+            parts.append(chunk)
+        assert b"".join(parts) == data
+        reader.seek(5 << 20)
+        assert reader.read(6) == b"middle"
+
+
+def test_verify_names_the_corrupt_offset(small_image):
+    volume, image = small_image
+    with iso.Disc(str(image)) as disc:
+        start = disc.extents[0][0]
+    with open(image, "r+b") as stream:
+        stream.seek(start + (2 << 20))
+        stream.write(b"\xff")
+    with iso.Disc(str(image)) as disc, pytest.raises(Error, match=r"corrupt at offset 0: "):
+        iso.verify(disc)
+
+
+def test_truncated_image_and_non_images_are_refused(small_image, tmp_path):
+    volume, image = small_image
+    with pytest.raises(Error, match="not a readable ISO image"):
+        iso.Disc(str(volume))
+    truncated = tmp_path / "truncated.iso"
+    truncated.write_bytes(image.read_bytes()[:2 << 20])
+    with pytest.raises(Error):
+        with iso.Disc(str(truncated)) as disc:
+            iso.verify(disc)
+    assert iso.is_image(str(image)) and not iso.is_image(str(volume))
+
+
+def test_image_is_written_as_part_then_renamed(tmp_path):
+    volume = make_volume(tmp_path, 1 << 20, [(0, b"x" * 100)])
+    with pytest.raises(Error, match="its manifest says"):
+        with open(volume, "ab") as stream:
+            stream.write(b"more")
+        iso.package(str(volume), str(tmp_path / "x.iso"))
+    assert not os.path.exists(tmp_path / "x.iso") and not os.path.exists(tmp_path / "x.iso.part")
+
+
+def test_names_and_labels_follow_each_file_systems_rules():
+    assert iso.iso9660_name("pc1-2026-11-25.001") == "PC1_2026_11_25.001;1"
+    assert iso.iso9660_name("pc1-2026-11-25.001.manifest") == "PC1_2026_11_25_001.MANIFEST;1"
+    long_name = "a" * 100 + ".90000.manifest"
+    assert len(iso.iso9660_name(long_name)) <= 32
+    assert len(iso.joliet_name(long_name)) == 64 and iso.joliet_name(long_name).endswith(".90000.manifest")
+    labels = iso.disc_labels("pc1-2026-11-25", 3)
+    assert labels == iso.Labels("PC1_2026_11_25_003", "PC1_2026_11_003", "pc1-2026-11-25 disc 3")
+    long_labels = iso.disc_labels("x" * 100, 12345)
+    assert len(long_labels.iso9660) <= 32 and re.fullmatch(r"[A-Z0-9_]+", long_labels.iso9660)
+    assert len(long_labels.joliet) <= 16
+
+
+def test_image_size_is_exact(tmp_path):
+    for length in (0, 1, 2048, 10 ** 6 + 1):
+        volume = make_volume(tmp_path, length, [] if length < 1 else [(0, b"x")])
+        manifest = manifests.read(str(volume) + ".manifest")
+        readme = discreadme.readme_text(manifest, volume.name, None)
+        predicted = iso.image_size(volume.name, length, (tmp_path / (volume.name + ".manifest")).stat().st_size,
+                                   len(readme.encode()))
+        assert iso.package(str(volume), str(tmp_path / "x.iso")) == predicted
