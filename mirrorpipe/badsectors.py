@@ -81,18 +81,20 @@ class BadSectorReader:
 
     The map (a mapfile.Map of the whole source, saved as it goes when it has a path) records
     what was read, what was found bad and what was never tried. `sector_size` is the source's
-    logical sector size, the unit of bad sectors; `name` names the source in messages.
+    logical sector size, the unit of bad sectors; `name` names the source in messages; a
+    `progress` meter (cli.Progress) shows the count of unreadable sectors.
     """
 
     def __init__(self, fd, start, end, sector_size=512, retries=DEFAULT_RETRIES, fill=b"\0",
                  max_retry_time=DEFAULT_MAX_RETRY_TIME, map=None, block_size=1 << 20,
-                 name="the source"):
+                 name="the source", progress=None):
         if block_size % sector_size:
             raise Error(f"block size {block_size} is not a multiple of the sector size {sector_size}")
         self.fd = fd
         self.start = start
         self.end = end
         self.name = name
+        self.progress = progress
         self.sector = sector_size
         self.retries = retries
         self.map = map if map is not None else mapfile.Map(end)
@@ -175,6 +177,8 @@ class BadSectorReader:
             self._run_end = max(self._run_end, position)
             self._settle_run(bad, min(position, end), view, offset)
         self._save(min_interval=MAP_SAVE_ON_ERROR)
+        if self.progress:
+            self.progress.set_detail(f"{self.unreadable_bytes() // self.sector} sectors unreadable")
         return end
 
     def _first_bad_sector(self, start, end, view, offset):
