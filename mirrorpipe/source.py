@@ -117,13 +117,16 @@ class Source:
             yield pos, hole, True
             pos = hole
 
-    def copy_to(self, out_fd, progress=None):
-        """Write the range to out_fd; return the number of bytes written."""
+    def copy_to(self, out_fd, progress=None, reader=None):
+        """Write the range to out_fd; return the number of bytes written. With a reader (a
+        badsectors.BadSectorReader), data is read through it: unreadable sectors are filled."""
         buf = bytearray(BLOCK_SIZE)
         view = memoryview(buf)
         written = 0
         for start, end, is_data in self.extents():
             if not is_data:
+                if reader:
+                    reader.mark_read(start, end)
                 write_zeros(out_fd, end - start)
                 written += end - start
                 if progress:
@@ -132,7 +135,7 @@ class Source:
             pos = start
             while end is None or pos < end:
                 want = BLOCK_SIZE if end is None else min(BLOCK_SIZE, end - pos)
-                got = self._read_at(pos, view[:want])
+                got = reader.read(pos, view[:want]) if reader else self._read_at(pos, view[:want])
                 if got == 0:
                     if end is not None:
                         raise Error(f"{self.path} ended at byte {pos}, before the {end} bytes it "

@@ -1,10 +1,15 @@
 """read-disk: a whole disk, a partition or an image file to standard output, raw."""
 
+import contextlib
 import json
 import os
 
-from .. import cli
+from .. import badsectors, blockdev, cli, mapfile
+from ..errors import UsageError
 from ..source import Source
+
+# The image is complete, but unreadable sectors in it hold the fill pattern instead of data.
+EXIT_UNREADABLE = 3
 
 
 class ReadDisk(cli.Command):
@@ -18,8 +23,15 @@ class ReadDisk(cli.Command):
         "  read-disk /dev/sda | compress | split-span --bd25 out/\n"
         "  read-disk --info sda.json /dev/sda > sda.img\n"
         "  read-disk --offset 1M --length 512M disk.img | checksum\n"
+        "  read-disk --map sda.map --fill 0xBADBADBAD0 /dev/sda | compress > sda.img.zst\n"
+        "  ddrescuelog -l- sda.map       # the unreadable sectors, from the map\n"
         "\n"
-        "exit status: 0 success, 1 failure, 2 usage error.")
+        "Unreadable sectors do not stop the read: the failing block is retried, then narrowed down\n"
+        "to the sector so every readable sector is saved; unreadable ones are filled. A bad area\n"
+        "is crossed in growing steps, then read sector by sector while --max-retry-time lasts.\n"
+        "\n"
+        f"exit status: 0 success, 1 failure, 2 usage error, {EXIT_UNREADABLE} the image is complete but\n"
+        "unreadable sectors in it were filled (listed on stderr and in the --map file).")
 
     def add_arguments(self, parser):
         parser.add_argument("source", metavar="SOURCE", help="disk, partition or image file to read")
@@ -30,10 +42,32 @@ class ReadDisk(cli.Command):
         parser.add_argument("--info", metavar="FILE",
                             help="write JSON facts about the source to FILE (size, sector sizes, "
                                  "model, serial, partition table, time, host)")
+        rescue = parser.add_argument_group("unreadable sectors")
+        rescue.add_argument("--retries", type=int, default=badsectors.DEFAULT_RETRIES, metavar="N",
+                            help="read a failing block N more times before narrowing it down to "
+                                 f"sectors (default {badsectors.DEFAULT_RETRIES})")
+        rescue.add_argument("--fill", metavar="PATTERN",
+                            help="what unreadable sectors hold in the image: hex bytes (0xDEADBEEF) "
+                                 "or text, repeated from the start of each sector (default: zeros)")
+        rescue.add_argument("--map", metavar="FILE",
+                            help="keep a GNU ddrescue mapfile of what was read and what was not, "
+                                 "updated as the read goes (ddrescuelog reads it)")
+        rescue.add_argument("--max-retry-time", type=float, metavar="SECONDS",
+                            default=badsectors.DEFAULT_MAX_RETRY_TIME,
+                            help="time to spend, over the whole read, going back into bad areas "
+                                 "that were crossed in steps, sector by sector; what is left is "
+                                 "filled and mapped as non-tried "
+                                 f"(default {badsectors.DEFAULT_MAX_RETRY_TIME:g})")
 
     def run(self, args):
+        if args.retries < 0 or args.max_retry_time < 0:
+            raise UsageError("--retries and --max-retry-time cannot be negative")
+        fill = badsectors.parse_fill_pattern(args.fill) if args.fill is not None else b"\0"
         out = cli.open_output("-")
         with Source(args.source, args.offset, args.length) as source:
+            if source.size is None and args.map:
+                raise UsageError(f"{args.source} is a stream, not a disk or an image file: "
+                                 "it has no sectors to map, drop --map")
             for device, point in source.read_write_mounts():
                 self.messages.warn(f"/dev/{device} is mounted read-write at {point}: files changing "
                                    "while it is read may be inconsistent in the image; unmount it or "
@@ -41,8 +75,27 @@ class ReadDisk(cli.Command):
             if args.info:
                 write_json(args.info, source.info(cli.host_name()))
             progress = self.messages.progress(total=source.length)
-            source.copy_to(out, progress)
+            # A stream (pipe, character device) has no sectors to go back to: read it plainly.
+            reader = None if source.size is None else bad_sector_reader(source, args, fill, progress)
+            with reader or contextlib.nullcontext():
+                source.copy_to(out, progress, reader)
             progress.finish()
+            summary = reader and reader.summary()
+            if summary:
+                self.messages.warn(summary + (f"; map in {args.map}" if args.map else ""))
+                return EXIT_UNREADABLE
+        return None
+
+
+def bad_sector_reader(source, args, fill, progress):
+    """The reader that takes source's read errors: retries, fill, map, as the options say."""
+    sector = blockdev.sector_sizes(source.fd)[0] if source.rdev is not None else 512
+    bad_map = mapfile.Map(source.size, args.map)
+    bad_map.save()
+    return badsectors.BadSectorReader(
+        source.fd, source.offset, source.offset + source.length, sector_size=sector,
+        retries=args.retries, fill=fill, max_retry_time=args.max_retry_time, map=bad_map,
+        name=args.source, progress=progress)
 
 
 def write_json(path, facts):
