@@ -31,7 +31,7 @@ import os
 import time
 
 from . import mapfile
-from .errors import Error
+from .errors import Error, UsageError
 
 # The errno values of a medium that cannot deliver a sector (the block layer reports a medium
 # error as ENODATA, a timeout as ETIMEDOUT, others as EIO). Any other error ends the read.
@@ -50,12 +50,12 @@ def parse_fill_pattern(text):
         try:
             pattern = bytes.fromhex(text[2:])
         except ValueError:
-            raise Error(f"fill pattern {text!r} is not hex bytes: write e.g. 0xDEADBEEF, "
+            raise UsageError(f"fill pattern {text!r} is not hex bytes: write e.g. 0xDEADBEEF, "
                         "or text without the 0x prefix") from None
     else:
         pattern = text.encode("utf-8")
     if not pattern:
-        raise Error("the fill pattern is empty: give hex bytes like 0xDEADBEEF or some text")
+        raise UsageError("the fill pattern is empty: give hex bytes like 0xDEADBEEF or some text")
     return pattern
 
 
