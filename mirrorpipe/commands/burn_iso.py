@@ -142,8 +142,7 @@ class Burner:
         problem = None
         while True:
             if ask_first or problem:
-                self._ask(f"{problem + '. ' if problem else ''}Insert a blank disc for {label} into "
-                          f"{self.device} and press Enter (q to stop): ", problem or f"{label} is next")
+                self._ask(label, problem)
             ask_first = True
             problem = self._prepare_medium(size)
             if problem:
@@ -151,7 +150,7 @@ class Burner:
             try:
                 self._burn_and_verify(image_path, manifest_bytes, label, size)
             except Error as exc:
-                problem = f"{label} failed: {exc}"
+                problem = f"failed: {exc}"
                 continue
             self.burned.append(label)
             self.messages.note(f"{label}: burned and verified")
@@ -171,23 +170,30 @@ class Burner:
     def _burn_and_verify(self, image_path, manifest_bytes, label, size):
         progress = self.messages.progress(total=2 * size)
         progress.set_detail(f"burning {label}")
-        optical.burn(self.device, image_path, progress)
-        progress.set_detail(f"verifying {label}")
-        with iso.Disc(self.device) as disc:
-            if disc.manifest_bytes != manifest_bytes:
-                raise Error(f"the disc read back holds {disc.manifest.describe()}, not the image burned")
-            iso.verify(disc, progress)
+        try:
+            optical.burn(self.device, image_path, progress)
+            progress.set_detail(f"verifying {label}")
+            with iso.Disc(self.device) as disc:
+                if disc.manifest_bytes != manifest_bytes:
+                    raise Error(f"the disc read back holds {disc.manifest.describe()}, not the image burned")
+                iso.verify(disc, progress)
+        except Error:
+            progress.finish(f"{label}: failed")
+            raise
         progress.finish(f"{label}: {cli.format_size(size)} burned and read back")
 
-    def _ask(self, question, situation):
-        """Wait for the user to change discs; Error when they stop or cannot be asked."""
+    def _ask(self, label, problem):
+        """Say what went wrong, if anything, and wait for the user to put a disc for LABEL in the
+        drive; Error naming the disc when they stop or cannot be asked."""
         if self.tty is None:
             self.tty = cli.open_terminal()
-        answer = cli.ask(question, tty=self.tty) if self.tty else None
+        told = f"{label}: {problem}.\n" if problem else ""
+        question = f"Insert a blank disc for {label} into {self.device} and press Enter (q to stop): "
+        answer = cli.ask(told + question, tty=self.tty) if self.tty else None
         if answer is None or answer.strip().lower() in STOP_ANSWERS:
-            done = f"; burned so far: {', '.join(self.burned)}" if self.burned else "; no disc was burned"
+            done = f"; burned: {', '.join(self.burned)}" if self.burned else "; no disc was burned"
             reason = "no terminal to ask for another disc" if answer is None else "stopped"
-            raise Error(f"{situation}: {reason}{done}")
+            raise Error(f"{label}: {problem or 'not burned'}: {reason}{done}")
 
 
 main = cli.entry_point(BurnIso)
