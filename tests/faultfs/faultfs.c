@@ -7,7 +7,7 @@
  *           [--error-delay-us N] MOUNTPOINT [FUSE OPTIONS]
  *
  * Each line of the bad list is "FIRST_SECTOR SECTOR_COUNT [FAILURES]" (512-byte sectors);
- * without FAILURES the range never reads. A read request that touches a failing byte fails as
+ * without FAILURES the range never reads. Ranges must not overlap. A read request that touches a failing byte fails as
  * a whole, like a disk command. Files are opened with direct_io, so the kernel passes each
  * read through at its own offset and size, without read-ahead: a 512-byte pread is answered
  * for that one sector.
