@@ -214,14 +214,15 @@ def package(volume_path, image_path, compressed=None, progress=None):
         raise Error(f"{volume_path} is {volume_length} bytes, its manifest says {manifest.length}; "
                     "give a complete volume")
     if compressed is None:
-        compressed = _stream_compressed(volume_path, manifest)
+        compressed = stream_compressed(volume_path, manifest)
     readme = discreadme.readme_text(manifest, os.path.basename(volume_path), compressed)
     return write_image(volume_path, manifest_bytes, readme, image_path,
                        disc_labels(manifest.set_name, manifest.index), progress)
 
 
-def _stream_compressed(volume_path, manifest):
-    """Whether the set's stream is zstd, from the first bytes of volume 1 when it is at hand."""
+def stream_compressed(volume_path, manifest):
+    """Whether the set's stream is zstd, from the first bytes of volume 1 when it is this volume
+    or lies beside it; None when it is not at hand."""
     first = volume_path
     if manifest.index != 1:
         prefix = volume_path.rpartition(".")[0]
@@ -236,6 +237,17 @@ def _stream_compressed(volume_path, manifest):
             return discreadme.looks_compressed(stream.read(4))
     except OSError:
         return None
+
+
+def replace_with_image(volume_path, compressed=None, progress=None):
+    """Package the finished volume at VOLUME_PATH into VOLUME_PATH.iso, then remove the volume and
+    its manifest: the disk space of one volume is all the image needs besides. The manifest goes
+    first, so that nothing is left that reads as a volume without its data. Returns the image path."""
+    image_path = volume_path + ".iso"
+    package(volume_path, image_path, compressed, progress)
+    for path in (manifests.manifest_path(volume_path), volume_path):
+        os.unlink(path)
+    return image_path
 
 
 def write_image(volume_path, manifest_bytes, readme_text, image_path, labels, progress=None):
@@ -408,6 +420,52 @@ class Disc:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@dataclass
+class DiscVolume:
+    """A volume inside an ISO image or on a disc, with the interface of volumes.VolumeFile
+    (manifest, manifest_path, path, open_checked()), so that reassemble reads it like a file."""
+
+    manifest: manifests.Manifest
+    image: str
+    volume_name: str
+    start: int          # the volume's bytes are contiguous in the images burn-iso writes
+
+    @property
+    def path(self):
+        return f"{self.image}:{self.volume_name}"
+
+    @property
+    def manifest_path(self):
+        return self.path + manifests.SUFFIX
+
+    def open_checked(self):
+        """A descriptor positioned at the volume's first byte, after checking that the image is
+        long enough to hold it."""
+        try:
+            fd = os.open(device_path(self.image), os.O_RDONLY)
+        except OSError as exc:
+            raise Error(f"cannot read {self.image}: {exc.strerror}") from None
+        end = self.start + self.manifest.length
+        if os.lseek(fd, 0, os.SEEK_END) < end:
+            os.close(fd)
+            raise Error(f"volume {self.manifest.index} ({self.path}) is truncated: the image ends before "
+                        f"byte {end}; copy the image again from the original")
+        os.lseek(fd, self.start, os.SEEK_SET)
+        return fd
+
+
+def disc_volume(path):
+    """The DiscVolume of the ISO image or disc at PATH."""
+    with Disc(path) as disc:
+        extents = disc.extents
+        contiguous = all(offset + length == next_offset
+                         for (offset, length), (next_offset, _) in zip(extents, extents[1:]))
+        if not contiguous:
+            raise Error(f"{path}: the volume {disc.volume_name} is stored in pieces; extract it "
+                        "(xorriso -osirrox on -indev IMAGE -extract / DIR) and give the directory")
+        return DiscVolume(disc.manifest, path, disc.volume_name, extents[0][0] if extents else 0)
 
 
 class ExtentReader(io.RawIOBase):

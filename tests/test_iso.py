@@ -253,3 +253,28 @@ def test_image_size_is_exact(tmp_path):
         predicted = iso.image_size(volume.name, length, (tmp_path / (volume.name + ".manifest")).stat().st_size,
                                    len(readme.encode()))
         assert iso.package(str(volume), str(tmp_path / "x.iso")) == predicted
+
+
+def test_disc_volume_reads_like_a_volume_file(small_image, tmp_path):
+    volume, image = small_image
+    found = iso.disc_volume(str(image))
+    assert found.manifest.index == 1 and found.path == f"{image}:{volume.name}"
+    fd = found.open_checked()
+    try:
+        assert os.read(fd, 1 << 20) == volume.read_bytes()[:1 << 20]
+    finally:
+        os.close(fd)
+    with open(image, "r+b") as stream:
+        stream.truncate(found.start + 1000)
+    with pytest.raises(Error, match="is truncated"):
+        found.open_checked()
+
+
+def test_replace_with_image_leaves_only_the_image(tmp_path):
+    volume = make_volume(tmp_path, 100_000, [(0, b"\x28\xb5\x2f\xfd")], index=2, last=False,
+                         volume_size=100_000)
+    image = iso.replace_with_image(str(volume), compressed=True)
+    assert os.listdir(tmp_path) == [volume.name + ".iso"]
+    with iso.Disc(image) as disc:
+        assert "This set's stream is zstd-compressed." in disc.readme_text
+        iso.verify(disc)
