@@ -11,6 +11,7 @@ through the UDF allocation descriptors with pread, so neither direction holds mo
 buffer of the volume in memory.
 """
 
+import errno
 import io
 import os
 import re
@@ -320,8 +321,9 @@ def _copy_piece(source, target, source_offset, target_offset, count):
     try:
         return os.copy_file_range(source, target, count, source_offset, target_offset)
     except OSError as exc:
-        if exc.errno not in (18, 22, 38, 95):  # EXDEV, EINVAL, ENOSYS, EOPNOTSUPP: copy by hand
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
+        # Across file systems on old kernels, or where the file system cannot: copy by hand.
     data = os.pread(source, min(count, streams.BLOCK_SIZE), source_offset)
     _pwrite_all(target, data, target_offset)
     return len(data)
@@ -348,9 +350,10 @@ def device_path(device):
 class Disc:
     """An ISO image file or an optical drive's medium holding one volume, read through UDF.
 
-    disc.volume_name, disc.volume_length, disc.manifest (parsed), disc.manifest_bytes,
-    disc.readme_text; open_volume()
-    gives the volume as a file object that reads straight from the image with pread.
+    disc.volume_name, disc.volume_length, disc.manifest (parsed), disc.manifest_bytes and
+    disc.readme_text; open_volume() gives the volume as a file object reading straight from the
+    image with pread. (ISO 9660's multi-extent records would do as well; pycdlib's Rock Ridge
+    reader would not: it truncates files over 4 GiB.)
     """
 
     def __init__(self, path):
