@@ -177,8 +177,6 @@ class BadSectorReader:
             self._run_end = max(self._run_end, position)
             self._settle_run(bad, min(position, end), view, offset)
         self._save(min_interval=MAP_SAVE_ON_ERROR)
-        if self.progress:
-            self.progress.set_detail(f"{self.unreadable_bytes() // self.sector} sectors unreadable")
         return end
 
     def _first_bad_sector(self, start, end, view, offset):
@@ -304,9 +302,12 @@ class BadSectorReader:
             position += length
 
     def _save(self, min_interval=0.0):
+        """Bring the map file and the progress line up to date, at most every min_interval s."""
         now = time.monotonic()
         if now - self._saved_at >= min_interval:
             self.map.save()
+            if self.progress:
+                self.progress.set_detail(f"{self.unreadable_bytes() // self.sector} sectors unreadable")
             self._saved_at = now
 
     # -- the outcome -------------------------------------------------------------------------

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Benchmark read-disk on sources with unreadable sectors against the same source healthy.
+
+The sources are one image served by faultfs (tests/faultfs: a FUSE file whose chosen sectors
+fail with EIO from the kernel), optionally through a loop device over it (a block device):
+
+  healthy         no errors
+  1% sectors      1% of the 512-byte sectors unreadable, each alone, spread at random
+  1% 4K clusters  1% of the sectors unreadable in runs of 8 (a bad physical sector of a 512e disk)
+  dead half       every read from the middle on fails (a disk that stops answering),
+                  with --max-retry-time 0 and with the default time budget
+
+Each case runs `read-disk --map MAP SOURCE > /dev/null` --runs times; the table gives the median
+time, the ratio to the healthy median, and the read requests (and failed ones) faultfs answered
+per run. Needs root, /dev/fuse, gcc, pkg-config and the Debian packages fuse3 and libfuse3-dev.
+
+    python bench/bench_badsectors.py                 # 256 MiB, 3 runs, FUSE file
+    python bench/bench_badsectors.py --size 1G --loop
+
+Run it with a Python that has mirrorpipe's dependencies: bin/read-disk runs with it.
+"""
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+sys.path.insert(0, CHECKOUT)
+sys.path.insert(0, os.path.join(CHECKOUT, "tests"))
+from faultfs import SECTOR, FaultFS, loop_device, missing_requirement  # noqa: E402
+from mirrorpipe.cli import format_size, parse_size  # noqa: E402
+
+READ_DISK = os.path.join(CHECKOUT, "bin", "read-disk")
+BAD_FRACTION = 0.01
+
+
+def scattered_bad_sectors(sectors, run_length, rng):
+    """(first, count) runs of run_length sectors, BAD_FRACTION of all sectors, apart and sorted."""
+    runs = int(sectors * BAD_FRACTION / run_length)
+    firsts = sorted(rng.sample(range(sectors // run_length), runs))
+    return [(first * run_length, run_length) for first in firsts]
+
+
+def make_image(path, size):
+    with open(path, "wb") as f:
+        for _ in range(size // (16 << 20)):
+            f.write(os.urandom(16 << 20))
+        f.write(os.urandom(size % (16 << 20)))
+
+
+def time_read_disk(source, options, map_path):
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, READ_DISK, "-q", "--map", map_path, *options, source],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - started
+    if result.returncode not in (0, 3):
+        raise SystemExit(f"read-disk failed ({result.returncode}): {result.stderr.strip()}")
+    return elapsed, result.returncode
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=parse_size, default=parse_size("256M"))
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--loop", action="store_true",
+                        help="read a loop device over the FUSE file (a block device) instead")
+    parser.add_argument("--workdir", default=None, help="where the image goes (default: a temp dir)")
+    args = parser.parse_args()
+    reason = missing_requirement()
+    if reason:
+        raise SystemExit(f"cannot run: {reason}")
+    size = args.size // (1 << 20) * (1 << 20)
+    sectors = size // SECTOR
+    rng = random.Random(args.seed)
+    workdir = tempfile.mkdtemp(prefix="bench-badsectors-", dir=args.workdir)
+    fs = FaultFS(workdir)
+    try:
+        image = os.path.join(workdir, "image")
+        make_image(image, size)
+        cases = [
+            ("healthy", {}, []),
+            ("1% sectors", {"bad": scattered_bad_sectors(sectors, 1, rng)}, []),
+            ("1% 4K clusters", {"bad": scattered_bad_sectors(sectors, 8, rng)}, []),
+            ("dead half, --max-retry-time 0", {"fail_from": size // 2}, ["--max-retry-time", "0"]),
+            ("dead half, default retry time", {"fail_from": size // 2}, []),
+        ]
+        print(f"{format_size(size)} source, {'loop device over ' if args.loop else ''}faultfs, "
+              f"{args.runs} runs per case, medians")
+        print(f"{'case':32} {'time s':>8} {'MB/s':>8} {'ratio':>7} {'reads/run':>10} {'failed/run':>10}  exit")
+        healthy = None
+        for name, faults, options in cases:
+            disk = fs.mount(image, **faults)
+            source_context = loop_device(disk.path) if args.loop else None
+            source = source_context.__enter__() if source_context else disk.path
+            try:
+                times = []
+                for _ in range(args.runs):
+                    if args.loop:  # each run starts from the disk, not from the page cache
+                        subprocess.run(["blockdev", "--flushbufs", source], check=True)
+                    elapsed, status = time_read_disk(source, options, os.path.join(workdir, "map"))
+                    times.append(elapsed)
+                stats = disk.stats()
+            finally:
+                if source_context:
+                    source_context.__exit__(None, None, None)
+            median = statistics.median(times)
+            healthy = healthy or median
+            print(f"{name:32} {median:8.2f} {size / median / 1e6:8.0f} {median / healthy:7.1f} "
+                  f"{stats['reads'] // args.runs:>10} {stats['failed'] // args.runs:>10}  {status}")
+    finally:
+        fs.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
