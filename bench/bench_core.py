@@ -4,9 +4,9 @@
 Compares, on an ext4 image made by tools/make-sample-disk (see bench/README.md):
   backup:   read-disk IMG | compress > X          vs  dd if=IMG bs=4M | zstd -3 -T0 > Y
   restore:  compress -d < X | write-disk T        vs  zstd -d < Y | dd of=T bs=4M conv=sparse,fsync
-  checksum: cat IMG | checksum                    vs  cat IMG | xxh128sum
-and the peak RSS of every process in those pipelines. Prints a table, writes JSON to the work
-directory, exits 0 when every target is met, 1 when one is missed or a check fails.
+  checksum: cat IMG | checksum > /dev/null        vs  cat IMG | xxh128sum
+with the peak RSS and CPU time of every process in those pipelines. Prints a table, writes JSON to
+the work directory, exits 0 when every target is met and every check passes, 1 otherwise.
 
 Run it with a Python that has mirrorpipe's dependencies (e.g. .venv/bin/python bench/bench_core.py):
 the bin/ launchers are run with the same interpreter.
@@ -39,6 +39,7 @@ MAX_SIZE_RATIO = 1.03
 MAX_RSS = 200e6
 # Peak RSS at the larger image may exceed the smaller one's by this much and still count as "the same".
 RSS_GROWTH_ALLOWANCE = 16e6
+STOCK_PROCESSES = {"cat", "dd", "zstd", "zstd-d", "xxh128sum"}
 
 
 class BenchError(Exception):
@@ -50,31 +51,31 @@ def sh(*words):
 
 
 class Pipelines:
-    """Shell text for the compared pipelines on one image, each process run under /usr/bin/time so
-    its peak RSS lands in rss_dir/<pipeline>.<run>.<process> ($RUN is set per repetition)."""
+    """Shell text of the compared pipelines on one image. Every process runs under /usr/bin/time,
+    which writes its peak RSS and CPU seconds to measure_dir/<pipeline>.<run>.<process>
+    (bash sets $RUN per repetition)."""
 
-    def __init__(self, image, workdir, rss_dir):
+    def __init__(self, image, measure_dir):
+        stem = os.path.splitext(image)[0]
         self.image = image
-        self.ours_zst = os.path.join(workdir, "ours.zst")
-        self.stock_zst = os.path.join(workdir, "stock.zst")
-        self.target = os.path.join(workdir, "restored.img")
-        self.ours_sum = os.path.join(workdir, "ours.xxh128")
-        self.stock_sum = os.path.join(workdir, "stock.xxh128")
-        self.rss_dir = rss_dir
+        self.ours_zst = stem + ".ours.zst"
+        self.stock_zst = stem + ".stock.zst"
+        self.target = stem + ".restored.img"
+        self.ours_sum = stem + ".ours.xxh128"
+        self.stock_sum = stem + ".stock.xxh128"
+        self.measure_dir = measure_dir
 
-    def measured(self, pipeline, process, command):
-        rss_file = os.path.join(self.rss_dir, f"{pipeline}.")
-        return f'{TIME} -f %M -o {shlex.quote(rss_file)}"$RUN".{process} {command}'
-
-    def join(self, pipeline, stages):
-        return " | ".join(self.measured(pipeline, process, command) for process, command in stages)
+    def _join(self, pipeline, stages):
+        prefix = shlex.quote(os.path.join(self.measure_dir, pipeline + "."))
+        return " | ".join(f'{TIME} -f "%M %U %S" -o {prefix}"$RUN".{process} {command}'
+                          for process, command in stages)
 
     def backup(self):
         return {
-            "ours": self.join("backup-ours", [
+            "ours": self._join("backup-ours", [
                 ("read-disk", sh(f"{BIN}/read-disk", "-q", self.image)),
                 ("compress", sh(f"{BIN}/compress", "-q") + " > " + sh(self.ours_zst))]),
-            "stock": self.join("backup-stock", [
+            "stock": self._join("backup-stock", [
                 ("dd", sh("dd", f"if={self.image}", "bs=4M", "status=none")),
                 ("zstd", "zstd -3 -T0 -q > " + sh(self.stock_zst))]),
         }
@@ -82,20 +83,20 @@ class Pipelines:
     def restore(self):
         # write-disk flushes to stable storage before it exits; dd gets fsync for the same work.
         return {
-            "ours": self.join("restore-ours", [
+            "ours": self._join("restore-ours", [
                 ("compress-d", sh(f"{BIN}/compress", "-d", "-q") + " < " + sh(self.ours_zst)),
                 ("write-disk", sh(f"{BIN}/write-disk", "-q", self.target))]),
-            "stock": self.join("restore-stock", [
+            "stock": self._join("restore-stock", [
                 ("zstd-d", "zstd -d -q < " + sh(self.stock_zst)),
                 ("dd", sh("dd", f"of={self.target}", "bs=4M", "conv=sparse,fsync", "status=none"))]),
         }
 
     def checksum(self):
         return {
-            "ours": self.join("checksum-ours", [
+            "ours": self._join("checksum-ours", [
                 ("cat", sh("cat", self.image)),
                 ("checksum", sh(f"{BIN}/checksum", "-q", "-o", self.ours_sum) + " > /dev/null")]),
-            "stock": self.join("checksum-stock", [
+            "stock": self._join("checksum-stock", [
                 ("cat", sh("cat", self.image)),
                 ("xxh128sum", "xxh128sum > " + sh(self.stock_sum))]),
         }
@@ -103,13 +104,15 @@ class Pipelines:
 
 def time_side_by_side(pipelines, runs, env, before=None, after=None):
     """Run each {name: shell pipeline} `runs` times, alternating between them so that the noise of
-    a shared machine falls on all alike; before() and after(name) run untimed around each run.
+    a shared machine falls on all alike. Untimed around each run: before(), then sync (so no run
+    pays for another's dirty pages), and after(name) once it ended.
     Returns {name: (median seconds, [every run's seconds])}; a failing pipeline raises BenchError."""
     samples = {name: [] for name in pipelines}
     for run in range(runs):
         for name, text in pipelines.items():
             if before:
                 before()
+            os.sync()
             start = time.perf_counter()
             proc = subprocess.run(["bash", "-o", "pipefail", "-c", text], env=dict(env, RUN=str(run)),
                                   stderr=subprocess.PIPE, text=True)
@@ -122,18 +125,28 @@ def time_side_by_side(pipelines, runs, env, before=None, after=None):
     return {name: (statistics.median(times), times) for name, times in samples.items()}
 
 
-def peak_rss(rss_dir, pipeline):
-    """{process: highest peak RSS in bytes over all runs} of one pipeline."""
+def measurements(measure_dir, pipeline):
+    """({process: highest peak RSS in bytes over all runs}, median over runs of the pipeline's
+    CPU seconds, user + system, all processes) of one pipeline."""
     peaks = {}
+    cpu_by_run = {}
     prefix = pipeline + "."
-    for name in os.listdir(rss_dir):
-        if name.startswith(prefix):
-            process = name[len(prefix):].split(".", 1)[1]
-            with open(os.path.join(rss_dir, name)) as f:
-                # GNU time prints the exit status first when the command failed; the figure is last.
-                kib = int(f.read().split()[-1])
-            peaks[process] = max(peaks.get(process, 0), kib * 1024)
-    return peaks
+    for name in os.listdir(measure_dir):
+        if not name.startswith(prefix):
+            continue
+        run, process = name[len(prefix):].split(".", 1)
+        with open(os.path.join(measure_dir, name)) as f:
+            # GNU time puts "Command exited with non-zero status" first when a command failed.
+            kib, user, system = f.read().splitlines()[-1].split()
+        peaks[process] = max(peaks.get(process, 0), int(kib) * 1024)
+        cpu_by_run[run] = cpu_by_run.get(run, 0) + float(user) + float(system)
+    return peaks, statistics.median(cpu_by_run.values())
+
+
+def fresh_dir(path):
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
 
 
 def sample_image(workdir, size, seed):
@@ -177,110 +190,77 @@ def digest(sum_file):
         return f.read().split()[0]
 
 
-def speed_row(name, image_size, timed, goal=MIN_SPEED_RATIO):
+def speed_row(name, image_size, timed, cpu):
     ours, stock = timed["ours"][0], timed["stock"][0]
     ratio = stock / ours
     return {"comparison": name, "ours_s": ours, "stock_s": stock, "ours_runs_s": timed["ours"][1],
             "stock_runs_s": timed["stock"][1], "ours_MBps": image_size / ours / MB,
-            "stock_MBps": image_size / stock / MB, "ratio": ratio, "target": f">= {goal:.2f}",
-            "pass": ratio >= goal}
+            "stock_MBps": image_size / stock / MB, "ours_cpu_s": cpu["ours"], "stock_cpu_s": cpu["stock"],
+            "ratio": ratio, "target": f">= {MIN_SPEED_RATIO:.2f}", "pass": ratio >= MIN_SPEED_RATIO}
 
 
 def compare_speed(image, workdir, runs, env):
-    """Time the three comparisons on one image; return (rows, checks, peak RSS per pipeline)."""
-    rss_dir = os.path.join(workdir, "rss")
-    shutil.rmtree(rss_dir, ignore_errors=True)
-    os.makedirs(rss_dir)
-    p = Pipelines(image, workdir, rss_dir)
+    """Time the three comparisons on one image; return (rows, checks, {pipeline: peak RSS})."""
+    measure_dir = fresh_dir(os.path.join(workdir, "measure"))
+    p = Pipelines(image, measure_dir)
     size = os.path.getsize(image)
-    warm_cache(image)
+    rows = []
+    rss = {}
 
-    print(f"bench: backup, {runs} runs each", file=sys.stderr)
-    backup = time_side_by_side(p.backup(), runs, env)
+    def compare(title, kind, pipelines, **hooks):
+        print(f"bench: {kind}, {runs} runs per side", file=sys.stderr)
+        timed = time_side_by_side(pipelines, runs, env, **hooks)
+        cpu = {}
+        for side in ("ours", "stock"):
+            rss[f"{kind}-{side}"], cpu[side] = measurements(measure_dir, f"{kind}-{side}")
+        rows.append(speed_row(title, size, timed, cpu))
+
+    warm_cache(image)
+    compare("read-disk | compress  vs  dd | zstd -3 -T0", "backup", p.backup())
     ours_bytes, stock_bytes = os.path.getsize(p.ours_zst), os.path.getsize(p.stock_zst)
     size_ratio = ours_bytes / stock_bytes
-    rows = [speed_row("read-disk | compress  vs  dd | zstd -3 -T0", size, backup),
-            {"comparison": "  compressed size (ours / zstd -3)", "ours_bytes": ours_bytes,
-             "stock_bytes": stock_bytes, "ratio": size_ratio, "target": f"<= {MAX_SIZE_RATIO:.2f}",
-             "pass": size_ratio <= MAX_SIZE_RATIO}]
+    rows.append({"comparison": "  compressed size (ours / zstd -3)", "ours_bytes": ours_bytes,
+                 "stock_bytes": stock_bytes, "ratio": size_ratio, "target": f"<= {MAX_SIZE_RATIO:.2f}",
+                 "pass": size_ratio <= MAX_SIZE_RATIO})
 
-    print(f"bench: restore, {runs} runs each", file=sys.stderr)
     warm_cache(p.ours_zst, p.stock_zst)
     restored = []
-    restore = time_side_by_side(p.restore(), runs, env, before=lambda: remove(p.target),
-                                after=lambda name: restored.append(same_bytes(p.target, image)))
+    compare("compress -d | write-disk  vs  zstd -d | dd", "restore", p.restore(),
+            before=lambda: remove(p.target), after=lambda name: restored.append(same_bytes(p.target, image)))
     remove(p.target)
-    rows.append(speed_row("compress -d | write-disk  vs  zstd -d | dd", size, restore))
 
-    print(f"bench: checksum, {runs} runs each", file=sys.stderr)
-    checksum = time_side_by_side(p.checksum(), runs, env)
-    rows.append(speed_row("cat | checksum  vs  cat | xxh128sum", size, checksum))
+    compare("cat | checksum  vs  cat | xxh128sum", "checksum", p.checksum())
 
     checks = {"stock zstd -d decodes our compressed image to the image": decodes_to(p.ours_zst, image),
               "every restored file (ours and stock) is byte-identical to the image": all(restored),
               "checksum digest equals xxh128sum's": digest(p.ours_sum) == digest(p.stock_sum)}
-    rss = {name: peak_rss(rss_dir, name) for name in
-           ("backup-ours", "backup-stock", "restore-ours", "restore-stock", "checksum-ours", "checksum-stock")}
     return rows, checks, rss
 
 
-def ours_rss(rss):
-    """{process: bytes} for mirrorpipe's processes (not cat, dd, zstd, xxh128sum)."""
-    stock = {"cat", "dd", "zstd", "zstd-d", "xxh128sum"}
+def ours_only(rss):
+    """{pipeline/process: bytes} for mirrorpipe's processes (not cat, dd, zstd, xxh128sum)."""
     return {f"{pipeline}/{process}": value for pipeline, peaks in rss.items() if pipeline.endswith("-ours")
-            for process, value in peaks.items() if process not in stock}
+            for process, value in peaks.items() if process not in STOCK_PROCESSES}
 
 
 def memory_at_sizes(workdir, sizes, seed, env):
-    """Peak RSS of our processes running once on each image size: {size: {process: bytes}}."""
+    """Peak RSS of our processes, each pipeline run once per image size: {size: {process: bytes}}."""
     result = {}
     for size in sizes:
         image = sample_image(workdir, size, seed)
-        rss_dir = os.path.join(workdir, f"rss-{size}")
-        shutil.rmtree(rss_dir, ignore_errors=True)
-        os.makedirs(rss_dir)
-        p = Pipelines(image, workdir, rss_dir)
+        measure_dir = fresh_dir(os.path.join(workdir, f"measure-{size}"))
+        p = Pipelines(image, measure_dir)
         print(f"bench: memory at {format_size(size)}", file=sys.stderr)
         for pipelines in (p.backup(), p.restore(), p.checksum()):
             time_side_by_side({"ours": pipelines["ours"]}, 1, env, before=lambda: remove(p.target))
         remove(p.target)
-        result[size] = ours_rss({name: peak_rss(rss_dir, name) for name in
-                                 ("backup-ours", "restore-ours", "checksum-ours")})
+        result[size] = ours_only({pipeline: measurements(measure_dir, pipeline)[0] for pipeline in
+                                  ("backup-ours", "restore-ours", "checksum-ours")})
     return result
 
 
-def print_report(image, runs, rows, checks, rss, memory):
-    print(f"\nimage {image}: {format_size(os.path.getsize(image))}; {runs} runs per side, "
-          f"alternating, medians; page cache warmed first (both sides read from cache)")
-    print(f"{'comparison':46} {'ours':>8} {'stock':>8} {'ours MB/s':>10} {'stock MB/s':>10} "
-          f"{'ratio':>6} {'target':>8}  result")
-    for row in rows:
-        if "ours_s" in row:
-            timing = (f"{row['ours_s']:7.2f}s {row['stock_s']:7.2f}s {row['ours_MBps']:10.0f} "
-                      f"{row['stock_MBps']:10.0f}")
-        else:
-            timing = f"{row['ours_bytes'] / MB:6.1f}MB {row['stock_bytes'] / MB:6.1f}MB {'':10} {'':10}"
-        print(f"{row['comparison']:46} {timing} {row['ratio']:6.3f} {row['target']:>8}  "
-              f"{'PASS' if row['pass'] else 'FAIL'}")
-    print("\npeak RSS (MB = 10^6 bytes), ours target <= 200 MB:")
-    for pipeline, peaks in rss.items():
-        print(f"  {pipeline:15} " + ", ".join(f"{process} {value / MB:.1f}" for process, value in peaks.items()))
-    if memory:
-        sizes = sorted(memory)
-        print("\npeak RSS of our processes by image size (MB):")
-        print(f"  {'process':26} " + " ".join(f"{format_size(size):>10}" for size in sizes) + "  result")
-        for process in sorted(memory[sizes[0]]):
-            values = [memory[size].get(process, 0) for size in sizes]
-            same = max(values) - values[0] <= RSS_GROWTH_ALLOWANCE and max(values) <= MAX_RSS
-            print(f"  {process:26} " + " ".join(f"{v / MB:10.1f}" for v in values) +
-                  f"  {'PASS' if same else 'FAIL'}")
-    print("\nchecks:")
-    for name, ok in checks.items():
-        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-
-
 def memory_checks(rss, memory):
-    checks = {f"{process} peak RSS <= 200 MB": value <= MAX_RSS for process, value in ours_rss(rss).items()}
+    checks = {f"{process} peak RSS <= 200 MB": value <= MAX_RSS for process, value in ours_only(rss).items()}
     if memory:
         sizes = sorted(memory)
         for process, base in memory[sizes[0]].items():
@@ -288,6 +268,35 @@ def memory_checks(rss, memory):
             checks[f"{process} peak RSS the same at {', '.join(format_size(s) for s in sizes)}"] = (
                 top - base <= RSS_GROWTH_ALLOWANCE and top <= MAX_RSS)
     return checks
+
+
+def print_report(image, runs, rows, checks, rss, memory):
+    print(f"\nimage {image}: {format_size(os.path.getsize(image))}; {runs} runs per side, alternating, "
+          f"medians; page cache warmed first (both sides read from cache); sync before every run")
+    print(f"{'comparison':44} {'ours':>8} {'stock':>8} {'ours MB/s':>9} {'stock MB/s':>10} "
+          f"{'ours CPU':>8} {'stock CPU':>9} {'ratio':>6} {'target':>8}  result")
+    for row in rows:
+        if "ours_s" in row:
+            figures = (f"{row['ours_s']:7.2f}s {row['stock_s']:7.2f}s {row['ours_MBps']:9.0f} "
+                       f"{row['stock_MBps']:10.0f} {row['ours_cpu_s']:7.2f}s {row['stock_cpu_s']:8.2f}s")
+        else:
+            figures = f"{row['ours_bytes'] / MB:6.1f}MB {row['stock_bytes'] / MB:6.1f}MB {'':39}"
+        print(f"{row['comparison']:44} {figures} {row['ratio']:6.3f} {row['target']:>8}  "
+              f"{'PASS' if row['pass'] else 'FAIL'}")
+    print("ratio: stock time / our time (speed), ours / stock (size); CPU: user + system seconds of the "
+          "whole pipeline; MB = 10^6 bytes")
+    print("\npeak RSS (MB), ours target <= 200 MB:")
+    for pipeline, peaks in rss.items():
+        print(f"  {pipeline:15} " + ", ".join(f"{process} {value / MB:.1f}" for process, value in sorted(peaks.items())))
+    if memory:
+        sizes = sorted(memory)
+        print("\npeak RSS of our processes by image size (MB):")
+        print(f"  {'process':26} " + " ".join(f"{format_size(size):>10}" for size in sizes))
+        for process in sorted(memory[sizes[0]]):
+            print(f"  {process:26} " + " ".join(f"{memory[size].get(process, 0) / MB:10.1f}" for size in sizes))
+    print("\nchecks:")
+    for name, ok in checks.items():
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
 
 
 def tool_versions():
@@ -308,7 +317,8 @@ def main():
     parser.add_argument("--seed", type=int, default=1, help="make-sample-disk seed (default 1)")
     parser.add_argument("--workdir", default="/var/tmp/mirrorpipe-bench",
                         help="images (cached), outputs and JSON results (default /var/tmp/mirrorpipe-bench)")
-    parser.add_argument("--memory-sizes", metavar="SIZE,SIZE", type=lambda text: [parse_size(s) for s in text.split(",")],
+    parser.add_argument("--memory-sizes", metavar="SIZE,SIZE",
+                        type=lambda text: [parse_size(s) for s in text.split(",")],
                         help="also run our pipelines once at each of these image sizes and check that "
                              "peak memory stays the same (e.g. 2G,8G)")
     args = parser.parse_args()
@@ -323,6 +333,7 @@ def main():
     os.makedirs(args.workdir, exist_ok=True)
 
     started = datetime.datetime.now(datetime.timezone.utc)
+    load_at_start = os.getloadavg()
     image = sample_image(args.workdir, args.size, args.seed)
     try:
         rows, checks, rss = compare_speed(image, args.workdir, args.runs, env)
@@ -333,16 +344,16 @@ def main():
     print_report(image, args.runs, rows, checks, rss, memory)
 
     results = {"started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
-               "cpus": len(os.sched_getaffinity(0)), "image": image, "image_bytes": os.path.getsize(image),
-               "runs": args.runs, "tools": tool_versions(), "comparisons": rows,
-               "peak_rss_bytes": rss, "checks": checks,
+               "cpus": len(os.sched_getaffinity(0)), "load_average_start_end": [load_at_start, os.getloadavg()],
+               "image": image,
+               "image_bytes": os.path.getsize(image), "runs": args.runs, "tools": tool_versions(),
+               "comparisons": rows, "peak_rss_bytes": rss, "checks": checks,
                "peak_rss_by_size": {str(size): peaks for size, peaks in (memory or {}).items()}}
     out = os.path.join(args.workdir, f"results-{started:%Y%m%dT%H%M%SZ}.json")
     with open(out, "w") as f:
         json.dump(results, f, indent=2)
     print(f"\nresults: {out}")
-    ok = all(row["pass"] for row in rows) and all(checks.values())
-    return 0 if ok else 1
+    return 0 if all(row["pass"] for row in rows) and all(checks.values()) else 1
 
 
 if __name__ == "__main__":
