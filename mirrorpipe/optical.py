@@ -13,12 +13,13 @@ import subprocess
 from dataclasses import dataclass
 
 from .errors import Error
-from .iso import SECTOR_SIZE, burned_sectors
+from .iso import burned_sectors
 
 XORRISO = "xorriso"
 # Media that can be written again from the start without blanking a whole disc.
 OVERWRITABLE_KINDS = ("DVD+RW", "DVD-RAM", "BD-RE", "DVD-RW restricted overwrite")
-_WRITING_RE = re.compile(r"Writing:\s+(\d+)s")
+# "xorriso : UPDATE :  151 of  400 MB written (fifo 99%) [buf  50%]  61.8x." (MB: MiB)
+_WRITTEN_RE = re.compile(r"UPDATE :\s+(\d+) of\s+\d+ MB written")
 _FIELD_RE = re.compile(r"^(Media current|Media status|Media space)\s*:\s*(.*?)\s*$", re.MULTILINE)
 
 
@@ -99,11 +100,11 @@ def burn(device, image_path, progress=None):
         for line in process.stdout:
             output.append(line)
             del output[:-50]
-            match = _WRITING_RE.search(line)
+            match = _WRITTEN_RE.search(line)
             if match and progress:
-                sectors = int(match.group(1))
-                progress.advance(max(0, sectors * SECTOR_SIZE - written))
-                written = max(written, sectors * SECTOR_SIZE)
+                now = int(match.group(1)) << 20
+                progress.advance(max(0, now - written))
+                written = max(written, now)
     if process.returncode:
         raise Error(f"xorriso could not burn {os.path.basename(image_path)} to {device}: "
                     f"{_last_problem(''.join(output))}")
