@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Benchmark split-span and reassemble against split and cat, side by side, on the same stream.
+
+  split:      cat STREAM | split-span --size V A/       vs  cat STREAM | split -b V - B/image. && sync B/*
+  join:       reassemble A/ > /dev/null                 vs  cat A/image.??? > /dev/null
+  join|pipe:  reassemble A/ | cat > /dev/null           vs  cat A/image.??? | cat > /dev/null
+and the peak RSS of split-span and reassemble at two volume sizes (memory must not grow with it).
+
+split-span makes every volume durable (fsync) before it counts as finished, so the split side
+syncs its files too. reassemble checks every chunk's xxh3-128 hash and the stream's hash; cat
+checks nothing. The stream is random bytes (what a compressed or encrypted stream looks like to
+split-span). Prints a table; exits 0 when every target is met, 1 otherwise.
+
+Run it with a Python that has mirrorpipe's dependencies (e.g. .venv/bin/python bench/bench_volumes.py
+--size 2G): the bin/ launchers are run with the same interpreter.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+from bench_core import (BIN, CHECKOUT, MAX_RSS, MB, TIME, BenchError, fresh_dir, measurements,  # noqa: E402
+                        sh, time_side_by_side)
+from mirrorpipe.cli import format_size, parse_size  # noqa: E402 - bench_core put the checkout on sys.path
+
+MIN_SPEED_RATIO = 0.9
+
+
+def measured(rss_dir, pipeline, process, command):
+    """command run under /usr/bin/time, its peak RSS and CPU time kept per run ($RUN) where
+    bench_core.measurements() reads them."""
+    return f'{TIME} -f "%M %U %S" -o {sh(os.path.join(rss_dir, pipeline + "."))}"$RUN".{process} {command}'
+
+
+def make_stream(workdir, size):
+    path = os.path.join(workdir, f"stream-{size}")
+    if not os.path.exists(path):
+        print(f"bench: writing {format_size(size)} of random data to {path}", file=sys.stderr)
+        subprocess.run(f"head -c {size} /dev/urandom > {sh(path + '.part')}", shell=True, check=True)
+        os.rename(path + ".part", path)
+    subprocess.run(["cat", path], stdout=subprocess.DEVNULL, check=True)   # into the page cache
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=parse_size, default=2 << 30, help="stream size (default 2G)")
+    parser.add_argument("--volume-size", type=parse_size, default=256 << 20,
+                        help="volume size for the timing (default 256M)")
+    parser.add_argument("--memory-volume-sizes", default="64M,1G", metavar="SIZE,SIZE",
+                        help="volume sizes at which peak RSS is compared (default 64M,1G)")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions per side (default 3)")
+    parser.add_argument("--workdir", default="/var/tmp/mirrorpipe-bench-volumes",
+                        help="where the stream and the volumes go (needs 3x the stream size)")
+    args = parser.parse_args()
+    if shutil.which(TIME) is None:
+        raise BenchError(f"needs {TIME} (Debian package time)")
+    os.makedirs(args.workdir, exist_ok=True)
+    rss_dir = fresh_dir(os.path.join(args.workdir, "rss"))
+    stream = make_stream(args.workdir, args.size)
+    ours_dir, stock_dir = os.path.join(args.workdir, "ours"), os.path.join(args.workdir, "stock")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    size = args.volume_size
+
+    def clean():
+        shutil.rmtree(ours_dir, ignore_errors=True)
+        fresh_dir(stock_dir)
+
+    rows = []
+
+    def compare(name, pipelines, **hooks):
+        print(f"bench: {name}, {args.runs} runs each", file=sys.stderr)
+        timed = time_side_by_side(pipelines, args.runs, env, **hooks)
+        ours, stock = timed["ours"][0], timed["stock"][0]
+        rows.append((name, ours, stock, stock / ours))
+
+    compare("split", {
+        "ours": f"cat {sh(stream)} | " + measured(rss_dir, "split", "split-span",
+                                                  sh(f"{BIN}/split-span", "-q", "--size", size, ours_dir)),
+        "stock": f"cat {sh(stream)} | split -b {size} - {sh(stock_dir)}/image. && sync {sh(stock_dir)}/*",
+    }, before=clean)
+    clean()   # the set the join comparisons read, made untimed (before() removed the last one)
+    subprocess.run(f"cat {sh(stream)} | {sh(f'{BIN}/split-span', '-q', '--size', size, ours_dir)}",
+                   shell=True, env=env, check=True)
+    if subprocess.run(f"cat {sh(ours_dir)}/image.??? | cmp -s - {sh(stream)}", shell=True).returncode:
+        raise BenchError("the volumes of split-span are not the stream")
+    volumes = f"{sh(ours_dir)}/image.???"
+    compare("join", {
+        "ours": measured(rss_dir, "join", "reassemble", sh(f"{BIN}/reassemble", "-q", ours_dir)) + " > /dev/null",
+        "stock": f"cat {volumes} > /dev/null",
+    })
+    compare("join|pipe", {
+        "ours": measured(rss_dir, "pipe", "reassemble", sh(f"{BIN}/reassemble", "-q", ours_dir)) + " | cat > /dev/null",
+        "stock": f"cat {volumes} | cat > /dev/null",
+    })
+
+    memory = {}
+    for text in args.memory_volume_sizes.split(","):
+        volume_size = parse_size(text)
+        shutil.rmtree(ours_dir, ignore_errors=True)
+        for process, command in (("split-span", f"cat {sh(stream)} | " + measured(
+                                     rss_dir, f"mem{volume_size}", "split-span",
+                                     sh(f"{BIN}/split-span", "-q", "--size", volume_size, ours_dir))),
+                                 ("reassemble", measured(rss_dir, f"mem{volume_size}", "reassemble",
+                                                         sh(f"{BIN}/reassemble", "-q", ours_dir)) + " > /dev/null")):
+            subprocess.run(["bash", "-o", "pipefail", "-c", command], env=dict(env, RUN="0"), check=True)
+        memory[volume_size] = measurements(rss_dir, f"mem{volume_size}")[0]
+    shutil.rmtree(ours_dir, ignore_errors=True)
+    shutil.rmtree(stock_dir, ignore_errors=True)
+
+    print(f"\nstream {format_size(args.size)}, volumes of {format_size(size)}, {args.runs} runs per side, "
+          f"medians; ratio = stock time / our time (target >= {MIN_SPEED_RATIO})")
+    print(f"{'comparison':<11} {'ours s':>7} {'stock s':>8} {'ours MB/s':>10} {'stock MB/s':>11} {'ratio':>6}")
+    passed = True
+    for name, ours, stock, ratio in rows:
+        passed &= ratio >= MIN_SPEED_RATIO
+        print(f"{name:<11} {ours:>7.2f} {stock:>8.2f} {args.size / ours / MB:>10.0f} "
+              f"{args.size / stock / MB:>11.0f} {ratio:>6.2f}{'' if ratio >= MIN_SPEED_RATIO else '  MISSED'}")
+    timed_rss = {**measurements(rss_dir, "split")[0], **measurements(rss_dir, "join")[0]}
+    print(f"\npeak RSS (target <= {MAX_RSS / MB:.0f} MB, the same at every volume size)")
+    for label, peaks in [(f"timing, volumes of {format_size(size)}", timed_rss)] + \
+            [(f"volumes of {format_size(v)}", peaks) for v, peaks in memory.items()]:
+        print(f"  {label:<28} " + ", ".join(f"{p} {rss / MB:.0f} MB" for p, rss in sorted(peaks.items())))
+        passed &= all(rss <= MAX_RSS for rss in peaks.values())
+    print(f"\ncheckout {CHECKOUT}; {'all targets met' if passed else 'a target was missed'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        sys.exit(f"bench_volumes: {exc}")
