@@ -53,7 +53,7 @@ def test_usage_errors(volume_set, tmp_path):
     assert_one_line_error(result, "burn-iso", "neither a volume")
     assert result.returncode == 2
     result = sh(f"burn-iso {tmp_path}/missing.001")
-    assert_one_line_error(result, "burn-iso", "missing.001")
+    assert_one_line_error(result, "burn-iso", "missing.001 has no manifest beside it")
     assert not list(tmp_path.glob("*.iso*"))
 
 

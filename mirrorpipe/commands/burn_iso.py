@@ -63,6 +63,9 @@ class BurnIso(cli.Command):
             if args.output_dir and not os.path.isdir(args.output_dir):
                 raise UsageError(f"{args.output_dir} is not a directory")
             for path in args.files:
+                if not is_volume(path):
+                    raise UsageError(f"{path} has no manifest beside it; give volumes made by split-span")
+            for path in args.files:
                 self.package(volume_argument(path), args.output_dir)
 
     def package(self, volume_path, output_dir):
