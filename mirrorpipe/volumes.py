@@ -324,7 +324,7 @@ def _argument_path(path):
     return "./" + path if path.startswith("-") else path
 
 
-def confirm_stdin_end(wait=0.2):
+def confirm_stdin_end(wait=0.05):
     """At end of input, tell a cut connection from the stream's end.
 
     A byte stream has no end marker: when the ssh session that feeds `ssh host 'split-span ...'`
