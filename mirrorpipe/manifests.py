@@ -19,7 +19,7 @@ import math
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import xxhash
 
@@ -78,7 +78,6 @@ class Manifest:
     total_length: int = None        # the last volume's own fields
     volume_count: int = None
     stream_digest: bytes = None
-    extra: dict = field(default_factory=dict, repr=False)
 
     @property
     def chunks(self):
