@@ -10,7 +10,6 @@ import pytest
 
 from conftest import assert_one_line_error, need_tools, sh
 from mirrorpipe import discreadme, iso, manifests
-from mirrorpipe.commands.burn_iso import BurnIso
 
 pytestmark = pytest.mark.usefixtures("tools")
 
@@ -222,16 +221,3 @@ def test_stock_tools_restore_of_a_one_disc_set(tmp_path):
     assert target.read_bytes() == raw.read_bytes()
     assert manifests.read(str(mount / "one.001.manifest")).volume_count == 1
 
-
-def test_man_page_lists_the_options_of_help():
-    need_tools("mandoc")
-    page = os.path.join(os.path.dirname(__file__), "..", "man", "burn-iso.1")
-    lint = subprocess.run(["mandoc", "-Tlint", "-W", "warning", page], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-    assert lint.returncode == 0, lint.stdout
-    in_help = {option for action in BurnIso().make_parser()._actions for option in action.option_strings}
-    in_page = set()
-    for line in open(page).read().splitlines():
-        if line.startswith(".It Fl "):
-            in_page |= {"-" + flag.replace("\\", "") for flag in re.findall(r"(?:Fl|,) (\\?-?[\w-]+)", line)}
-    assert in_page == in_help
