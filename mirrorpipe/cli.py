@@ -263,10 +263,9 @@ class _FileLock:
 class Messages:
     """stderr output of one command: warnings, notes, the live progress line and its summary."""
 
-    def __init__(self, prog, quiet=False, progress=None, debug=False):
+    def __init__(self, prog, quiet=False, progress=None):
         self.prog = prog
         self.quiet = quiet
-        self.debug = debug
         self.interactive = os.isatty(2)
         self.show_progress = (not quiet) and (self.interactive if progress is None else progress)
 
@@ -296,7 +295,7 @@ class Messages:
         if not self.quiet:
             self._emit(f"{self.prog}: {text}")
 
-    def progress(self, total=None, unit="bytes"):
+    def progress(self, total=None):
         """A Progress meter, live on stderr when progress is shown, silent otherwise."""
         return Progress(self, total) if self.show_progress else NoProgress()
 
@@ -325,9 +324,11 @@ class NoProgress:
 
 
 class Progress(NoProgress):
-    """Bytes done, rate and (with a known total) ETA, redrawn twice a second on stderr."""
+    """Bytes done, rate and (with a known total) ETA, redrawn twice a second on a terminal; to
+    a log file (-P with stderr redirected) a plain line every ten seconds."""
 
-    INTERVAL = 0.5
+    TERMINAL_INTERVAL = 0.5
+    LOG_INTERVAL = 10
 
     def __init__(self, messages, total=None):
         self.messages = messages
@@ -360,7 +361,8 @@ class Progress(NoProgress):
         return " ".join(parts)
 
     def _tick(self):
-        while not self._stop.wait(self.INTERVAL):
+        interval = self.TERMINAL_INTERVAL if self.messages.interactive else self.LOG_INTERVAL
+        while not self._stop.wait(interval):
             try:
                 self._draw()
             except OSError:
@@ -448,7 +450,7 @@ class Command:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         argv = self.preprocess_argv(list(sys.argv[1:] if argv is None else argv))
         args = self.make_parser().parse_args(argv)
-        self.messages = Messages(self.name, quiet=args.quiet, progress=args.progress, debug=args.debug)
+        self.messages = Messages(self.name, quiet=args.quiet, progress=args.progress)
         for fd in (0, 1):
             enlarge_pipe(fd)
         try:
