@@ -110,9 +110,12 @@ class Burner:
 
     def burn_all(self, files):
         for path in files:  # every argument is checked before the first disc is touched
-            if not is_volume(path) and not iso.is_image(path):
+            if is_volume(path):
+                continue
+            if not iso.is_image(path):
                 raise UsageError(f"{path} is neither a volume with its manifest beside it "
                                  "nor an ISO image")
+            iso.Disc(path).close()   # an image must hold a volume and its manifest
         for number, path in enumerate(files):
             if is_volume(path):
                 self._burn_volume(volume_argument(path), ask_first=number > 0)
