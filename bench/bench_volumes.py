@@ -5,6 +5,8 @@
   join:       reassemble A/ > /dev/null                 vs  cat A/image.??? > /dev/null
   join|pipe:  reassemble A/ | cat > /dev/null           vs  cat A/image.??? | cat > /dev/null
 and the peak RSS of split-span and reassemble at two volume sizes (memory must not grow with it).
+Every process runs under /usr/bin/time: the table also shows each pipeline's CPU seconds (user +
+system, all processes), which other load on a shared machine disturbs less than elapsed time.
 
 split-span makes every volume durable (fsync) before it counts as finished, so the split side
 syncs its files too. reassemble checks every chunk's xxh3-128 hash and the stream's hash; cat
@@ -72,15 +74,20 @@ def main():
     rows = []
 
     def compare(name, pipelines, **hooks):
+        """Time {side: [(process, command), ...]} (a pipeline, every process measured); a row."""
         print(f"bench: {name}, {args.runs} runs each", file=sys.stderr)
-        timed = time_side_by_side(pipelines, args.runs, env, **hooks)
-        ours, stock = timed["ours"][0], timed["stock"][0]
-        rows.append((name, ours, stock, stock / ours))
+        texts = {side: " | ".join(measured(rss_dir, f"{name}-{side}", process, command)
+                                  for process, command in stages)
+                 for side, stages in pipelines.items()}
+        timed = time_side_by_side(texts, args.runs, env, **hooks)
+        cpu = {side: measurements(rss_dir, f"{name}-{side}")[1] for side in pipelines}
+        rows.append((name, timed["ours"][0], timed["stock"][0], cpu["ours"], cpu["stock"]))
 
+    feed = ("cat", sh("cat", stream))
     compare("split", {
-        "ours": f"cat {sh(stream)} | " + measured(rss_dir, "split", "split-span",
-                                                  sh(f"{BIN}/split-span", "-q", "--size", size, ours_dir)),
-        "stock": f"cat {sh(stream)} | split -b {size} - {sh(stock_dir)}/image. && sync {sh(stock_dir)}/*",
+        "ours": [feed, ("split-span", sh(f"{BIN}/split-span", "-q", "--size", size, ours_dir))],
+        # split-span makes each volume durable before it counts; split's files get the same.
+        "stock": [feed, ("split", f"sh -c {sh(f'split -b {size} - {stock_dir}/image. && sync {stock_dir}/*')}")],
     }, before=clean)
     clean()   # the set the join comparisons read, made untimed (before() removed the last one)
     subprocess.run(f"cat {sh(stream)} | {sh(f'{BIN}/split-span', '-q', '--size', size, ours_dir)}",
@@ -88,14 +95,11 @@ def main():
     if subprocess.run(f"cat {sh(ours_dir)}/image.??? | cmp -s - {sh(stream)}", shell=True).returncode:
         raise BenchError("the volumes of split-span are not the stream")
     volumes = f"{sh(ours_dir)}/image.???"
-    compare("join", {
-        "ours": measured(rss_dir, "join", "reassemble", sh(f"{BIN}/reassemble", "-q", ours_dir)) + " > /dev/null",
-        "stock": f"cat {volumes} > /dev/null",
-    })
-    compare("join|pipe", {
-        "ours": measured(rss_dir, "pipe", "reassemble", sh(f"{BIN}/reassemble", "-q", ours_dir)) + " | cat > /dev/null",
-        "stock": f"cat {volumes} | cat > /dev/null",
-    })
+    reassemble = ("reassemble", sh(f"{BIN}/reassemble", "-q", ours_dir))
+    compare("join", {"ours": [(reassemble[0], reassemble[1] + " > /dev/null")],
+                     "stock": [("cat", f"cat {volumes} > /dev/null")]})
+    compare("join|pipe", {"ours": [reassemble, ("consumer", "cat > /dev/null")],
+                          "stock": [("cat", f"cat {volumes}"), ("consumer", "cat > /dev/null")]})
 
     memory = {}
     for text in args.memory_volume_sizes.split(","):
@@ -112,14 +116,18 @@ def main():
     shutil.rmtree(stock_dir, ignore_errors=True)
 
     print(f"\nstream {format_size(args.size)}, volumes of {format_size(size)}, {args.runs} runs per side, "
-          f"medians; ratio = stock time / our time (target >= {MIN_SPEED_RATIO})")
-    print(f"{'comparison':<11} {'ours s':>7} {'stock s':>8} {'ours MB/s':>10} {'stock MB/s':>11} {'ratio':>6}")
+          f"medians; ratio = stock time / our time (target >= {MIN_SPEED_RATIO}, ! = missed)")
+    print(f"{'comparison':<11} {'ours s':>7} {'stock s':>8} {'ours MB/s':>10} {'stock MB/s':>11} "
+          f"{'ratio':>6}   {'ours CPU s':>10} {'stock CPU s':>11} {'CPU ratio':>9}")
     passed = True
-    for name, ours, stock, ratio in rows:
+    for name, ours, stock, ours_cpu, stock_cpu in rows:
+        ratio = stock / ours
         passed &= ratio >= MIN_SPEED_RATIO
         print(f"{name:<11} {ours:>7.2f} {stock:>8.2f} {args.size / ours / MB:>10.0f} "
-              f"{args.size / stock / MB:>11.0f} {ratio:>6.2f}{'' if ratio >= MIN_SPEED_RATIO else '  MISSED'}")
-    timed_rss = {**measurements(rss_dir, "split")[0], **measurements(rss_dir, "join")[0]}
+              f"{args.size / stock / MB:>11.0f} {ratio:>6.2f}{' ' if ratio >= MIN_SPEED_RATIO else '!'}  "
+              f"{ours_cpu:>10.2f} {stock_cpu:>11.2f} {stock_cpu / ours_cpu:>9.2f}")
+    timed_rss = {process: rss for pipeline in ("split-ours", "join-ours")
+                 for process, rss in measurements(rss_dir, pipeline)[0].items() if process != "cat"}
     print(f"\npeak RSS (target <= {MAX_RSS / MB:.0f} MB, the same at every volume size)")
     for label, peaks in [(f"timing, volumes of {format_size(size)}", timed_rss)] + \
             [(f"volumes of {format_size(v)}", peaks) for v, peaks in memory.items()]:

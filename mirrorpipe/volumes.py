@@ -145,7 +145,7 @@ class VolumeSetWriter:
     """Writes one volume set into a directory; write() consumes the stream."""
 
     def __init__(self, directory, set_name, volume_size, chunk_size=manifests.DEFAULT_CHUNK_SIZE,
-                 media=None, on_finished=None, progress=None, messages=None):
+                 media=None, on_finished=None, progress=None):
         if not manifests.SET_NAME_RE.fullmatch(set_name):
             raise Error(f"invalid set name {set_name!r}: use up to 100 letters, digits and . _ + -, "
                         "starting with a letter or digit")
@@ -166,7 +166,6 @@ class VolumeSetWriter:
         self.media = media
         self.on_finished = on_finished
         self.progress = progress or cli.NoProgress()
-        self.messages = messages
         self.stream_hash = manifests.new_hash()
         self.finished = []        # manifests of the finished volumes
         self.host = cli.host_name()[:manifests.MAX_HOST_LENGTH]
@@ -220,8 +219,9 @@ class VolumeSetWriter:
                 self.progress.advance(got)
             if confirm_end:
                 confirm_end()
-            # An empty stream still makes a set: one empty volume.
-            self._finish(volume or self._start(1), last=True)
+            if volume is None:
+                volume = self._start(1)   # an empty stream still makes a set: one empty volume
+            self._finish(volume, last=True)
         except BaseException as exc:
             if volume is not None and (not self.finished or self.finished[-1].index != volume.index):
                 self._discard(volume)
