@@ -22,7 +22,8 @@ readable is read again when the stream gets there.
 
 Narrowing reads go through a second, O_DIRECT descriptor where the source allows one: buffered
 reads of a block device fail a whole 4 KiB page (the page cache's unit) around one bad 512-byte
-sector, direct reads fail only the sector.
+sector, direct reads fail only the sector. After an error the stream's own reads use it too,
+until CAREFUL_BLOCKS blocks in a row have read cleanly.
 """
 
 import errno
@@ -42,6 +43,10 @@ DEFAULT_MAX_RETRY_TIME = 300.0
 MAP_SAVE_INTERVAL = 30.0   # seconds between saves of the map while reads succeed
 MAP_SAVE_ON_ERROR = 1.0    # at most this often while errors are being found
 SUMMARY_AREAS = 5          # bad areas the summary names
+# After an error, this many blocks in a row must read cleanly before reads go through the page
+# cache again: a buffered read that meets a bad sector has lost its read-ahead, and the kernel
+# then reads the block one 4 KiB page per request up to the bad one.
+CAREFUL_BLOCKS = 64
 
 
 def parse_fill_pattern(text):
@@ -104,6 +109,7 @@ class BadSectorReader:
         self._bounce = None       # page-aligned buffer for O_DIRECT, made at the first error
         self._direct_fd = None
         self._run_end = 0         # end of the last bad run found; the stream has not passed it
+        self._careful_blocks = 0  # blocks still to read around the page cache after an error
         self._saved_at = time.monotonic()
 
     def close(self, finished=True):
@@ -130,10 +136,15 @@ class BadSectorReader:
             start = min(end, self._run_end)
             self._settle_run(offset, start, view, offset)
         if start < end:
-            count, failed = _read_into(self.fd, start, view[start - offset:], self.name)
+            if self._careful_blocks:
+                readable_to = self._read_sectors(start, end, view, offset)
+                count, failed = max(readable_to - start, 0), readable_to < end
+            else:
+                count, failed = _read_into(self.fd, start, view[start - offset:], self.name)
             if failed:
                 count = self._rescue(offset, view, start, start + count) - start
             else:
+                self._careful_blocks = max(self._careful_blocks - 1, 0)
                 self.map.set(start, start + count, mapfile.FINISHED)
             end = start + count
         self.map.position = end
@@ -155,6 +166,7 @@ class BadSectorReader:
         self.map.set(start, failed_at, mapfile.FINISHED)
         self._restore_readahead()
         self._open_direct()
+        self._careful_blocks = CAREFUL_BLOCKS
         # Sectors are counted from the start of the source; a partly read sector is read again.
         position = failed_at - failed_at % self.sector
         stop = min(end, self.end)
@@ -267,7 +279,7 @@ class BadSectorReader:
         """Read the sectors [start, end) (sector-aligned; the last may pass the end of the
         source) and copy what overlaps view (which holds the bytes from offset on). Return
         where the readable part ends: end (or the source's end) when all of it read."""
-        position = start
+        position = start - start % self.sector
         while position < end:
             # Whole sectors, as O_DIRECT requires; past the end of the source they read short.
             length = min(-(-(end - position) // self.sector) * self.sector, self._block_size)
