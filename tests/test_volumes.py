@@ -1,6 +1,6 @@
 """Volume sets in Python: names, writing while streaming, finding and checking a set."""
 
-import errno
+import json
 import os
 import shutil
 import subprocess
@@ -262,3 +262,20 @@ def test_no_last_volume(two_sets):
         read_set(tmp_path / "a")
     assert "no last volume of set 'image' (found 1-3)" in str(caught.value)
     assert "image.004.part unfinished (left by an interrupted split-span)" in str(caught.value)
+
+
+def test_a_manifest_never_leads_to_a_file_outside_the_sources(tmp_path):
+    """Whatever a crafted manifest says, the volume read is the file beside it."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 100)
+    write_set(tmp_path / "out", b"v" * 100, MIB)
+    manifest = tmp_path / "out" / "image.001.manifest"
+    doc = json.loads(manifest.read_text())
+    doc.update(path="../secret", file="/etc/shadow", volume="../secret")
+    manifest.write_text(json.dumps(doc))
+    assert read_set(tmp_path / "out") == b"v" * 100
+    os.unlink(tmp_path / "out" / "image.001")
+    with pytest.raises(Error) as caught:
+        read_set(tmp_path / "out")
+    assert f"volume 1 ({tmp_path}/out/image.001) is missing" in str(caught.value)
+    assert "secret" not in str(caught.value)
