@@ -102,41 +102,33 @@ def identity(rdev):
     return {"model": model, "serial": serial}
 
 
-def _holders_tree(rdev):
-    """The device, its partitions, and everything stacked on them (device mapper, md), as rdevs."""
-    seen = set()
-    todo = [rdev] + [p[0] for p in partitions(rdev)]
+def _stacked(starts, link):
+    """Devices reachable from starts through sysfs `link` directories ('holders': what is stacked
+    on top, device mapper or md; 'slaves': what lies below). Returns (all seen, the leaves)."""
+    seen, leaves = set(), set()
+    todo = list(starts)
     while todo:
         dev = todo.pop()
         if dev is None or dev in seen:
             continue
         seen.add(dev)
         path = sysfs_path(dev)
-        holders = os.path.join(path, "holders") if path else ""
-        if holders and os.path.isdir(holders):
-            for name in os.listdir(holders):
-                todo.append(_rdev_of_sysfs(os.path.join(holders, name)))
-    return seen
+        links = os.path.join(path, link) if path else ""
+        names = os.listdir(links) if links and os.path.isdir(links) else []
+        todo.extend(_rdev_of_sysfs(os.path.join(links, name)) for name in names)
+        if not names:
+            leaves.add(dev)
+    return seen, leaves
+
+
+def _holders_tree(rdev):
+    """The device, its partitions, and everything stacked on them, as rdevs."""
+    return _stacked([rdev] + [p[0] for p in partitions(rdev)], "holders")[0]
 
 
 def _underlying_disks(rdev):
     """Whole disks below a device, following device-mapper and md slaves down to the hardware."""
-    disks = set()
-    todo = [rdev]
-    seen = set()
-    while todo:
-        dev = todo.pop()
-        if dev is None or dev in seen:
-            continue
-        seen.add(dev)
-        path = sysfs_path(dev)
-        slaves = os.path.join(path, "slaves") if path else ""
-        names = os.listdir(slaves) if slaves and os.path.isdir(slaves) else []
-        if names:
-            todo.extend(_rdev_of_sysfs(os.path.join(slaves, n)) for n in names)
-        else:
-            disks.add(whole_disk(dev))
-    return disks
+    return {whole_disk(dev) for dev in _stacked([rdev], "slaves")[1]}
 
 
 def mounts():

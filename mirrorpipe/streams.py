@@ -1,4 +1,5 @@
-"""Moving bytes between file descriptors in large buffers, and spotting all-zero blocks.
+"""Moving bytes between file descriptors in large buffers, spotting all-zero blocks, and
+writing small files durably.
 
 Every command moves data through these helpers so that the hot loops stay free of per-byte work.
 """
@@ -57,3 +58,24 @@ def write_zeros(fd, count):
         n = min(count, BLOCK_SIZE)
         write_all(fd, ZEROS if n == BLOCK_SIZE else memoryview(ZEROS)[:n])
         count -= n
+
+
+def fsync_directory(path):
+    """Make a file's creation or rename in directory path durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_atomically(path, text):
+    """Replace path with text so that a reader sees the old file or the whole new one, never
+    part of it, and the new one survives a crash once this returns."""
+    partial = path + ".part"
+    with open(partial, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+    fsync_directory(os.path.dirname(os.path.abspath(path)))

@@ -15,7 +15,7 @@ import xxhash
 
 from . import blockdev
 from .errors import Error
-from .streams import BLOCK_SIZE, is_zero, read_full, write_all
+from .streams import BLOCK_SIZE, fsync_directory, is_zero, read_full, write_all
 
 # Stream hashes for --verify cover segments of this size, so a mismatch is located within one
 # segment while the list of hashes stays small even for very large disks.
@@ -99,7 +99,7 @@ class Target:
             raise Error(f"flushing {self.path} to stable storage failed: {exc.strerror}; "
                         "the data may not be durable") from None
         if self.kind == "file":
-            _fsync_directory(os.path.dirname(os.path.abspath(self.path)))
+            fsync_directory(os.path.dirname(os.path.abspath(self.path)))
 
     def _verify(self, length, segment_hashes, progress):
         """Read the target back, past the page cache where the kernel allows, and compare."""
@@ -138,14 +138,6 @@ def _open_uncached(path):
     fd = os.open(path, os.O_RDONLY)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     return fd
-
-
-def _fsync_directory(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def open_target(path):

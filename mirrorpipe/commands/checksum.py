@@ -4,6 +4,7 @@ import os
 
 from .. import cli, digests
 from ..errors import EXIT_FAILURE, Error, UsageError
+from ..streams import write_file_atomically
 
 
 class Checksum(cli.Command):
@@ -81,7 +82,7 @@ class Checksum(cli.Command):
         progress.finish()
         line = digests.format_line(algorithm, hexdigest, name)
         if args.output:
-            write_text_atomically(args.output, line)
+            write_file_atomically(args.output, line)
         if not passthrough:
             os.write(1, line.encode("utf-8", "surrogateescape"))
         elif not args.output and not args.check:
@@ -91,15 +92,6 @@ class Checksum(cli.Command):
                         f"says {expected[1]} for {expected[2]!r}")
         if expected:
             self.messages.note(f"{algorithm} matches {args.check} ({expected[2]})")
-
-
-def write_text_atomically(path, text):
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 main = cli.entry_point(Checksum)

@@ -1,6 +1,5 @@
 """compress: raw stream to independent zstd frames with a seek table, and back with -d."""
 
-import os
 import re
 
 from .. import cli, frames

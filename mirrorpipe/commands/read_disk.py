@@ -2,11 +2,11 @@
 
 import contextlib
 import json
-import os
 
 from .. import badsectors, blockdev, cli, mapfile
 from ..errors import UsageError
 from ..source import Source
+from ..streams import write_file_atomically
 
 # The image is complete, but unreadable sectors in it hold the fill pattern instead of data.
 EXIT_UNREADABLE = 3
@@ -73,7 +73,7 @@ class ReadDisk(cli.Command):
                                    "while it is read may be inconsistent in the image; unmount it or "
                                    "remount it read-only for a clean image")
             if args.info:
-                write_json(args.info, source.info(cli.host_name()))
+                write_file_atomically(args.info, json.dumps(source.info(cli.host_name()), indent=2) + "\n")
             progress = self.messages.progress(total=source.length)
             # A stream (pipe, character device) has no sectors to go back to: read it plainly.
             reader = None if source.size is None else bad_sector_reader(source, args, fill, progress)
@@ -96,14 +96,6 @@ def bad_sector_reader(source, args, fill, progress):
         source.fd, source.offset, source.offset + source.length, sector_size=sector,
         retries=args.retries, fill=fill, max_retry_time=args.max_retry_time, map=bad_map,
         name=args.source, progress=progress)
-
-
-def write_json(path, facts):
-    tmp = path + ".part"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(facts, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 main = cli.entry_point(ReadDisk)
