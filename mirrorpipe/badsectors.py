@@ -171,25 +171,26 @@ class BadSectorReader:
         position = failed_at - failed_at % self.sector
         stop = min(end, self.end)
         for _ in range(self.retries):
-            readable_to = self._read_sectors(position, stop, view, offset)
-            self.map.set(position, readable_to, mapfile.FINISHED)
-            position = readable_to
+            position = self._read_and_map(position, stop, view, offset)
             if position >= stop:
                 return end
-        while position < stop:
-            readable_to = self._read_sectors(position, stop, view, offset)
-            self.map.set(position, readable_to, mapfile.FINISHED)
-            if readable_to >= stop:
-                break
-            position, is_bad = self._first_bad_sector(readable_to, stop, view, offset)
-            if not is_bad:
-                continue  # the failure did not come back: read on from there
-            bad = position
-            position = self._bad_run_end(bad)
-            self._run_end = max(self._run_end, position)
-            self._settle_run(bad, min(position, end), view, offset)
+        while position < stop:  # reading [position, stop) has just failed
+            position, is_bad = self._first_bad_sector(position, stop, view, offset)
+            if is_bad:
+                bad = position
+                position = self._bad_run_end(bad)
+                self._run_end = max(self._run_end, position)
+                self._settle_run(bad, min(position, end), view, offset)
+            if position < stop:
+                position = self._read_and_map(position, stop, view, offset)
         self._save(min_interval=MAP_SAVE_ON_ERROR)
         return end
+
+    def _read_and_map(self, start, end, view, offset):
+        """_read_sectors, with what was read mapped as finished."""
+        readable_to = self._read_sectors(start, end, view, offset)
+        self.map.set(start, readable_to, mapfile.FINISHED)
+        return readable_to
 
     def _first_bad_sector(self, start, end, view, offset):
         """Halve [start, end), whose read failed, down to its first unreadable sector, saving
@@ -199,14 +200,12 @@ class BadSectorReader:
         tried_alone = high - low <= self.sector
         while high - low > self.sector:
             middle = low + (high - low) // 2 // self.sector * self.sector
-            readable_to = self._read_sectors(low, middle, view, offset)
-            self.map.set(low, readable_to, mapfile.FINISHED)
+            readable_to = self._read_and_map(low, middle, view, offset)
             if readable_to >= middle:
                 low, tried_alone = middle, False
             else:
                 low, high, tried_alone = readable_to, middle, middle - readable_to == self.sector
-        if not tried_alone and self._read_sectors(low, high, view, offset) >= high:
-            self.map.set(low, high, mapfile.FINISHED)
+        if not tried_alone and self._read_and_map(low, high, view, offset) >= high:
             return high, False
         self.map.set(low, low + self.sector, mapfile.BAD_SECTOR)
         return low, True
