@@ -7,13 +7,12 @@ The file is replaced atomically on every save: a reader never sees half a map.
 """
 
 import bisect
-import os
 import sys
-import tempfile
 import time
 
 from . import __version__
 from .errors import Error
+from .streams import write_file_atomically
 
 # Statuses as GNU ddrescue defines them.
 NON_TRIED = "?"    # not read yet
@@ -105,17 +104,7 @@ class Map:
         """Replace the mapfile with the current map (written beside it, then renamed)."""
         if self.path is None:
             return
-        directory = os.path.dirname(os.path.abspath(self.path))
         try:
-            fd, temporary = tempfile.mkstemp(prefix=".map-", dir=directory)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(self.text(finished))
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(temporary, self.path)
-            except BaseException:
-                os.unlink(temporary)
-                raise
+            write_file_atomically(self.path, self.text(finished))
         except OSError as exc:
             raise Error(f"cannot write the map {self.path}: {exc.strerror}") from None
