@@ -132,8 +132,8 @@ class Burner:
         try:
             progress = self.messages.progress(total=_size(volume_path))
             progress.set_detail(f"packaging {os.path.basename(volume_path)}")
-            iso.package(volume_path, image_path, progress=progress)
-            progress.finish()
+            size = iso.package(volume_path, image_path, progress=progress)
+            progress.finish(f"packaged {os.path.basename(volume_path)} ({cli.format_size(size)} image)")
             self._burn_image(image_path, ask_first, name=os.path.basename(volume_path))
         finally:
             for leftover in (image_path, image_path + ".part"):
@@ -159,7 +159,6 @@ class Burner:
                 problem = f"failed: {exc}"
                 continue
             self.burned.append(label)
-            self.messages.note(f"{label}: burned and verified")
             optical.eject(self.device)
             return
 
@@ -186,7 +185,11 @@ class Burner:
         except Error:
             progress.finish(f"{label}: failed")
             raise
-        progress.finish(f"{label}: {cli.format_size(size)} burned and read back")
+        summary = f"{label}: burned and verified ({cli.format_size(size)})"
+        if self.messages.show_progress:
+            progress.finish(summary)
+        else:
+            self.messages.note(summary)
 
     def _ask(self, label, problem):
         """Say what went wrong, if anything, and wait for the user to put a disc for LABEL in the
