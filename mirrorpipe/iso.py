@@ -15,6 +15,7 @@ import errno
 import io
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 import pycdlib
@@ -25,6 +26,7 @@ from .errors import Error
 
 SECTOR_SIZE = 2048
 README_NAME = "README.TXT"
+IMAGE_SUFFIX = ".iso"
 
 # README.TXT is a few KiB; this bounds it for any set name and host a manifest can hold.
 README_ALLOWANCE = 16 * 1024
@@ -244,11 +246,28 @@ def replace_with_image(volume_path, compressed=None, progress=None):
     """Package the finished volume at VOLUME_PATH into VOLUME_PATH.iso, then remove the volume and
     its manifest: the disk space of one volume is all the image needs besides. The manifest goes
     first, so that nothing is left that reads as a volume without its data. Returns the image path."""
-    image_path = volume_path + ".iso"
+    image_path = volume_path + IMAGE_SUFFIX
     package(volume_path, image_path, compressed, progress)
     for path in (manifests.manifest_path(volume_path), volume_path):
         os.unlink(path)
     return image_path
+
+
+class ImageHook:
+    """split-span --iso: replaces each finished volume by its image, then hands the image's path
+    to THEN (the --exec hook), if any. Volume 1 comes first and tells whether the stream is zstd,
+    which the README.TXT of every disc then says."""
+
+    def __init__(self, then=None):
+        self.then = then
+        self.compressed = None
+
+    def __call__(self, manifest, path):
+        if manifest.index == 1:
+            self.compressed = stream_compressed(path, manifest)
+        image_path = replace_with_image(path, self.compressed)
+        if self.then:
+            self.then(manifest, image_path)
 
 
 def write_image(volume_path, manifest_bytes, readme_text, image_path, labels, progress=None):
@@ -544,6 +563,14 @@ def verify(disc, progress=None):
             progress.advance(got)
     if volume_hash.digest() != manifest.volume_digest:
         raise Error(f"{disc.path}: {disc.volume_name} does not match its manifest's volume hash")
+
+
+def is_drive(path):
+    """Whether PATH (or the PATH of stdio:PATH) is a block device: an optical drive, a USB stick."""
+    try:
+        return stat.S_ISBLK(os.stat(device_path(path)).st_mode)
+    except OSError:
+        return False
 
 
 def is_image(path):

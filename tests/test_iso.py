@@ -278,3 +278,16 @@ def test_replace_with_image_leaves_only_the_image(tmp_path):
     with iso.Disc(image) as disc:
         assert "This set's stream is zstd-compressed." in disc.readme_text
         iso.verify(disc)
+
+
+def test_image_hook_tells_every_disc_what_volume_1_starts_with(tmp_path):
+    calls = []
+    hook = iso.ImageHook(lambda manifest, path: calls.append((manifest.index, path)))
+    for index, last in ((1, False), (2, True)):
+        volume = make_volume(tmp_path, 100_000, [(0, b"\x28\xb5\x2f\xfd")], index=index, last=last,
+                             volume_size=100_000)
+        hook(manifests.read(str(volume) + ".manifest"), str(volume))
+    assert calls == [(1, f"{tmp_path}/pc1-2026-11-25.001.iso"), (2, f"{tmp_path}/pc1-2026-11-25.002.iso")]
+    assert sorted(os.listdir(tmp_path)) == ["pc1-2026-11-25.001.iso", "pc1-2026-11-25.002.iso"]
+    with iso.Disc(calls[1][1]) as disc:
+        assert "This set's stream is zstd-compressed." in disc.readme_text
