@@ -9,6 +9,12 @@ compressed size, decompressed size and the low 32 bits of its XXH64 checksum, th
 the frame count, a descriptor byte (bit 7: checksums present) and the magic 0x8F92EAB1.
 Stock `zstd -d` decodes the frames and skips the table.
 
+The stream opens with a small skippable frame naming it a mirrorpipe stream; the seek table lists
+it as a first entry with no content, so frame offsets still add up from the start of the stream
+as seekable-format readers expect. decompress_stream() then requires the seek table at the end
+and checks it against the frames it read, so a stream that lost its end between two frames is an
+error, not a short image.
+
 decompress_stream() reads any zstd stream. It walks frame and block headers itself, so it knows
 every frame's compressed offset for error messages, hands frames of bounded size to a thread pool
 and decodes larger or unsized frames (single-frame output of stock zstd) block by block, so memory
@@ -38,6 +44,11 @@ ZSTD_MAGIC = 0xFD2FB528
 SKIPPABLE_MAGIC_MIN = 0x184D2A50
 SKIPPABLE_MAGIC_MAX = 0x184D2A5F
 SEEK_TABLE_MAGIC = 0x184D2A5E
+# A compress stream opens with this skippable frame, so that a decoder knows a seek table must
+# close it: a stream cut between two frames is otherwise a valid zstd stream, silently short.
+STREAM_HEADER_MAGIC = 0x184D2A5B
+STREAM_HEADER_PAYLOAD = b"mirrorpipe stream 1\n"
+MAX_SEEK_TABLE_SIZE = 256 << 20
 SEEKABLE_FOOTER_MAGIC = 0x8F92EAB1
 SEEK_TABLE_CHECKSUM_FLAG = 0x80
 
@@ -173,6 +184,9 @@ def compress_stream(src_fd, dst_fd, level=DEFAULT_LEVEL, threads=None, frame_siz
         if progress:
             progress.advance_output(len(frame))
 
+    header = stream_header()
+    write_all(dst_fd, header)
+    seek_entries.append((len(header), 0, bytes(4)))
     writer = _OrderedWriter(threads, depth, sink)
     try:
         buf = free_buffers.get()
@@ -218,6 +232,10 @@ def compress_stream(src_fd, dst_fd, level=DEFAULT_LEVEL, threads=None, frame_siz
         writer.close()
     write_all(dst_fd, seek_table(seek_entries))
     return stats
+
+
+def stream_header():
+    return struct.pack("<II", STREAM_HEADER_MAGIC, len(STREAM_HEADER_PAYLOAD)) + STREAM_HEADER_PAYLOAD
 
 
 def seek_table(entries):
@@ -340,6 +358,7 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
             progress.advance(len(data))
 
     src = _Input(src_fd)
+    stream = _StreamCheck()
     writer = _OrderedWriter(threads, threads + 1, sink)
     try:
         while src.fill(4):
@@ -349,6 +368,13 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
                 if not src.fill(8):
                     raise _truncated(src, frame_offset, "skippable frame")
                 length = struct.unpack("<I", src.peek(4, at=4))[0]
+                if magic in (STREAM_HEADER_MAGIC, SEEK_TABLE_MAGIC) and length <= MAX_SEEK_TABLE_SIZE:
+                    if not src.fill(8 + length):
+                        raise _truncated(src, frame_offset, "skippable frame")
+                    payload = src.take(8 + length)[8:]
+                    stream = stream.enter(payload, frame_offset) if magic == STREAM_HEADER_MAGIC \
+                        else stream.close(payload, frame_offset)
+                    continue
                 src.skip(8)
                 if not src.skip(length):
                     raise _truncated(src, frame_offset, "skippable frame")
@@ -371,12 +397,66 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
                 writer.submit(decode_job, frame, frame_offset)
             else:
                 _stream_frame(src, frame_offset, header_size, has_checksum, writer)
-        if src.offset == 0:
-            raise Error("no compressed data on input (the stream is empty)")
+            stream.frame_read(src.offset - frame_offset)
+        stream.end(src.offset)
     finally:
         stats.compressed_bytes = src.offset
         writer.close()
     return stats
+
+
+class _StreamCheck:
+    """Follows the compress streams in the input: from a stream header on, the compressed size of
+    every frame, until the seek table that must close the stream and must list those frames."""
+
+    def __init__(self):
+        self.start = None      # offset of the open stream's header; None outside a stream
+        self.sizes = []        # compressed sizes of its header and frames so far
+
+    def enter(self, payload, offset):
+        if payload != STREAM_HEADER_PAYLOAD:
+            return self  # another program's skippable frame with the same magic: not ours
+        if self.start is not None:
+            raise Error(f"the compress stream starting at compressed offset {self.start} has no seek "
+                        f"table before the next stream starts at offset {offset}: its end is missing")
+        self.start, self.sizes = offset, [8 + len(payload)]
+        return self
+
+    def frame_read(self, compressed_size):
+        if self.start is not None:
+            self.sizes.append(compressed_size)
+
+    def close(self, payload, offset):
+        if self.start is None:
+            return self  # a seek table after stock zstd frames: nothing to hold it against
+        listed = _seek_table_sizes(payload)
+        if listed is None:
+            raise Error(f"corrupt seek table at compressed offset {offset}")
+        if listed != self.sizes:
+            raise Error(f"the seek table at compressed offset {offset} lists {len(listed) - 1} frames "
+                        f"but {len(self.sizes) - 1} were read since the stream began at offset "
+                        f"{self.start}: part of the stream is missing or repeated")
+        self.start, self.sizes = None, []
+        return self
+
+    def end(self, offset):
+        if offset == 0:
+            raise Error("no compressed data on input (the stream is empty)")
+        if self.start is not None:
+            raise Error(f"truncated input: the stream ends at compressed offset {offset} after "
+                        f"{len(self.sizes) - 1} complete frames, without the seek table that ends "
+                        "every compress stream: its end is missing")
+
+
+def _seek_table_sizes(payload):
+    """Compressed sizes listed in a seek table's payload, or None when it is malformed."""
+    if len(payload) < 9:
+        return None
+    count, descriptor, magic = struct.unpack("<IBI", payload[-9:])
+    entry = 12 if descriptor & SEEK_TABLE_CHECKSUM_FLAG else 8
+    if magic != SEEKABLE_FOOTER_MAGIC or len(payload) != 9 + count * entry:
+        return None
+    return [struct.unpack_from("<I", payload, i * entry)[0] for i in range(count)]
 
 
 def _block_ends(src, frame_offset, header_size, has_checksum):

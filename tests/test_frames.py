@@ -81,16 +81,18 @@ def test_round_trip_sizes_at_frame_boundaries(size):
     packed, stats = compress_bytes(data, frame_size=MiB)
     assert stats.raw_bytes == size
     assert decompress_bytes(packed) == data
-    assert zstandard.ZstdDecompressor().decompressobj().decompress(packed) == data[:MiB] or size == 0
+    # libzstd alone, across frames, reads it too
+    with zstandard.ZstdDecompressor().stream_reader(packed, read_across_frames=True) as reader:
+        assert reader.read() == data
 
 
 def test_frames_are_independent_bounded_and_carry_size_and_checksum():
     data = sample(5 * MiB + 123)
     packed, stats = compress_bytes(data, frame_size=MiB)
     parts = parse_frames(packed)
-    assert [kind for kind, _, _ in parts] == ["zstd"] * 6 + ["skippable"]
+    assert [kind for kind, _, _ in parts] == ["skippable"] + ["zstd"] * 6 + ["skippable"]
     offset_raw = 0
-    for _, offset, length in parts[:-1]:
+    for _, offset, length in parts[1:-1]:
         frame = packed[offset:offset + length]
         params = zstandard.get_frame_parameters(frame)
         assert params.has_checksum
@@ -111,14 +113,16 @@ def test_seek_table_follows_the_seekable_format():
     assert magic == frames.SEEK_TABLE_MAGIC and size == len(table) - 8
     count, descriptor, footer_magic = struct.unpack_from("<IBI", table, len(table) - 9)
     assert footer_magic == frames.SEEKABLE_FOOTER_MAGIC
-    assert descriptor & 0x80 and count == len(parts) - 1 == stats.frames
+    # The stream header is the first entry, with no content, so offsets add up from 0.
+    assert descriptor & 0x80 and count == len(parts) - 1 == stats.frames + 1
+    assert parts[0][1] == 0 and struct.unpack_from("<II", table, 8) == (parts[0][2], 0)
     raw_total = 0
     for index, (_, frame_offset, frame_length) in enumerate(parts[:-1]):
         compressed, decompressed = struct.unpack_from("<II", table, 8 + 12 * index)
         checksum = table[8 + 12 * index + 8:8 + 12 * index + 12]
         assert compressed == frame_length
         frame = packed[frame_offset:frame_offset + frame_length]
-        assert checksum == frame[-4:]
+        assert checksum == (frame[-4:] if index else bytes(4))
         raw_total += decompressed
     assert raw_total == len(data)
 
@@ -190,7 +194,7 @@ def corrupt(data, offset, byte=0xFF):
 def test_corrupt_frame_names_its_compressed_offset_and_keeps_earlier_frames(tmp_path):
     data = sample(4 * MiB)
     packed, _ = compress_bytes(data, frame_size=MiB)
-    _, third, length = parse_frames(packed)[2]
+    _, third, length = parse_frames(packed)[3]
     src = _fd_with(corrupt(packed, third + length // 2))
     dst = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
     try:
@@ -238,3 +242,26 @@ def test_memory_is_bounded_for_a_huge_unsized_frame(tmp_path):
     assert result.stdout.strip() == str(2 << 30).encode()
     peak_kib = int(result.stderr_text.strip().splitlines()[-1])
     assert peak_kib < 200 * 1024
+
+
+def test_a_stream_cut_between_frames_is_truncated_not_short(tmp_path):
+    """Cut at a frame boundary (compress killed between two writes) stock zstd accepts the rest
+    as a valid, shorter stream; compress -d knows a seek table must end it."""
+    need_tools("zstd")
+    packed, _ = compress_bytes(sample(4 * MiB), frame_size=MiB)
+    parts = parse_frames(packed)
+    cut = packed[:parts[3][1]]                                   # header and two whole frames
+    dropped = packed[:parts[2][1]] + packed[parts[3][1]:]         # the second frame lost
+    for name, blob, message in [("cut", cut, "without the seek table"),
+                                ("dropped", dropped, "part of the stream is missing")]:
+        (tmp_path / name).write_bytes(blob)
+        result = sh(f"compress -d < {tmp_path / name} > /dev/null")
+        assert result.returncode == 1, name
+        assert_one_line_error(result, "compress", message)
+    assert sh(f"zstd -d -q < {tmp_path}/cut > /dev/null").returncode == 0  # what we guard against
+
+
+def test_our_streams_concatenate_like_zstd_streams(tmp_path):
+    a, b = sample(MiB + 5), sample(2 * MiB, seed=4)
+    (tmp_path / "ab").write_bytes(compress_bytes(a, frame_size=MiB)[0] + compress_bytes(b)[0])
+    assert sh(f"compress -d < {tmp_path}/ab", check=True).stdout == a + b
