@@ -225,6 +225,7 @@ _SIGNATURES = [
     (536, b"LVM2 001", "an LVM physical volume"),
     (4086, b"SWAPSPACE2", "a swap area"),
     (0, b"\x28\xb5\x2f\xfd", "zstd data"),
+    (0, b"\x5b\x2a\x4d\x18\x14\x00\x00\x00mirrorpipe", "a mirrorpipe compressed stream"),
 ]
 
 
