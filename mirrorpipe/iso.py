@@ -148,8 +148,9 @@ def _layout(members, labels):
         for volume in descriptors.logical_volumes:
             volume.logical_vol_ident = udf_label
     for name, length, fp in members:
+        # rw-r--r--: copies taken off the disc can be removed without a write-protection prompt.
         image.add_fp(fp, length, iso_path="/" + iso9660_name(name), rr_name=name,
-                     joliet_path="/" + joliet_name(name), udf_path="/" + name)
+                     joliet_path="/" + joliet_name(name), udf_path="/" + name, file_mode=0o100644)
     return image
 
 
