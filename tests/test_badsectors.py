@@ -188,29 +188,43 @@ def test_loop_device_saves_the_readable_sectors_of_a_failing_page(image, tmp_pat
 
 
 @given(st.lists(st.tuples(st.integers(0, 6143), st.integers(1, 300)), max_size=6),
-       st.integers(0, 2))
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_any_bad_ranges_read_through_the_engine(faultfs_directory, image, bad, retries):
-    """The engine from Python: whatever the bad ranges, the output and the map are exact."""
+       st.one_of(st.none(), st.integers(0, 6143)), st.integers(0, 2), st.sampled_from([0, 60]))
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_faults_read_through_the_engine(faultfs_directory, image, bad, dead_from, retries,
+                                            retry_time):
+    """The engine from Python, whatever the bad ranges and wherever the source stops answering:
+    the map is true (every bad sector is mapped bad or non-tried, every sector mapped bad is
+    unreadable), the image holds the source's bytes where the map says finished and the fill
+    elsewhere, and with retry time the map lists exactly the unreadable sectors."""
     size = 3 * MIB
-    bad = runs(sectors_of((first, min(count, size // SECTOR - first)) for first, count in bad))
+    sectors = size // SECTOR
+    bad = runs(sectors_of((first, min(count, sectors - first)) for first, count in bad))
+    dead = range(sectors if dead_from is None else dead_from, sectors)
+    unreadable = sorted(set(sectors_of(bad)) | set(dead))
     fs = FaultFS(faultfs_directory)
     try:
-        disk = fs.mount(image, bad=bad)
+        disk = fs.mount(image, bad=bad, fail_from=None if dead_from is None else dead_from * SECTOR)
         fd = os.open(disk.path, os.O_RDONLY)
         out = bytearray(size)
-        with badsectors.BadSectorReader(fd, 0, size, retries=retries) as reader:
+        with badsectors.BadSectorReader(fd, 0, size, retries=retries,
+                                        max_retry_time=retry_time) as reader:
             position = 0
             while position < size:
                 position += reader.read(position, memoryview(out)[position:position + MIB])
         os.close(fd)
     finally:
         fs.close()
-    assert bytes(out) == expected_image(image, sectors_of(bad))[:size]
-    mapped = [s for start, end, _ in reader.map.areas(mapfile.BAD_SECTOR)
-              for s in range(start // SECTOR, end // SECTOR)]
-    assert mapped == sectors_of(bad)
-    assert reader.map.areas(mapfile.UNREAD) == reader.unreadable_areas()
+
+    def mapped(statuses):
+        return [s for start, end, _ in reader.map.areas(statuses)
+                for s in range(start // SECTOR, end // SECTOR)]
+    not_read = mapped(mapfile.UNREAD)
+    assert set(unreadable) <= set(not_read)
+    assert set(mapped(mapfile.BAD_SECTOR)) <= set(unreadable)
+    if retry_time:
+        assert mapped(mapfile.BAD_SECTOR) == not_read == unreadable
+    assert bytes(out) == expected_image(image, not_read)[:size]
+    assert reader.unreadable_bytes() == len(not_read) * SECTOR
 
 
 def test_fill_patterns():
