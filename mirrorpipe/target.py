@@ -7,15 +7,19 @@ Success is reported only after the data reached stable storage.
 """
 
 import errno
+import fcntl
 import mmap
 import os
 import stat
+import struct
 
 import xxhash
 
 from . import blockdev
 from .errors import Error
-from .streams import BLOCK_SIZE, fsync_directory, is_zero, read_full, write_all
+from .streams import BLOCK_SIZE, ZEROS, fsync_directory, is_zero, read_full, write_all
+
+BLKZEROOUT = 0x127F
 
 # Stream hashes for --verify cover segments of this size, so a mismatch is located within one
 # segment while the list of hashes stays small even for very large disks.
@@ -30,6 +34,7 @@ class Target:
         self.fd = fd
         self.kind = kind            # "block device", "file" or "stream"
         self.capacity = capacity    # bytes a block device holds; None otherwise
+        self.zero_out_works = kind == "block device"
 
     def close(self):
         os.close(self.fd)
@@ -48,20 +53,24 @@ class Target:
         view = memoryview(buf)
         segment_hashes = []
         hasher = xxhash.xxh3_128() if verify else None
-        sparse = self.kind == "file"
         pos = 0
+        zero_run = 0    # all-zero bytes just before pos, skipped over but not yet zeroed
         while True:
             got = read_full(src_fd, view)
             if got == 0:
                 break
             if self.capacity is not None and pos + got > self.capacity:
+                self._zero(pos - zero_run, zero_run)
                 self._flush()
                 raise Error(f"target too small: {self.path} holds {self.capacity} bytes but the "
                             f"stream is longer (at least {pos + got} bytes); its first "
                             f"{pos} bytes were written, nothing past its end")
-            if sparse and is_zero(buf, 0, got):
+            if self.kind != "stream" and is_zero(buf, 0, got):
                 os.lseek(self.fd, got, os.SEEK_CUR)
+                zero_run += got
             else:
+                self._zero(pos - zero_run, zero_run)
+                zero_run = 0
                 self._write(view[:got], pos)
             if hasher:
                 hasher.update(view[:got])
@@ -73,14 +82,33 @@ class Target:
                 progress.advance(got)
             if got < len(view):
                 break
+        self._zero(pos - zero_run, zero_run)
         if hasher and pos % VERIFY_SEGMENT:
             segment_hashes.append(hasher.digest())
-        if sparse:
+        if self.kind == "file":
             os.ftruncate(self.fd, pos)  # a trailing run of zeros is a hole up to the true length
         self._flush()
         if verify:
             self._verify(pos, segment_hashes, progress)
         return pos
+
+    def _zero(self, start, length):
+        """Make [start, start + length) read as zeros. A file target was emptied when opened, so
+        its skipped runs already are holes; a block device is asked to zero the range itself
+        (BLKZEROOUT: a loop device punches a hole, an SSD may unmap), else gets zeros written."""
+        if not length or self.kind == "file":
+            return
+        if self.zero_out_works:
+            try:
+                fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", start, length))
+                return
+            except OSError:
+                self.zero_out_works = False  # not supported here: write zeros from now on
+        try:
+            for offset in range(start, start + length, BLOCK_SIZE):
+                os.pwrite(self.fd, memoryview(ZEROS)[:min(BLOCK_SIZE, start + length - offset)], offset)
+        except OSError as exc:
+            raise Error(f"write error on {self.path} at byte {start}: {exc.strerror}") from None
 
     def _write(self, data, pos):
         try:

@@ -114,3 +114,20 @@ def test_input_from_a_terminal_and_bad_targets(tmp_path, terminal):
     assert_one_line_error(sh(f"write-disk {tmp_path} < /dev/null"), "write-disk", "is a directory")
     assert_one_line_error(sh(f"write-disk {tmp_path}/no/such/dir/x < /dev/null"), "write-disk",
                           "cannot create")
+
+
+def test_zero_runs_are_really_zeroed_on_a_used_device(tmp_path, loop_device):
+    """Zero runs skip the write on block devices too (the kernel zeroes them in one call): the
+    device's old content must not show through."""
+    backing = tmp_path / "used.img"
+    backing.write_bytes(os.urandom(24 << 20))
+    device = loop_device(backing)
+    image = tmp_path / "image"
+    with open(image, "wb") as f:
+        f.write(os.urandom(1 << 20))
+        f.write(bytes(20 << 20))
+        f.write(os.urandom(1 << 20) + bytes(1000))
+    result = sh(f"compress < {image} | compress -d | write-disk --force --verify {device}")
+    assert result.returncode == 0, result.stderr_text
+    with open(device, "rb") as f:
+        assert f.read(image.stat().st_size) == image.read_bytes()
