@@ -5,15 +5,13 @@ and disc-by-disc reading through a pseudo-terminal."""
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 import xxhash
 
-from conftest import BIN, assert_one_line_error, need_tools
+from conftest import assert_one_line_error
 from mirrorpipe import manifests
-from mirrorpipe.commands.reassemble import Reassemble
-from test_split_span import MIB, command, help_options, man_page_options, split
+from test_split_span import MIB, command, split
 
 VOLUME = 2 * MIB
 CHUNK = 256 << 10
@@ -133,14 +131,6 @@ def test_any_file_names_and_order(tmp_path, volume_sets):
         shutil.copy(base / "image" / f"image.00{i}.manifest", shuffled / f"{name}.manifest")
     result = command("reassemble", shuffled / "mid.manifest", shuffled / "zeta", shuffled, check_status=0)
     assert result.stdout == stream
-
-
-def test_man_page_matches_help_and_is_lint_clean():
-    need_tools("mandoc")
-    assert man_page_options("reassemble") == help_options(Reassemble)
-    lint = subprocess.run(["mandoc", "-Tlint", "-W", "warning", "man/reassemble.1"],
-                          capture_output=True, text=True, cwd=BIN.parent)
-    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_a_terminal_on_stdout_is_refused(volume_sets):

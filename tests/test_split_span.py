@@ -11,7 +11,6 @@ import time
 import pytest
 
 from conftest import BIN, assert_one_line_error, need_tools, sh
-from mirrorpipe.commands.split_span import SplitSpan
 
 MIB = 1 << 20
 
@@ -46,30 +45,6 @@ def test_usage_errors(tmp_path, args, message):
     assert result.returncode == 2
     assert_one_line_error(result, "split-span", message)
     assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
-
-
-def man_page_options(name):
-    """The options the OPTIONS section of man/NAME.1 lists, as --help spells them."""
-    text = (BIN.parent / "man" / f"{name}.1").read_text()
-    section = text.split(".Sh OPTIONS")[1].split("\n.Sh ")[0]
-    options = set()
-    for line in section.splitlines():
-        if line.startswith(".It Fl "):
-            flags = re.sub(r"\s+Ar\s+\S+", "", line[len(".It Fl "):])
-            options |= {"-" + flag.strip().replace("\\-", "-") for flag in flags.split(",")}
-    return options
-
-
-def help_options(command_class):
-    return {option for action in command_class().make_parser()._actions for option in action.option_strings}
-
-
-def test_man_page_matches_help_and_is_lint_clean():
-    need_tools("mandoc")
-    assert man_page_options("split-span") == help_options(SplitSpan)
-    lint = subprocess.run(["mandoc", "-Tlint", "-W", "warning", BIN.parent / "man" / "split-span.1"],
-                          capture_output=True, text=True)
-    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_presets_give_the_documented_volume_sizes(tmp_path):
