@@ -227,6 +227,38 @@ def test_any_faults_read_through_the_engine(faultfs_directory, image, bad, dead_
     assert reader.unreadable_bytes() == len(not_read) * SECTOR
 
 
+@given(st.lists(st.tuples(st.integers(0, 4095), st.integers(1, 64), st.integers(1, 4)), max_size=6),
+       st.integers(0, 2))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_errors_that_come_and_go(faultfs_directory, image, flaky, retries):
+    """Sectors that fail a few reads, then read: whatever the engine saw, the image holds the
+    source's bytes where the map says finished, the fill elsewhere, and only flaky sectors are
+    mapped bad."""
+    size = 2 * MIB
+    taken = set()
+    ranges = []
+    for first, count, failures in flaky:  # faultfs wants ranges apart
+        sectors = set(range(first, first + count))
+        if not sectors & taken:
+            taken |= sectors
+            ranges.append((first, count, failures))
+    fs = FaultFS(faultfs_directory)
+    try:
+        fd = os.open(fs.mount(image, bad=ranges).path, os.O_RDONLY)
+        out = bytearray(size)
+        with badsectors.BadSectorReader(fd, 0, size, retries=retries) as reader:
+            position = 0
+            while position < size:
+                position += reader.read(position, memoryview(out)[position:position + MIB])
+        os.close(fd)
+    finally:
+        fs.close()
+    not_read = [s for start, end, _ in reader.map.areas(mapfile.UNREAD)
+                for s in range(start // SECTOR, end // SECTOR)]
+    assert set(not_read) <= taken
+    assert bytes(out) == expected_image(image, not_read)[:size]
+
+
 def test_fill_patterns():
     assert badsectors.parse_fill_pattern("0xDEADbeef") == b"\xde\xad\xbe\xef"
     assert badsectors.parse_fill_pattern("BAD") == b"BAD"
