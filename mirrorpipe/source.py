@@ -18,9 +18,10 @@ class Source:
     """An open source and the byte range [offset, offset + length) of it to read."""
 
     def __init__(self, path, offset=0, length=None):
+        """path '-' is standard input."""
         self.path = path
         try:
-            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            self.fd = os.dup(0) if path == "-" else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise Error(f"cannot open {path}: {exc.strerror}") from None
         st = os.fstat(self.fd)

@@ -16,7 +16,7 @@ import struct
 import xxhash
 
 from . import blockdev
-from .errors import Error
+from .errors import Error, UsageError
 from .streams import BLOCK_SIZE, ZEROS, fsync_directory, is_zero, read_full, write_all
 
 BLKZEROOUT = 0x127F
@@ -170,6 +170,9 @@ def _open_uncached(path):
 
 def open_target(path):
     """Open a write-disk target after the safety checks; raise Error naming why it is refused."""
+    if path == "-":
+        raise UsageError("write-disk writes to a block device or a file, not to standard output; "
+                         "to pass the stream on, leave write-disk out of the pipeline")
     try:
         st = os.stat(path)
     except FileNotFoundError:

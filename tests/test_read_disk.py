@@ -94,3 +94,8 @@ def test_mounted_read_write_source_is_a_warning_not_a_refusal(ext4_image, loop_d
         assert f"read-disk: warning: {device} is mounted read-write at {mnt}" in result.stderr_text
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def test_dash_is_standard_input(tmp_path):
+    data = os.urandom(1 << 20)
+    assert sh("read-disk -", input=data, check=True).stdout == data

@@ -131,3 +131,10 @@ def test_zero_runs_are_really_zeroed_on_a_used_device(tmp_path, loop_device):
     assert result.returncode == 0, result.stderr_text
     with open(device, "rb") as f:
         assert f.read(image.stat().st_size) == image.read_bytes()
+
+
+def test_dash_is_not_a_target(tmp_path):
+    result = sh(f"cd {tmp_path} && printf x | write-disk -")
+    assert result.returncode == 2
+    assert_one_line_error(result, "write-disk", "not to standard output")
+    assert not (tmp_path / "-").exists()

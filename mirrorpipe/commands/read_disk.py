@@ -34,7 +34,8 @@ class ReadDisk(cli.Command):
         "unreadable sectors in it were filled (listed on stderr and in the --map file).")
 
     def add_arguments(self, parser):
-        parser.add_argument("source", metavar="SOURCE", help="disk, partition or image file to read")
+        parser.add_argument("source", metavar="SOURCE",
+                            help="disk, partition or image file to read ('-': standard input)")
         parser.add_argument("--offset", type=cli.size_argument, default=0, metavar="SIZE",
                             help="start reading at this byte offset (default 0)")
         parser.add_argument("--length", type=cli.size_argument, default=None, metavar="SIZE",
@@ -60,6 +61,8 @@ class ReadDisk(cli.Command):
                                  f"(default {badsectors.DEFAULT_MAX_RETRY_TIME:g})")
 
     def run(self, args):
+        if args.source == "-":
+            cli.refuse_terminal_input(0)
         if args.retries < 0 or args.max_retry_time < 0:
             raise UsageError("--retries and --max-retry-time cannot be negative")
         fill = badsectors.parse_fill_pattern(args.fill) if args.fill is not None else b"\0"
