@@ -174,11 +174,17 @@ def test_volume_over_4_gib(tmp_path):
     with iso.Disc(str(image)) as disc:
         assert len(disc.extents) == 5
         iso.verify(disc)
-    for reader in ("xorriso", "7z", "bsdtar"):
-        out = tmp_path / reader
-        extract_with(reader, image, out)
-        assert digest_of(out / volume.name) == expected, f"{reader} gave back a different volume"
-        (out / volume.name).unlink()
+    out = tmp_path / "xorriso"
+    extract_with("xorriso", image, out)
+    assert digest_of(out / volume.name) == expected, "xorriso gave back a different volume"
+    (out / volume.name).unlink()
+    # 7z and bsdtar write the volume to a pipe: the same decoders, half the disk traffic.
+    for command in (["7z", "x", "-so", str(image), volume.name], ["bsdtar", "-xOf", str(image), volume.name]):
+        reader = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        digest = xxhash.xxh3_128()
+        while data := reader.stdout.read(1 << 22):
+            digest.update(data)
+        assert reader.wait() == 0 and digest.hexdigest() == expected, f"{command[0]} gave back a different volume"
 
 
 # ---------------------------------------------------------------------------------------------
