@@ -175,6 +175,22 @@ def test_with_time_the_skipped_area_is_read_sector_by_sector(image, tmp_path, fa
     assert listed_bad_sectors(map_path) == bad
 
 
+def test_retry_time_bounds_the_time_spent_in_a_dead_area(image, tmp_path, faultfs):
+    need_ddrescuelog()
+    half = SIZE // 2
+    # Each failing read takes 2 ms, like a disk giving up on a sector (real ones take longer).
+    disk = faultfs.mount(image, fail_from=half, error_delay_us=2000)
+    result, out, map_path = read_disk(disk.path, tmp_path, "--max-retry-time 1")
+    assert result.returncode == EXIT_UNREADABLE
+    assert out == expected_image(image, range(half // SECTOR, SECTORS))
+    # About 1 s of sector-by-sector reading, not the 8192 reads (16 s) of the whole dead half.
+    assert disk.stats()["failed"] < 2000
+    bad = listed_bad_sectors(map_path)
+    untried = subprocess.run(["ddrescuelog", "-l?", str(map_path)], capture_output=True,
+                             text=True).stdout.split()
+    assert bad and untried and len(bad) + len(untried) == SECTORS - half // SECTOR
+
+
 def test_loop_device_saves_the_readable_sectors_of_a_failing_page(image, tmp_path, faultfs,
                                                                   faulty_loop_device):
     need_ddrescuelog()
