@@ -55,8 +55,9 @@ SEEK_TABLE_CHECKSUM_FLAG = 0x80
 # Largest frame content handed whole to a worker thread; bigger or unsized frames stream.
 POOL_FRAME_LIMIT = 64 << 20
 MAX_BLOCK_SIZE = 128 << 10
-# Windows up to 2 GiB, as `zstd -d --long=31`: the memory is what the stream's author chose.
-MAX_WINDOW_SIZE = 1 << 31
+# Windows up to 128 MiB (`zstd --long=27`), stock zstd's own default limit: memory stays bounded
+# whatever a stream's header asks for.
+MAX_WINDOW_SIZE = 1 << 27
 
 
 def default_threads():
@@ -509,6 +510,10 @@ def _stream_frame(src, frame_offset, header_size, has_checksum, writer):
         try:
             out = dobj.decompress(piece)
         except zstandard.ZstdError as exc:
+            if "too much memory" in str(exc):
+                raise Error(f"the zstd frame at compressed offset {frame_offset} needs a window larger "
+                            f"than {MAX_WINDOW_SIZE >> 20} MiB (made with zstd --long=28 or more); "
+                            "decode it with stock zstd -d --long=31") from None
             raise Error(f"corrupt data in the zstd frame at compressed offset {frame_offset} "
                         f"(near offset {frame_offset + consumed}): {exc}") from None
         consumed = end
