@@ -8,7 +8,7 @@ fail with EIO from the kernel), optionally through a loop device over it (a bloc
   1% sectors      1% of the 512-byte sectors unreadable, each alone, spread at random
   1% 4K clusters  1% of the sectors unreadable in runs of 8 (a bad physical sector of a 512e disk)
   dead half       every read from the middle on fails (a disk that stops answering),
-                  with --max-retry-time 0 and with the default time budget
+                  with --max-retry-time 0 (probes only) and 10 (then sector by sector for 10 s)
 
 Each case runs `read-disk --map MAP SOURCE > /dev/null` --runs times; the table gives the median
 time, the ratio to the healthy median, and the read requests (and failed ones) faultfs answered
@@ -16,6 +16,7 @@ per run. Needs root, /dev/fuse, gcc, pkg-config and the Debian packages fuse3 an
 
     python bench/bench_badsectors.py                 # 256 MiB, 3 runs, FUSE file
     python bench/bench_badsectors.py --size 1G --loop
+    python bench/bench_badsectors.py --error-delay-us 1000 --runs 1   # errors slow as a disk's
 
 Run it with a Python that has mirrorpipe's dependencies: bin/read-disk runs with it.
 """
@@ -71,6 +72,8 @@ def main():
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--loop", action="store_true",
                         help="read a loop device over the FUSE file (a block device) instead")
+    parser.add_argument("--error-delay-us", type=int, default=0, metavar="N",
+                        help="make every failing read take N microseconds, as a real disk's do")
     parser.add_argument("--workdir", default=None, help="where the image goes (default: a temp dir)")
     args = parser.parse_args()
     reason = missing_requirement()
@@ -89,14 +92,14 @@ def main():
             ("1% sectors", {"bad": scattered_bad_sectors(sectors, 1, rng)}, []),
             ("1% 4K clusters", {"bad": scattered_bad_sectors(sectors, 8, rng)}, []),
             ("dead half, --max-retry-time 0", {"fail_from": size // 2}, ["--max-retry-time", "0"]),
-            ("dead half, default retry time", {"fail_from": size // 2}, []),
+            ("dead half, --max-retry-time 10", {"fail_from": size // 2}, ["--max-retry-time", "10"]),
         ]
         print(f"{format_size(size)} source, {'loop device over ' if args.loop else ''}faultfs, "
-              f"{args.runs} runs per case, medians")
+              f"{args.error_delay_us} us per failing read, {args.runs} runs per case, medians")
         print(f"{'case':32} {'time s':>8} {'MB/s':>8} {'ratio':>7} {'reads/run':>10} {'failed/run':>10}  exit")
         healthy = None
         for name, faults, options in cases:
-            disk = fs.mount(image, **faults)
+            disk = fs.mount(image, error_delay_us=args.error_delay_us, **faults)
             source_context = loop_device(disk.path) if args.loop else None
             source = source_context.__enter__() if source_context else disk.path
             try:
