@@ -158,13 +158,21 @@ def ask(question, tty=None):
     tty = tty or open_terminal()
     if tty is None:
         return None
+    marker = _TerminalLine.prompt_marker()
     try:
         with _TerminalLine.lock():
-            tty.write(question)
+            # No progress line is drawn over the question until it is answered (Progress._draw).
+            with open(marker, "w") as f:
+                f.write(str(os.getpid()))
+            tty.write("\r\x1b[K" + question)
             tty.flush()
         answer = tty.readline()
         return answer.rstrip("\n") if answer else None
     finally:
+        try:
+            os.unlink(marker)
+        except OSError:
+            pass
         if own:
             tty.close()
 
@@ -220,6 +228,20 @@ class _TerminalLine:
                 os.rmdir(cls._dir)
         except OSError:
             pass  # another command of the pipeline is still using it
+
+    @classmethod
+    def prompt_marker(cls):
+        """A file holding the pid of the command that waits for an answer on the terminal."""
+        return os.path.join(cls.directory(), "prompt")
+
+    @classmethod
+    def prompt_pending(cls):
+        try:
+            with open(cls.prompt_marker()) as f:
+                os.kill(int(f.read()), 0)
+            return True
+        except (OSError, ValueError):
+            return False
 
     @classmethod
     def statuses(cls):
@@ -375,7 +397,7 @@ class Progress(NoProgress):
         _TerminalLine.publish(self.status())
         with _TerminalLine.lock():
             statuses = _TerminalLine.statuses()
-            if statuses and statuses[0][0] == os.getpid():
+            if statuses and statuses[0][0] == os.getpid() and not _TerminalLine.prompt_pending():
                 width = _terminal_width()
                 line = " | ".join(text for _, text in statuses)
                 if len(line) >= width:

@@ -648,16 +648,17 @@ class SetReader:
         name = self.set.reference.set_name
         of = f" (of {self.set.count})" if self.set.count else ""
         question = f"insert disc {index}{of} of set '{name}' and press Enter (q to give up): "
+        note = ""     # what the last disc was, said before asking again
         while True:
             if not self.directories or self.tty is None:
                 raise Error(self._missing_message(index))
-            answer = cli.ask(question, tty=self.tty)
+            answer = cli.ask(note + question, tty=self.tty)
             if answer is None or answer.strip().lower() in ("q", "quit"):
                 raise Error(f"gave up waiting for disc {index}{of} of set '{name}'")
             try:
                 found = scan(self.directories)
             except Error as exc:
-                self._tell(f"{exc}")
+                note = f"reassemble: {exc}\n"
                 continue
             mine = [v for v in found.volumes if v.manifest.set_id == self.set.reference.set_id]
             if any(v.manifest.index == index for v in mine):
@@ -675,13 +676,9 @@ class SetReader:
                     f"disc {m.index} of set '{m.set_name}'" if m.set_id == self.set.reference.set_id
                     else f"disc {m.index} of another set {_set_label(m)}"
                     for m in (v.manifest for v in found.volumes[:3]))
-                self._tell(f"this is {seen}, not disc {index} of set '{name}'")
+                note = f"reassemble: this is {seen}, not disc {index} of set '{name}'\n"
             else:
-                self._tell(f"no volume found in {', '.join(self.directories)}")
-
-    def _tell(self, text):
-        self.tty.write(f"reassemble: {text}\n")
-        self.tty.flush()
+                note = f"reassemble: no volume found in {', '.join(self.directories)}\n"
 
     def _missing_message(self, index):
         missing = self.set.describe_missing() or f"missing volume {index}"

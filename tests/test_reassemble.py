@@ -4,7 +4,9 @@ and disc-by-disc reading through a pseudo-terminal."""
 
 import os
 import re
+import select
 import shutil
+import time
 
 import pytest
 import xxhash
@@ -231,8 +233,13 @@ def test_disc_by_disc_with_wrong_discs(tmp_path, discs, terminal):
 def test_disc_by_disc_giving_up(tmp_path, discs, terminal):
     made, drive, stream = discs
     insert(drive, made["image", 1])
-    term = terminal(f"exec reassemble {drive} > {tmp_path}/out")
-    term.read_until("insert disc 2 of set 'image'")
+    term = terminal(f"exec reassemble -P {drive} > {tmp_path}/out")
+    shown = term.read_until("insert disc 2 of set 'image' and press Enter (q to give up): ")
+    # The progress line (redrawn twice a second) leaves the question alone while it waits.
+    time.sleep(1.2)
+    while select.select([term.master], [], [], 0)[0]:
+        shown = term.output = term.output + os.read(term.master, 4096)
+    assert shown.decode().endswith("(q to give up): "), shown
     term.send("q")
     assert term.wait() == 1
     assert "reassemble: error: gave up waiting for disc 2 of set 'image'" in term.output.decode()
