@@ -22,6 +22,7 @@ import errno
 import os
 import re
 import secrets
+import select
 import stat
 import subprocess
 import time
@@ -332,7 +333,6 @@ def confirm_stdin_end(wait=0.05):
     session's stdout and stderr pipes, which a clean end of the stream never does while we run.
     So if stdout or stderr is a pipe or socket whose reader is gone (or goes within `wait`
     seconds, as sshd closes its descriptors one by one), the input was cut."""
-    import select
     watched = []
     for fd in (1, 2):
         try:
