@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+# The FUSE fault-injection fixtures (faultfs, faulty_loop_device) for the bad-sector tests.
+pytest_plugins = ["faultfs"]
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "bin"
 

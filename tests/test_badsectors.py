@@ -11,17 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import faultfs as fault_injection
 from conftest import sh
 from faultfs import SECTOR, FaultFS
 from mirrorpipe import badsectors, mapfile
 from mirrorpipe.commands.read_disk import EXIT_UNREADABLE
 from mirrorpipe.errors import UsageError
 
-# The fault injection fixtures, where pytest looks for them.
-faultfs = fault_injection.faultfs
-faultfs_directory = fault_injection.faultfs_directory
-faulty_loop_device = fault_injection.faulty_loop_device
 
 MIB = 1 << 20
 SIZE = 8 * MIB

@@ -5,13 +5,8 @@ import mmap
 import os
 import subprocess
 
-import faultfs as fault_injection
 from faultfs import SECTOR
 
-# The fault injection fixtures, where pytest looks for them.
-faultfs = fault_injection.faultfs
-faultfs_directory = fault_injection.faultfs_directory
-faulty_loop_device = fault_injection.faulty_loop_device
 
 SIZE = 4 << 20
 
