@@ -37,8 +37,10 @@ MB = 1e6
 MIN_SPEED_RATIO = 1.0
 MAX_SIZE_RATIO = 1.03
 MAX_RSS = 200e6
-# Peak RSS at the larger image may exceed the smaller one's by this much and still count as "the same".
-RSS_GROWTH_ALLOWANCE = 16e6
+# Peak RSS at the larger image may exceed the smaller one's by this share and still count as "the
+# same": it varies by 10-20% between runs of one size (how many buffers happen to be in flight),
+# while memory that grew with the data would be 4x at 8 GiB against 2 GiB.
+RSS_GROWTH_ALLOWANCE = 0.25
 STOCK_PROCESSES = {"cat", "dd", "zstd", "zstd-d", "xxh128sum"}
 
 
@@ -266,7 +268,7 @@ def memory_checks(rss, memory):
         for process, base in memory[sizes[0]].items():
             top = max(memory[size].get(process, 0) for size in sizes)
             checks[f"{process} peak RSS the same at {', '.join(format_size(s) for s in sizes)}"] = (
-                top - base <= RSS_GROWTH_ALLOWANCE and top <= MAX_RSS)
+                top <= base * (1 + RSS_GROWTH_ALLOWANCE) and top <= MAX_RSS)
     return checks
 
 
