@@ -73,11 +73,12 @@ def scale(constant, buffer):
 def combine(terms, length):
     """sum of constant * buffer over the (constant, buffer) terms, as `length` bytes; a buffer
     shorter than length counts as zero-padded (the high bytes of a little-endian int)."""
-    total = 0
+    total = None
     for constant, buffer in terms:
         if constant:
-            total ^= int.from_bytes(scale(constant, buffer), "little")
-    return total.to_bytes(length, "little")
+            value = int.from_bytes(scale(constant, buffer), "little")
+            total = value if total is None else total ^ value   # no copy of the first term
+    return (total or 0).to_bytes(length, "little")
 
 
 def invert(matrix):

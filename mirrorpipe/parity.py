@@ -12,7 +12,12 @@ of the set) counts as zero-padded. Chunks of parity volumes line up with the dat
 (same chunk size, same offsets), so chunk n of every volume of a group covers the same bytes.
 """
 
+import ctypes
+import mmap
+import multiprocessing
+import multiprocessing.connection
 import os
+import signal
 from dataclasses import dataclass, field
 
 from . import cli, erasure, manifests
@@ -23,17 +28,35 @@ from .errors import Error
 FOLD_BLOCK_SIZE = 1 << 20
 
 
-def _read_at(read_file, offset, size):
-    """Up to size bytes of read_file from offset (fewer only at its end)."""
+def _reuse_freed_memory():
+    """Let glibc's malloc keep freed blocks for reuse instead of returning them to the kernel.
+
+    Folding allocates and frees several block-sized ints and bytes per block; with glibc's
+    defaults each one is a fresh mapping or a grown heap whose pages the kernel must fault in
+    and zero again, which cost about a third of the folding time. Memory stays bounded: what is
+    kept is at most the trim threshold beyond what is in use."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+        libc.mallopt(_M_TOP_PAD, 16 << 20)
+    except (OSError, AttributeError):
+        pass    # not glibc: slower, still right
+
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def _read_into(read_file, offset, view):
+    """Fill view from read_file at offset; how many bytes came (fewer only at its end)."""
     read_file.seek(offset)
-    pieces = []
-    while size:
-        piece = read_file.read(size)
-        if not piece:
+    got = 0
+    while got < len(view):
+        count = read_file.readinto(view[got:])
+        if not count:
             break
-        pieces.append(piece)
-        size -= len(piece)
-    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        got += count
+    return got
 
 
 def _pread_full(fd, size, offset):
@@ -71,26 +94,68 @@ class ParityVolume:
     data_lengths: list      # the group's data volumes' lengths, in order
 
 
-class ParityAccumulator:
+class _BlockFeed:
+    """Cuts the bytes of each data volume of a group into blocks of block_size (the last block of
+    a volume shorter) and hands each to _take_block(); tracks the data volumes' lengths."""
+
+    def __init__(self, block_size):
+        self.block_size = block_size
+        self.filled = 0           # bytes of the pending block
+        self.data_offset = 0      # bytes of the current data volume taken so far
+        self.data_lengths = []    # of the data volumes ended so far
+
+    def add(self, data):
+        """Take the next bytes of the current data volume."""
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.block_size - self.filled)
+            self._pending_block()[self.filled:self.filled + take] = view[:take]
+            self.filled += take
+            view = view[take:]
+            if self.filled == self.block_size:
+                self._flush()
+
+    def end_data_volume(self):
+        """The current data volume is complete (the next add() starts the next one)."""
+        self._flush()
+        self.data_lengths.append(self.data_offset)
+        self.data_offset = 0
+
+    def _flush(self):
+        if not self.filled:
+            return
+        if len(self.data_lengths) >= erasure.MAX_DATA:
+            raise Error(f"a parity group holds at most {erasure.MAX_DATA} data volumes")
+        self._take_block(self.filled)
+        self.data_offset += self.filled
+        self.filled = 0
+
+    def _check_ended(self):
+        if self.filled or self.data_offset:
+            raise ValueError("end_data_volume() was not called after the last data volume")
+
+
+class ParityAccumulator(_BlockFeed):
     """The parity volumes of one group, built in files while the group's data volumes pass.
 
     Feed each data volume's bytes in order with add(), call end_data_volume() after each data
-    volume, and finish() after the last. The files at `paths` are created (truncated) at once;
-    finish() fsyncs and hashes them and closes them, discard() removes them. Memory: one fold
-    block and a few blocks' worth of temporaries, whatever the volume size and K.
+    volume, and finish() after the last. The files at `paths` (parity volumes `parities`, by
+    default 0 .. len(paths)-1) are created (truncated) at once; finish() fsyncs, hashes and
+    closes them, discard() removes them. Memory: one block and a few blocks' worth of
+    temporaries, whatever the volume size.
     """
 
-    def __init__(self, paths, chunk_size, block_size=FOLD_BLOCK_SIZE):
-        if not 1 <= len(paths) <= erasure.MAX_PARITY:
+    def __init__(self, paths, chunk_size, block_size=FOLD_BLOCK_SIZE, parities=None):
+        super().__init__(block_size)
+        self.parities = list(parities if parities is not None else range(len(paths)))
+        if not 1 <= len(paths) == len(self.parities) or max(self.parities) >= erasure.MAX_PARITY:
             raise Error(f"{len(paths)} parity volumes per group: choose 1 to {erasure.MAX_PARITY}")
         self.paths = list(paths)
         self.chunk_size = chunk_size
         self.block = bytearray(block_size)
-        self.filled = 0
-        self.data_offset = 0      # bytes of the current data volume taken so far
-        self.data_lengths = []    # of the data volumes ended so far
         self.parity_length = 0
         self.fds = []
+        _reuse_freed_memory()
         try:
             for path in self.paths:
                 self.fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666))
@@ -98,36 +163,17 @@ class ParityAccumulator:
             self.discard()
             raise Error(f"cannot create parity volume {exc.filename}: {exc.strerror}") from None
 
-    def add(self, data):
-        """Take the next bytes of the current data volume."""
-        view = memoryview(data)
-        while view:
-            take = min(len(view), len(self.block) - self.filled)
-            self.block[self.filled:self.filled + take] = view[:take]
-            self.filled += take
-            view = view[take:]
-            if self.filled == len(self.block):
-                self._fold()
+    def _pending_block(self):
+        return self.block
 
-    def end_data_volume(self):
-        """The current data volume is complete (the next add() starts the next one)."""
-        self._fold()
-        self.data_lengths.append(self.data_offset)
-        self.data_offset = 0
-
-    def _fold(self):
-        """parity_p[x ...] += coefficient(p, i) * block for the pending block of data volume i."""
-        if not self.filled:
-            return
-        index = len(self.data_lengths)
-        if index >= erasure.MAX_DATA:
-            raise Error(f"a parity group holds at most {erasure.MAX_DATA} data volumes")
-        size, offset = self.filled, self.data_offset
+    def _take_block(self, size):
+        """parity_p[x ...] += coefficient(p, i) * block, for the block at x of data volume i."""
+        index, offset = len(self.data_lengths), self.data_offset
         data = self.block if size == len(self.block) else self.block[:size]
         # Beyond the parity written so far every earlier data volume is zero: no read needed.
         held = min(size, max(0, self.parity_length - offset))
         try:
-            for parity, fd in enumerate(self.fds):
+            for path, parity, fd in zip(self.paths, self.parities, self.fds):
                 constant = erasure.coefficient(parity, index)
                 if held:
                     stored = _pread_full(fd, held, offset)
@@ -136,19 +182,16 @@ class ParityAccumulator:
                     updated = erasure.scale(constant, data)
                 _pwrite_all(fd, updated, offset)
         except OSError as exc:
-            raise Error(f"cannot write parity volume {self.paths[parity]}: {cli.describe_os_error(exc)}; "
+            raise Error(f"cannot write parity volume {path}: {cli.describe_os_error(exc)}; "
                         "the parity volumes of this group are incomplete") from None
-        self.data_offset += size
         self.parity_length = max(self.parity_length, offset + size)
-        self.filled = 0
 
     def finish(self):
         """Make the parity volumes durable and hash them; a ParityVolume for each, in order."""
-        if self.filled or self.data_offset:
-            raise ValueError("end_data_volume() was not called after the last data volume")
+        self._check_ended()
         finished = []
         try:
-            for parity, (path, fd) in enumerate(zip(self.paths, self.fds)):
+            for path, parity, fd in zip(self.paths, self.parities, self.fds):
                 os.fsync(fd)
                 chunk_digests, volume_digest = _hash_file(fd, self.parity_length, self.chunk_size)
                 finished.append(ParityVolume(
@@ -168,11 +211,155 @@ class ParityAccumulator:
     def discard(self):
         """Close and remove the parity files (after a failure: they would only take space)."""
         self._close()
-        for path in self.paths:
+        _remove(self.paths)
+
+
+def _remove(paths):
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+class ParallelParityAccumulator(_BlockFeed):
+    """A ParityAccumulator whose folding runs in worker processes, each building some of the
+    parity volumes, beside the caller's own work.
+
+    Folding is CPU work in Python objects (int.from_bytes, bytes.translate) that holds the GIL,
+    so threads would not overlap it; processes do. Blocks reach the workers through a ring of
+    RING_SLOTS shared-memory slots (an anonymous shared mapping the forked workers inherit); a
+    slot is reused once every worker has taken its block, which bounds memory and keeps the
+    workers at most RING_SLOTS blocks behind. Same interface as ParityAccumulator.
+    """
+
+    RING_SLOTS = 8
+
+    def __init__(self, paths, chunk_size, workers=None, block_size=FOLD_BLOCK_SIZE):
+        super().__init__(block_size)
+        if not 1 <= len(paths) <= erasure.MAX_PARITY:
+            raise Error(f"{len(paths)} parity volumes per group: choose 1 to {erasure.MAX_PARITY}")
+        self.paths = list(paths)
+        self.ring = mmap.mmap(-1, self.RING_SLOTS * block_size)
+        self.ring_view = memoryview(self.ring)
+        self.slot = 0
+        self.readers = [0] * self.RING_SLOTS     # workers yet to take each slot's block
+        self.finished = []
+        self.done_workers = set()
+        self.ready = 0
+        count = max(1, min(len(paths), workers or os.cpu_count() or 1))
+        context = multiprocessing.get_context("fork")
+        self.workers = []
+        for first in range(count):
+            parities = list(range(first, len(paths), count))
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=_parity_worker, daemon=True, name=f"parity-{first}",
+                args=(theirs, [paths[p] for p in parities], parities, chunk_size, block_size, self.ring))
+            process.start()
+            theirs.close()
+            self.workers.append((process, ours))
+        try:
+            self._wait_until(lambda: self.ready == len(self.workers))
+        except Error:
+            self.discard()
+            raise
+
+    def _pending_block(self):
+        start = self.slot * self.block_size
+        return self.ring_view[start:start + self.block_size]
+
+    def _take_block(self, size):
+        self._send(("block", self.slot, size))
+        self.readers[self.slot] = len(self.workers)
+        self.slot = (self.slot + 1) % self.RING_SLOTS
+        self._wait_until(lambda: self.readers[self.slot] == 0)
+
+    def end_data_volume(self):
+        super().end_data_volume()
+        self._send(("end",))
+
+    def finish(self):
+        """Wait for the workers to finish their parity volumes; a ParityVolume for each, in order."""
+        self._check_ended()
+        self._send(("finish",))
+        self._wait_until(lambda: len(self.finished) == len(self.paths))
+        for process, connection in self.workers:
+            process.join()
+            connection.close()
+        self.workers = []
+        self._release_ring()
+        return sorted(self.finished, key=lambda volume: volume.parity)
+
+    def discard(self):
+        """Stop the workers and remove the parity files."""
+        for process, connection in self.workers:
+            process.terminate()
+            process.join()
+            connection.close()
+        self.workers = []
+        self._release_ring()
+        _remove(self.paths)
+
+    def _release_ring(self):
+        if not self.ring.closed:
+            self.ring_view.release()
+            self.ring.close()
+
+    def _send(self, message):
+        for _, connection in self.workers:
             try:
-                os.unlink(path)
+                connection.send(message)
             except OSError:
-                pass
+                # The worker is gone: its last words say why.
+                self._wait_until(lambda: False)
+
+    def _wait_until(self, done):
+        """Take the workers' messages until done() holds; errors.Error when a worker failed
+        (the caller then discards the group)."""
+        while not done():
+            # A worker that sent its volumes has ended: its connection only has EOF left.
+            working = [c for _, c in self.workers if c not in self.done_workers]
+            for connection in multiprocessing.connection.wait(working):
+                try:
+                    kind, *detail = connection.recv()
+                except (EOFError, OSError):
+                    raise Error("a parity worker process ended unexpectedly; the parity volumes of "
+                                "this group are incomplete") from None
+                if kind == "done":
+                    self.readers[detail[0]] -= 1
+                elif kind == "ready":
+                    self.ready += 1
+                elif kind == "finished":
+                    self.finished += detail[0]
+                    self.done_workers.add(connection)
+                else:
+                    raise Error(detail[0])
+
+
+def _parity_worker(connection, paths, parities, chunk_size, block_size, ring):
+    """A worker process of ParallelParityAccumulator: a ParityAccumulator driven by messages."""
+    # ^C reaches the whole process group: the caller handles it and the worker ends with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ring_view = memoryview(ring)
+    try:
+        accumulator = ParityAccumulator(paths, chunk_size, block_size, parities)
+        connection.send(("ready",))
+        while True:
+            kind, *detail = connection.recv()
+            if kind == "block":
+                slot, size = detail
+                accumulator.add(ring_view[slot * block_size:slot * block_size + size])
+                connection.send(("done", slot))
+            elif kind == "end":
+                accumulator.end_data_volume()
+            else:
+                connection.send(("finished", accumulator.finish()))
+                return
+    except Error as exc:
+        connection.send(("error", str(exc)))
+    except EOFError:
+        pass    # the caller is gone or discarded the group
 
 
 def _hash_file(fd, length, chunk_size):
@@ -221,8 +408,8 @@ class Rebuilder:
 
     Rows are erasure.Code rows: data volumes 0 .. G-1, then parity volumes G .. G+K-1. A chunk
     counts as lost when its file is missing, cannot be read, is short or does not match its
-    digest; what was found lost is remembered in the member's bad_chunks. Memory: one chunk being
-    read and one chunk-sized sum per row being rebuilt.
+    digest; what was found lost is remembered in the member's bad_chunks. Memory: the chunk being
+    read, a scaled copy of it, and one chunk-sized sum per row being rebuilt.
     """
 
     def __init__(self, data_members, parity_members, chunk_size, group_name="the group"):
@@ -232,35 +419,50 @@ class Rebuilder:
         self.group_name = group_name
         self.chunks = manifests.chunk_count(max(m.length for m in self.members), chunk_size)
         self._plans = {}
+        self.buffer = bytearray(chunk_size)     # the chunk being read
+        _reuse_freed_memory()
 
     def chunk_length(self, row, number):
         return max(0, min(self.chunk_size, self.members[row].length - number * self.chunk_size))
 
     def read_chunk(self, row, number):
-        """Chunk `number` of a row as stored, or None when it is lost (then remembered as bad)."""
+        """Chunk `number` of a row as stored, or None when it is lost (then remembered as bad).
+        The chunk is a memoryview of a buffer the next read reuses."""
         member = self.members[row]
         if member.file is None or number in member.bad_chunks:
             return None
         size = self.chunk_length(row, number)
+        view = memoryview(self.buffer)[:size]
         try:
-            data = _read_at(member.file, number * self.chunk_size, size)
+            got = _read_into(member.file, number * self.chunk_size, view)
         except OSError:
-            data = None     # an unreadable sector of a scratched disc: the chunk is lost
-        if data is not None and len(data) == size and (
-                member.chunk_digests is None or _digest_of(data) == _digest(member.chunk_digests, number)):
-            return data
+            got = None      # an unreadable sector of a scratched disc: the chunk is lost
+        if got == size and (member.chunk_digests is None or
+                            _digest_of(view) == _digest(member.chunk_digests, number)):
+            return view
         member.bad_chunks.add(number)
         return None
 
     def chunk(self, row, number):
         """The right content of chunk `number` of a row: as stored when good, else rebuilt."""
         data = self.read_chunk(row, number)
-        return data if data is not None else self.rebuild_chunks([row], number)[row]
+        return bytes(data) if data is not None else self.rebuild_chunks([row], number)[row]
+
+    def rebuild_volume(self, row, write):
+        """Pass the right content of a whole row to write(buffer), chunk by chunk (in pieces of
+        at most a chunk; write must use each buffer before it returns)."""
+        for number in range(manifests.chunk_count(self.members[row].length, self.chunk_size)):
+            data = self.read_chunk(row, number)
+            for piece in [data] if data is not None else self._rebuilt_pieces([row], number)[row]:
+                write(piece)
 
     def rebuild_chunks(self, rows, number):
         """Rebuild chunk `number` of the rows given from the others: {row: bytes}. errors.Error
         naming what is lost when more rows than there are parity volumes are lost there."""
-        size = max(self.chunk_length(r, number) for r in range(self.code.rows))
+        return {row: b"".join(pieces) for row, pieces in self._rebuilt_pieces(rows, number).items()}
+
+    def _rebuilt_pieces(self, rows, number):
+        """{row: [bytes, ...]}: chunk `number` of each row, rebuilt, in FOLD_BLOCK_SIZE pieces."""
         lost = set(rows)
         while True:
             known = self._known_rows(number, lost)
@@ -268,9 +470,9 @@ class Rebuilder:
                 plans = self._plan(rows, known)
             except erasure.NotEnoughVolumes:
                 raise Error(self._beyond_repair(number, lost)) from None
-            sums = self._sum_sources(plans, number, size)
+            sums = self._sum_sources(plans, number)
             if sums is not None:
-                return {row: sums[row][:self.chunk_length(row, number)] for row in rows}
+                return {row: _int_pieces(sums[row], self.chunk_length(row, number)) for row in rows}
             # A source turned out damaged while being read: plan again without it.
             lost |= {r for r in known if number in self.members[r].bad_chunks}
 
@@ -288,27 +490,26 @@ class Rebuilder:
             self._plans[key] = self.code.recovery(rows, known)
         return self._plans[key]
 
-    def _sum_sources(self, plans, number, size):
-        """{row: bytes} summing each plan's sources, source by source in FOLD_BLOCK_SIZE pieces;
-        None when a source chunk turns out lost."""
+    def _sum_sources(self, plans, number):
+        """{row: [int per FOLD_BLOCK_SIZE piece]} summing each plan's sources, one source chunk at
+        a time; None when a source chunk turns out lost."""
         sources = sorted({s for plan in plans.values() for s in plan if self.chunk_length(s, number)})
+        size = max(self.chunk_length(r, number) for r in range(self.code.rows))
         pieces = range(0, size, FOLD_BLOCK_SIZE)
         sums = {row: [0] * len(pieces) for row in plans}
         for source in sources:
             data = self.read_chunk(source, number)
             if data is None:
                 return None
+            whole = self.buffer if len(data) == len(self.buffer) else self.buffer[:len(data)]
             for row, plan in plans.items():
                 constant = plan.get(source)
-                if not constant:
-                    continue
-                row_sums = sums[row]
-                for i, start in enumerate(pieces):
-                    piece = data[start:start + FOLD_BLOCK_SIZE]
-                    row_sums[i] ^= int.from_bytes(erasure.scale(constant, piece), "little")
-        return {row: b"".join(total.to_bytes(min(FOLD_BLOCK_SIZE, size - start), "little")
-                              for total, start in zip(row_sums, pieces))
-                for row, row_sums in sums.items()}
+                if constant:
+                    scaled = memoryview(erasure.scale(constant, whole))
+                    row_sums = sums[row]
+                    for i, start in enumerate(pieces):
+                        row_sums[i] ^= int.from_bytes(scaled[start:start + FOLD_BLOCK_SIZE], "little")
+        return sums
 
     def _beyond_repair(self, number, lost):
         names = [self.members[r].name for r in sorted(lost | self._lost_rows(number))]
@@ -333,11 +534,6 @@ class Rebuilder:
             if len(self._lost_rows(number)) > self.code.parity_count:
                 raise Error(self._beyond_repair(number, set()))
 
-    def rebuild_volume(self, row, write):
-        """Pass the right content of a whole row to write(bytes), chunk by chunk."""
-        for number in range(manifests.chunk_count(self.members[row].length, self.chunk_size)):
-            write(self.chunk(row, number))
-
     def health(self):
         """Read and check every chunk of every present member: a GroupHealth."""
         worst = 0
@@ -351,6 +547,14 @@ class Rebuilder:
                 lost_chunks.setdefault(row, []).append(number)
             worst = max(worst, len(lost_rows))
         return GroupHealth(self.code.parity_count, lost_chunks, worst)
+
+
+def _int_pieces(sums, length):
+    """The bytes of per-piece sums, cut to length."""
+    pieces = []
+    for start, total in zip(range(0, length, FOLD_BLOCK_SIZE), sums):
+        pieces.append(total.to_bytes(min(FOLD_BLOCK_SIZE, length - start), "little"))
+    return pieces
 
 
 def _digest_of(data):

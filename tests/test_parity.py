@@ -5,6 +5,8 @@ import io
 import itertools
 import os
 import random
+import resource
+import signal
 
 import pytest
 from hypothesis import given, settings
@@ -32,12 +34,20 @@ def expected_parity(data, parity_count):
             for p in range(parity_count)]
 
 
-def build_group(tmp_path, data, parity_count, seed=0, delete_after_feeding=False):
-    """Write each data volume to a file, feed it to a ParityAccumulator in pieces of random sizes
-    as split-span would, optionally deleting it at once; the finished ParityVolumes."""
+def new_accumulator(kind, paths):
+    if kind == "inline":
+        return parity.ParityAccumulator(paths, CHUNK, block_size=BLOCK)
+    return parity.ParallelParityAccumulator(paths, CHUNK, workers=2, block_size=BLOCK)
+
+
+ACCUMULATORS = ["inline", "parallel"]
+
+
+def build_group(tmp_path, data, parity_count, seed=0, delete_after_feeding=False, kind="inline"):
+    """Write each data volume to a file, feed it to an accumulator in pieces of random sizes as
+    split-span would, optionally deleting it at once; the finished ParityVolumes."""
     pieces = random.Random(seed)
-    accumulator = parity.ParityAccumulator(
-        [str(tmp_path / f"image.parity{p + 1}") for p in range(parity_count)], CHUNK, block_size=BLOCK)
+    accumulator = new_accumulator(kind, [str(tmp_path / f"image.parity{p + 1}") for p in range(parity_count)])
     for index, volume in enumerate(data):
         path = tmp_path / f"image.{index + 1:03d}"
         path.write_bytes(volume)
@@ -83,11 +93,12 @@ SHAPES = {
 }
 
 
+@pytest.mark.parametrize("kind", ACCUMULATORS)
 @pytest.mark.parametrize("parity_count", [1, 2, 3])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_parity_volumes_hold_the_coefficient_weighted_sums_and_their_digests(tmp_path, shape, parity_count):
+def test_parity_volumes_hold_the_coefficient_weighted_sums_and_their_digests(tmp_path, shape, parity_count, kind):
     data = make_data(SHAPES[shape])
-    finished = build_group(tmp_path, data, parity_count)
+    finished = build_group(tmp_path, data, parity_count, kind=kind)
     expected = expected_parity(data, parity_count)
     assert [v.parity for v in finished] == list(range(parity_count))
     for volume, want in zip(finished, expected):
@@ -102,9 +113,10 @@ def test_parity_volumes_hold_the_coefficient_weighted_sums_and_their_digests(tmp
         assert volume.coefficients == [erasure.coefficient(volume.parity, i) for i in range(len(data))]
 
 
-def test_data_volumes_deleted_right_after_feeding_still_give_correct_parity(tmp_path):
+@pytest.mark.parametrize("kind", ACCUMULATORS)
+def test_data_volumes_deleted_right_after_feeding_still_give_correct_parity(tmp_path, kind):
     data = make_data(SHAPES["short-last"], seed=5)
-    finished = build_group(tmp_path, data, 2, delete_after_feeding=True)
+    finished = build_group(tmp_path, data, 2, delete_after_feeding=True, kind=kind)
     assert not list(tmp_path.glob("image.0*"))
     assert [open(v.path, "rb").read() for v in finished] == expected_parity(data, 2)
 
@@ -185,10 +197,10 @@ class FailingReads(io.BytesIO):
         super().__init__(data)
         self.bad_from = bad_from
 
-    def read(self, size=-1):
+    def readinto(self, buffer):
         if self.tell() >= self.bad_from:
             raise OSError(5, "Input/output error")
-        return super().read(min(size, self.bad_from - self.tell()))
+        return super().readinto(memoryview(buffer)[:self.bad_from - self.tell()])
 
 
 def test_unreadable_chunks_count_as_lost_and_are_rebuilt():
@@ -226,18 +238,47 @@ def test_random_groups_and_loss_patterns_are_rebuilt(tmp_path_factory, draw):
         assert rebuilt(rebuild, row) == rows[row]
 
 
-def test_accumulator_rules(tmp_path):
-    paths = [str(tmp_path / "p1"), str(tmp_path / "p2")]
-    accumulator = parity.ParityAccumulator(paths, CHUNK)
-    accumulator.add(b"abc")
+@pytest.mark.parametrize("kind", ACCUMULATORS)
+def test_accumulator_rules(tmp_path, kind):
+    paths = [str(tmp_path / "p1"), str(tmp_path / "p2"), str(tmp_path / "p3")]
+    accumulator = new_accumulator(kind, paths)
+    accumulator.add(os.urandom(3 * BLOCK))
     with pytest.raises(ValueError):
         accumulator.finish()
     accumulator.discard()
     assert not any(os.path.exists(p) for p in paths)
     with pytest.raises(Error, match="parity volumes per group"):
-        parity.ParityAccumulator([], CHUNK)
-    with pytest.raises(Error, match="cannot create parity volume"):
-        parity.ParityAccumulator([str(tmp_path / "no-such-dir" / "p1")], CHUNK)
+        new_accumulator(kind, [])
+    with pytest.raises(Error, match="cannot create parity volume .*no-such-dir"):
+        new_accumulator(kind, [str(tmp_path / "p1"), str(tmp_path / "no-such-dir" / "p2")])
+
+
+def test_a_parity_worker_that_cannot_write_stops_the_group_with_its_message(tmp_path):
+    """A write error in a worker (EFBIG from a file size limit the forked workers inherit) reaches
+    the caller as a one-line errors.Error naming the parity volume."""
+    paths = [str(tmp_path / "p1"), str(tmp_path / "p2")]
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (2 * BLOCK, limit[1]))
+    try:
+        accumulator = new_accumulator("parallel", paths)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    with pytest.raises(Error, match=r"cannot write parity volume .*/p[12]: File too large"):
+        for _ in range(20):
+            accumulator.add(os.urandom(BLOCK))
+    accumulator.discard()
+    assert not any(os.path.exists(p) for p in paths)
+
+
+def test_a_parity_worker_that_dies_stops_the_group(tmp_path):
+    accumulator = new_accumulator("parallel", [str(tmp_path / "p1"), str(tmp_path / "p2")])
+    accumulator.workers[1][0].kill()
+    with pytest.raises(Error, match="parity worker process ended unexpectedly"):
+        for _ in range(20):
+            accumulator.add(os.urandom(BLOCK))
+    accumulator.discard()
 
 
 def test_an_empty_group_makes_empty_parity(tmp_path):

@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Benchmark parity volumes (issue 6): the cost of building them while splitting, the cost of
+rebuilding a lost volume while reassembling, and peak memory.
+
+  split:    cat STREAM | split-span --size V A/      vs  the same with 2 parity volumes (B/)
+  rebuild:  reassemble A/ > /dev/null                vs  reading B/ with data volume 3 (file and
+                                                         manifest) gone, rebuilt from parity
+  memory:   peak RSS, summed over the process and its parity workers, of both B/ runs
+
+The parity side runs split-span's engine (volumes.VolumeSetWriter) with a
+parity.ParallelParityAccumulator fed from the writer's appends and told of each finished volume:
+the calls the integration plan gives split-span. The rebuild side streams every data volume
+chunk by chunk through parity.Rebuilder, checking each chunk's hash (and the stream hash at the
+end) as reassemble does. Until split-span and reassemble take --parity, these in-script drivers
+stand in for them (`bench_parity.py split|rebuild ...`). The stream is random bytes. Ratios are
+medians of alternating runs; targets: split >= 0.5, rebuild >= 0.4, memory <= 300 MB.
+
+Run with a Python that has mirrorpipe's dependencies: .venv/bin/python bench/bench_parity.py
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
+from bench_core import CHECKOUT, MB, BenchError, sh, time_side_by_side  # noqa: E402
+from mirrorpipe import manifests, parity, volumes  # noqa: E402 - bench_core put the checkout on sys.path
+from mirrorpipe.cli import format_size, parse_size  # noqa: E402
+from mirrorpipe.streams import write_all  # noqa: E402
+
+MIN_SPLIT_RATIO = 0.5
+MIN_REBUILD_RATIO = 0.4
+MAX_RSS = 300e6
+LOST_VOLUME = 3
+SIDECAR = "parity.json"     # the bench's own record of the parity volumes (manifests are the plan's)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drivers: split-span and reassemble with parity, as the integration plan wires them
+
+class ParityFedWriter(volumes.VolumeSetWriter):
+    """split-span's writer feeding every appended piece to the parity accumulator and telling it
+    when each volume is finished."""
+
+    def __init__(self, accumulator, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.accumulator = accumulator
+
+    def _append(self, volume, data):
+        taken = super()._append(volume, data)
+        self.accumulator.add(data[:taken])
+        return taken
+
+    def _finish(self, volume, last):
+        self.accumulator.end_data_volume()
+        super()._finish(volume, last)
+
+
+def drive_split(args):
+    os.makedirs(args.outdir, exist_ok=True)
+    paths = [os.path.join(args.outdir, f"image.parity{p + 1}") for p in range(args.parity)]
+    accumulator = parity.ParallelParityAccumulator(paths, manifests.DEFAULT_CHUNK_SIZE, workers=args.workers)
+    writer = ParityFedWriter(accumulator, args.outdir, "image", args.volume_size)
+    try:
+        finished = writer.write(0)
+        parity_volumes = accumulator.finish()
+    except BaseException:
+        accumulator.discard()
+        raise
+    record = {"stream_hash": finished[-1].stream_digest.hex(),
+              "parity": [{"path": v.path, "length": v.length, "chunk_hashes": v.chunk_digests.hex(),
+                          "data_lengths": v.data_lengths} for v in parity_volumes]}
+    with open(os.path.join(args.outdir, SIDECAR), "w") as f:
+        json.dump(record, f)
+
+
+def drive_rebuild(args):
+    with open(os.path.join(args.indir, SIDECAR)) as f:
+        record = json.load(f)
+    volume_set = volumes.gather(volumes.scan([args.indir]))
+    chunk_size = volume_set.reference.chunk_size
+    data = []
+    for index, length in enumerate(record["parity"][0]["data_lengths"], 1):
+        found = volume_set.by_index.get(index)
+        data.append(parity.Member(
+            name=f"volume {index}", length=length,
+            file=open(found.path, "rb", buffering=0) if found else None,
+            chunk_digests=found.manifest.chunk_digests if found else None))
+    parity_members = [parity.Member(name=f"parity volume {p + 1}", length=v["length"],
+                                    file=open(v["path"], "rb", buffering=0),
+                                    chunk_digests=bytes.fromhex(v["chunk_hashes"]))
+                      for p, v in enumerate(record["parity"])]
+    rebuilder = parity.Rebuilder(data, parity_members, chunk_size)
+    rebuilder.check()
+    stream_hash = manifests.new_hash()
+
+    def emit(piece):
+        stream_hash.update(piece)
+        write_all(1, piece)
+
+    for row in range(len(data)):
+        rebuilder.rebuild_volume(row, emit)
+    if stream_hash.hexdigest() != record["stream_hash"]:
+        raise BenchError("the rebuilt stream does not match the stream hash")
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring
+
+def peak_rss(script, env):
+    """Run a shell script; the highest sum of RSS of the Python processes under it, sampled."""
+    proc = subprocess.Popen(["bash", "-o", "pipefail", "-c", script], env=env)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _python_rss_under(proc.pid))
+        time.sleep(0.02)
+    if proc.returncode:
+        raise BenchError(f"failed (status {proc.returncode}): {script}")
+    return peak
+
+
+def _python_rss_under(root):
+    children, rss = {}, {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        children.setdefault(int(fields["PPid"]), []).append(int(name))
+        if fields["Name"].strip().startswith("python") and "VmRSS" in fields:
+            rss[int(name)] = int(fields["VmRSS"].split()[0]) * 1024
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo += children.get(pid, [])
+    return total
+
+
+def make_stream(workdir, size):
+    path = os.path.join(workdir, f"stream-{size}")
+    if not os.path.exists(path):
+        print(f"bench: writing {format_size(size)} of random data to {path}", file=sys.stderr)
+        subprocess.run(f"head -c {size} /dev/urandom > {sh(path + '.part')}", shell=True, check=True)
+        os.rename(path + ".part", path)
+    return path
+
+
+def bench(args):
+    os.makedirs(args.workdir, exist_ok=True)
+    stream = make_stream(args.workdir, args.size)
+    plain, with_parity = os.path.join(args.workdir, "plain"), os.path.join(args.workdir, "parity")
+    env = dict(os.environ, PATH=os.path.join(CHECKOUT, "bin") + os.pathsep + os.path.dirname(sys.executable)
+               + os.pathsep + os.environ["PATH"])
+    me = f"{sh(sys.executable)} {sh(os.path.realpath(__file__))}"
+    split_parity = (f"cat {sh(stream)} | {me} split --volume-size {args.volume_size} --parity {args.parity} "
+                    f"{sh(with_parity)}")
+    rows = []
+
+    split_plain = f"cat {sh(stream)} | split-span --size {args.volume_size} {sh(plain)}"
+    print(f"bench: split, {args.runs} runs each", file=sys.stderr)
+    timed = time_side_by_side({"plain": split_plain, "parity": split_parity}, args.runs, env,
+                              before=lambda: (shutil.rmtree(plain, ignore_errors=True),
+                                              shutil.rmtree(with_parity, ignore_errors=True)))
+    rows.append((f"split, --parity {args.parity}", timed["parity"][0], timed["plain"][0], MIN_SPLIT_RATIO))
+    subprocess.run(["bash", "-o", "pipefail", "-c", split_plain], env=env, check=True)
+
+    lost = os.path.join(with_parity, volumes.volume_name("image", LOST_VOLUME))
+    os.unlink(lost)
+    os.unlink(manifests.manifest_path(lost))
+    print(f"bench: rebuild, {args.runs} runs each", file=sys.stderr)
+    timed = time_side_by_side({
+        "plain": f"reassemble {sh(plain)} > /dev/null",
+        "rebuild": f"{me} rebuild {sh(with_parity)} > /dev/null",
+    }, args.runs, env)
+    rows.append((f"reassemble, volume {LOST_VOLUME} rebuilt", timed["rebuild"][0], timed["plain"][0],
+                 MIN_REBUILD_RATIO))
+
+    print("bench: peak memory", file=sys.stderr)
+    shutil.rmtree(with_parity)
+    split_rss = peak_rss(split_parity, env)
+    rebuild_rss = peak_rss(f"rm {sh(lost)} {sh(manifests.manifest_path(lost))} && "
+                           f"{me} rebuild {sh(with_parity)} > /dev/null", env)
+
+    volume_count = -(-args.size // args.volume_size)
+    print(f"\n{format_size(args.size)} of random data, {volume_count} volumes of {format_size(args.volume_size)}, "
+          f"{args.parity} parity volumes (one group), median of {args.runs} runs\n")
+    print(f"{'':34} {'with parity':>14} {'without':>14} {'ratio':>7} {'target':>7}")
+    met = True
+    for name, ours, reference, target in rows:
+        ratio = reference / ours
+        met &= ratio >= target
+        print(f"{name:34} {args.size / ours / MB:>9.0f} MB/s {args.size / reference / MB:>9.0f} MB/s "
+              f"{ratio:>7.2f} {'>= ' + str(target):>7} {'ok' if ratio >= target else 'MISSED'}")
+    for name, rss in (("peak RSS, split with parity", split_rss), ("peak RSS, rebuild", rebuild_rss)):
+        met &= rss <= MAX_RSS
+        print(f"{name:34} {rss / MB:>9.0f} MB {'':>17} {'<= 300 MB':>15} {'ok' if rss <= MAX_RSS else 'MISSED'}")
+    return 0 if met else 1
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command")
+    split = commands.add_parser("split", help="driver: split stdin into OUTDIR with parity")
+    split.add_argument("outdir")
+    split.add_argument("--volume-size", type=parse_size, required=True)
+    split.add_argument("--parity", type=int, default=2)
+    split.add_argument("--workers", type=int, default=None)
+    rebuild = commands.add_parser("rebuild", help="driver: write the stream of INDIR, rebuilding what is lost")
+    rebuild.add_argument("indir")
+    parser.add_argument("--size", type=parse_size, default=1 << 30, help="stream size (default 1G)")
+    parser.add_argument("--volume-size", type=parse_size, default=128 << 20, help="volume size (default 128M)")
+    parser.add_argument("--parity", type=int, default=2, help="parity volumes (default 2)")
+    parser.add_argument("--runs", type=int, default=3, help="repetitions per side (default 3)")
+    parser.add_argument("--workdir", default="/var/tmp/mirrorpipe-bench-parity",
+                        help="where the stream and the volumes go (needs 3.5x the stream size)")
+    args = parser.parse_args()
+    if args.command == "split":
+        return drive_split(args)
+    if args.command == "rebuild":
+        return drive_rebuild(args)
+    return bench(args)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        sys.exit(f"bench_parity: {exc}")
