@@ -33,7 +33,7 @@ DIGEST_SIZE = 16
 
 DEFAULT_CHUNK_SIZE = 16 << 20
 MIN_CHUNK_SIZE = 64 << 10
-# reassemble holds two chunks in memory; this keeps it well under 200 MB.
+# reassemble holds one chunk in memory (a manifest chooses the size); this keeps it well under 200 MB.
 MAX_CHUNK_SIZE = 64 << 20
 # Chunks per volume: bounds a manifest to ~4 MB (37 bytes of JSON per chunk).
 MAX_CHUNKS = 100_000
