@@ -155,6 +155,7 @@ class ParityAccumulator(_BlockFeed):
         self.block = bytearray(block_size)
         self.parity_length = 0
         self.fds = []
+        self.finished = False
         _reuse_freed_memory()
         try:
             for path in self.paths:
@@ -201,6 +202,7 @@ class ParityAccumulator(_BlockFeed):
         except OSError as exc:
             raise Error(f"cannot finish parity volume {path}: {cli.describe_os_error(exc)}") from None
         self._close()
+        self.finished = True
         return finished
 
     def _close(self):
@@ -209,9 +211,11 @@ class ParityAccumulator(_BlockFeed):
         self.fds = []
 
     def discard(self):
-        """Close and remove the parity files (after a failure: they would only take space)."""
+        """Close and remove the parity files (after a failure: they would only take space);
+        nothing once finish() has returned."""
         self._close()
-        _remove(self.paths)
+        if not self.finished:
+            _remove(self.paths)
 
 
 def _remove(paths):
@@ -284,24 +288,22 @@ class ParallelParityAccumulator(_BlockFeed):
         self._check_ended()
         self._send(("finish",))
         self._wait_until(lambda: len(self.finished) == len(self.paths))
-        for process, connection in self.workers:
-            process.join()
-            connection.close()
-        self.workers = []
-        self._release_ring()
+        self._stop_workers(terminate=False)
         return sorted(self.finished, key=lambda volume: volume.parity)
 
     def discard(self):
-        """Stop the workers and remove the parity files."""
+        """Stop the workers and remove the parity files; nothing once finish() has returned."""
+        self._stop_workers(terminate=True)
+        if len(self.finished) < len(self.paths):
+            _remove(self.paths)
+
+    def _stop_workers(self, terminate):
         for process, connection in self.workers:
-            process.terminate()
+            if terminate:
+                process.terminate()
             process.join()
             connection.close()
         self.workers = []
-        self._release_ring()
-        _remove(self.paths)
-
-    def _release_ring(self):
         if not self.ring.closed:
             self.ring_view.release()
             self.ring.close()

@@ -281,6 +281,17 @@ def test_a_parity_worker_that_dies_stops_the_group(tmp_path):
     accumulator.discard()
 
 
+@pytest.mark.parametrize("kind", ACCUMULATORS)
+def test_discard_after_finish_keeps_the_finished_parity_volumes(tmp_path, kind):
+    paths = [str(tmp_path / "p1"), str(tmp_path / "p2")]
+    accumulator = new_accumulator(kind, paths)
+    accumulator.add(b"data")
+    accumulator.end_data_volume()
+    accumulator.finish()
+    accumulator.discard()
+    assert all(os.path.exists(p) for p in paths)
+
+
 def test_an_empty_group_makes_empty_parity(tmp_path):
     finished = build_group(tmp_path, [b""], 2)
     assert [(v.length, v.chunk_digests, open(v.path, "rb").read()) for v in finished] == [(0, b"", b"")] * 2
