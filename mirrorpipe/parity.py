@@ -90,7 +90,7 @@ class ParityVolume:
     length: int
     chunk_digests: bytes    # manifests.DIGEST_SIZE bytes per chunk, like a data volume's
     volume_digest: bytes
-    coefficients: list      # what each data volume of the group was multiplied by
+    coefficients: list      # what each data volume (each volume fed) was multiplied by
     data_lengths: list      # the group's data volumes' lengths, in order
 
 
@@ -143,13 +143,19 @@ class ParityAccumulator(_BlockFeed):
     default 0 .. len(paths)-1) are created (truncated) at once; finish() fsyncs, hashes and
     closes them, discard() removes them. Memory: one block and a few blocks' worth of
     temporaries, whatever the volume size.
+
+    The same fold rebuilds lost volumes from volumes that arrive one at a time (discs inserted
+    one by one): pass the lost rows as `parities` and as `coefficient` what each volume fed is
+    multiplied by for each of them (from erasure.Code.recovery); see rebuild_coefficient().
     """
 
-    def __init__(self, paths, chunk_size, block_size=FOLD_BLOCK_SIZE, parities=None):
+    def __init__(self, paths, chunk_size, block_size=FOLD_BLOCK_SIZE, parities=None,
+                 coefficient=erasure.coefficient):
         super().__init__(block_size)
         self.parities = list(parities if parities is not None else range(len(paths)))
-        if not 1 <= len(paths) == len(self.parities) or max(self.parities) >= erasure.MAX_PARITY:
+        if not 1 <= len(paths) <= erasure.MAX_PARITY or len(paths) != len(self.parities):
             raise Error(f"{len(paths)} parity volumes per group: choose 1 to {erasure.MAX_PARITY}")
+        self.coefficient = coefficient
         self.paths = list(paths)
         self.chunk_size = chunk_size
         self.block = bytearray(block_size)
@@ -175,7 +181,7 @@ class ParityAccumulator(_BlockFeed):
         held = min(size, max(0, self.parity_length - offset))
         try:
             for path, parity, fd in zip(self.paths, self.parities, self.fds):
-                constant = erasure.coefficient(parity, index)
+                constant = self.coefficient(parity, index)
                 if held:
                     stored = _pread_full(fd, held, offset)
                     updated = erasure.combine([(1, stored), (constant, data)], size)
@@ -198,7 +204,7 @@ class ParityAccumulator(_BlockFeed):
                 finished.append(ParityVolume(
                     parity=parity, path=path, length=self.parity_length, chunk_digests=chunk_digests,
                     volume_digest=volume_digest, data_lengths=list(self.data_lengths),
-                    coefficients=[erasure.coefficient(parity, i) for i in range(len(self.data_lengths))]))
+                    coefficients=[self.coefficient(parity, i) for i in range(len(self.data_lengths))]))
         except OSError as exc:
             raise Error(f"cannot finish parity volume {path}: {cli.describe_os_error(exc)}") from None
         self._close()
@@ -216,6 +222,18 @@ class ParityAccumulator(_BlockFeed):
         self._close()
         if not self.finished:
             _remove(self.paths)
+
+
+def rebuild_coefficient(code, lost, sources):
+    """The `coefficient` for a ParityAccumulator that rebuilds the rows `lost` of a group from
+    the rows `sources` fed to it in that order (volumes read one at a time); its `parities` are
+    the lost rows. erasure.NotEnoughVolumes when the sources are too few. A rebuilt row comes
+    out as long as the longest source: cut it to the row's own length."""
+    plans = code.recovery(lost, frozenset(sources))
+
+    def coefficient(lost_row, fed):
+        return plans[lost_row].get(sources[fed], 0)
+    return coefficient
 
 
 def _remove(paths):
@@ -239,8 +257,10 @@ class ParallelParityAccumulator(_BlockFeed):
 
     RING_SLOTS = 8
 
-    def __init__(self, paths, chunk_size, workers=None, block_size=FOLD_BLOCK_SIZE):
+    def __init__(self, paths, chunk_size, workers=None, block_size=FOLD_BLOCK_SIZE, parities=None,
+                 coefficient=erasure.coefficient):
         super().__init__(block_size)
+        parities = list(parities if parities is not None else range(len(paths)))
         if not 1 <= len(paths) <= erasure.MAX_PARITY:
             raise Error(f"{len(paths)} parity volumes per group: choose 1 to {erasure.MAX_PARITY}")
         self.paths = list(paths)
@@ -255,11 +275,12 @@ class ParallelParityAccumulator(_BlockFeed):
         context = multiprocessing.get_context("fork")
         self.workers = []
         for first in range(count):
-            parities = list(range(first, len(paths), count))
+            mine = range(first, len(paths), count)
             ours, theirs = context.Pipe()
             process = context.Process(
                 target=_parity_worker, daemon=True, name=f"parity-{first}",
-                args=(theirs, [paths[p] for p in parities], parities, chunk_size, block_size, self.ring))
+                args=(theirs, [paths[i] for i in mine], [parities[i] for i in mine], coefficient,
+                      chunk_size, block_size, self.ring))
             process.start()
             theirs.close()
             self.workers.append((process, ours))
@@ -289,7 +310,8 @@ class ParallelParityAccumulator(_BlockFeed):
         self._send(("finish",))
         self._wait_until(lambda: len(self.finished) == len(self.paths))
         self._stop_workers(terminate=False)
-        return sorted(self.finished, key=lambda volume: volume.parity)
+        order = {path: i for i, path in enumerate(self.paths)}
+        return sorted(self.finished, key=lambda volume: order[volume.path])
 
     def discard(self):
         """Stop the workers and remove the parity files; nothing once finish() has returned."""
@@ -339,13 +361,13 @@ class ParallelParityAccumulator(_BlockFeed):
                     raise Error(detail[0])
 
 
-def _parity_worker(connection, paths, parities, chunk_size, block_size, ring):
+def _parity_worker(connection, paths, parities, coefficient, chunk_size, block_size, ring):
     """A worker process of ParallelParityAccumulator: a ParityAccumulator driven by messages."""
     # ^C reaches the whole process group: the caller handles it and the worker ends with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ring_view = memoryview(ring)
     try:
-        accumulator = ParityAccumulator(paths, chunk_size, block_size, parities)
+        accumulator = ParityAccumulator(paths, chunk_size, block_size, parities, coefficient)
         connection.send(("ready",))
         while True:
             kind, *detail = connection.recv()

@@ -134,6 +134,35 @@ def test_every_combination_of_up_to_k_lost_volumes_is_rebuilt_byte_identical(tmp
                 assert rebuilt(rebuild, row) == rows[row], f"lost {lost}, row {row}"
 
 
+@pytest.mark.parametrize("kind", ACCUMULATORS)
+def test_lost_volumes_rebuilt_from_survivors_read_one_at_a_time(tmp_path, kind):
+    """Disc by disc: the survivors pass one after another through an accumulator with the
+    recovery coefficients; the scratch files end up holding the lost volumes."""
+    data = make_data(SHAPES["short-last"], seed=12)
+    rows = data + expected_parity(data, 2)
+    code = erasure.Code(len(data), 2)
+    lost = [1, len(data) - 1]
+    sources = [r for r in range(code.rows) if r not in lost]
+    scratch = [str(tmp_path / f"rebuilt{r}") for r in lost]
+    if kind == "inline":
+        accumulator = parity.ParityAccumulator(scratch, CHUNK, BLOCK, parities=lost,
+                                               coefficient=parity.rebuild_coefficient(code, lost, sources))
+    else:
+        accumulator = parity.ParallelParityAccumulator(
+            scratch, CHUNK, workers=2, block_size=BLOCK, parities=lost,
+            coefficient=parity.rebuild_coefficient(code, lost, sources))
+    for source in sources:
+        accumulator.add(rows[source])
+        accumulator.end_data_volume()
+    for volume, row in zip(accumulator.finish(), lost):
+        assert volume.parity == row
+        rebuilt_bytes = open(volume.path, "rb").read()
+        assert rebuilt_bytes[:len(rows[row])] == rows[row]
+        assert not any(rebuilt_bytes[len(rows[row]):])
+    with pytest.raises(erasure.NotEnoughVolumes):
+        parity.rebuild_coefficient(code, [0, 1, 2], [3, 4, 5, 6])
+
+
 @pytest.mark.parametrize("parity_count", [1, 2, 3])
 def test_more_losses_than_parity_are_refused_naming_what_is_missing(tmp_path, parity_count):
     data = make_data(SHAPES["short-last"])
