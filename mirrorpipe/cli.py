@@ -11,6 +11,7 @@ import fcntl
 import io
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
@@ -195,7 +196,9 @@ class _TerminalLine:
     def directory(cls):
         if cls._dir is None:
             base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-            cls._dir = os.path.join(base, f"mirrorpipe-progress-{os.getuid()}-{os.getpgrp()}")
+            prefix = f"mirrorpipe-progress-{os.getuid()}-"
+            cls._dir = os.path.join(base, f"{prefix}{os.getpgrp()}")
+            cls._sweep(base, prefix)
             atexit.register(cls._clean_up)
         # Made again on every use: the last command of a pipeline to exit removes it.
         os.makedirs(cls._dir, mode=0o700, exist_ok=True)
@@ -218,6 +221,20 @@ class _TerminalLine:
             os.unlink(os.path.join(cls.directory(), str(os.getpid())))
         except OSError:
             pass
+
+    @staticmethod
+    def _sweep(base, prefix):
+        """Remove the directories of pipelines whose processes are all gone: a command killed by
+        SIGPIPE or SIGKILL never runs its clean-up."""
+        for name in os.listdir(base):
+            if not name.startswith(prefix) or not name[len(prefix):].isdigit():
+                continue
+            try:
+                os.killpg(int(name[len(prefix):]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            except OSError:
+                pass
 
     @classmethod
     def _clean_up(cls):
