@@ -433,7 +433,7 @@ class Rebuilder:
     Rows are erasure.Code rows: data volumes 0 .. G-1, then parity volumes G .. G+K-1. A chunk
     counts as lost when its file is missing, cannot be read, is short or does not match its
     digest; what was found lost is remembered in the member's bad_chunks. Memory: the chunk being
-    read, a scaled copy of it, and one chunk-sized sum per row being rebuilt.
+    read and one chunk-sized sum per row being rebuilt, plus a few FOLD_BLOCK_SIZE pieces.
     """
 
     def __init__(self, data_members, parity_members, chunk_size, group_name="the group"):
@@ -519,20 +519,19 @@ class Rebuilder:
         a time; None when a source chunk turns out lost."""
         sources = sorted({s for plan in plans.values() for s in plan if self.chunk_length(s, number)})
         size = max(self.chunk_length(r, number) for r in range(self.code.rows))
-        pieces = range(0, size, FOLD_BLOCK_SIZE)
-        sums = {row: [0] * len(pieces) for row in plans}
+        sums = {row: [0] * len(range(0, size, FOLD_BLOCK_SIZE)) for row in plans}
         for source in sources:
             data = self.read_chunk(source, number)
             if data is None:
                 return None
-            whole = self.buffer if len(data) == len(self.buffer) else self.buffer[:len(data)]
-            for row, plan in plans.items():
-                constant = plan.get(source)
-                if constant:
-                    scaled = memoryview(erasure.scale(constant, whole))
-                    row_sums = sums[row]
-                    for i, start in enumerate(pieces):
-                        row_sums[i] ^= int.from_bytes(scaled[start:start + FOLD_BLOCK_SIZE], "little")
+            for i, start in enumerate(range(0, len(data), FOLD_BLOCK_SIZE)):
+                piece = data[start:start + FOLD_BLOCK_SIZE]
+                for row, plan in plans.items():
+                    constant = plan.get(source)
+                    if constant:
+                        # translate needs a bytearray: copy the piece, never the whole chunk.
+                        scaled = piece if constant == 1 else erasure.scale(constant, bytearray(piece))
+                        sums[row][i] ^= int.from_bytes(scaled, "little")
         return sums
 
     def _beyond_repair(self, number, lost):
