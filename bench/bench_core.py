@@ -117,7 +117,7 @@ def time_side_by_side(pipelines, runs, env, before=None, after=None):
             os.sync()
             start = time.perf_counter()
             proc = subprocess.run(["bash", "-o", "pipefail", "-c", text], env=dict(env, RUN=str(run)),
-                                  stderr=subprocess.PIPE, text=True)
+                                  stderr=subprocess.PIPE, text=True, check=False)
             elapsed = time.perf_counter() - start
             if proc.returncode:
                 raise BenchError(f"{name} pipeline failed (status {proc.returncode}): {text}\n{proc.stderr}")
@@ -179,12 +179,13 @@ def remove(path):
 
 
 def same_bytes(a, b):
-    return subprocess.run(["cmp", "-s", a, b]).returncode == 0
+    return subprocess.run(["cmp", "-s", a, b], check=False).returncode == 0
 
 
 def decodes_to(compressed, image):
     """True when stock zstd -d turns compressed into exactly the bytes of image."""
-    return subprocess.run(f"zstd -d -q < {sh(compressed)} | cmp -s - {sh(image)}", shell=True).returncode == 0
+    return subprocess.run(f"zstd -d -q < {sh(compressed)} | cmp -s - {sh(image)}", shell=True,
+                          check=False).returncode == 0
 
 
 def digest(sum_file):
@@ -254,7 +255,7 @@ def memory_at_sizes(workdir, sizes, seed, env):
         p = Pipelines(image, measure_dir)
         print(f"bench: memory at {format_size(size)}", file=sys.stderr)
         for pipelines in (p.backup(), p.restore(), p.checksum()):
-            time_side_by_side({"ours": pipelines["ours"]}, 1, env, before=lambda: remove(p.target))
+            time_side_by_side({"ours": pipelines["ours"]}, 1, env, before=lambda target=p.target: remove(target))
         remove(p.target)
         result[size] = ours_only({pipeline: measurements(measure_dir, pipeline)[0] for pipeline in
                                   ("backup-ours", "restore-ours", "checksum-ours")})
@@ -304,7 +305,7 @@ def print_report(image, runs, rows, checks, rss, memory):
 def tool_versions():
     def first_line(argv):
         try:
-            return subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0]
+            return subprocess.run(argv, capture_output=True, text=True, check=False).stdout.splitlines()[0]
         except (OSError, IndexError):
             return None
     return {"zstd": first_line(["zstd", "--version"]), "xxhsum": first_line(["xxhsum", "--version"]),
