@@ -152,9 +152,7 @@ class ParityAccumulator(_BlockFeed):
     def __init__(self, paths, chunk_size, block_size=FOLD_BLOCK_SIZE, parities=None,
                  coefficient=erasure.coefficient):
         super().__init__(block_size)
-        self.parities = list(parities if parities is not None else range(len(paths)))
-        if not 1 <= len(paths) <= erasure.MAX_PARITY or len(paths) != len(self.parities):
-            raise Error(f"{len(paths)} parity volumes per group: choose 1 to {erasure.MAX_PARITY}")
+        self.parities = _targets(paths, parities)
         self.coefficient = coefficient
         self.paths = list(paths)
         self.chunk_size = chunk_size
@@ -236,6 +234,14 @@ def rebuild_coefficient(code, lost, sources):
     return coefficient
 
 
+def _targets(paths, parities):
+    """The parity numbers (or lost rows) the files at paths are for, checked."""
+    targets = list(parities if parities is not None else range(len(paths)))
+    if not 1 <= len(paths) <= erasure.MAX_PARITY or len(paths) != len(targets):
+        raise Error(f"{len(paths)} parity volumes per group: choose 1 to {erasure.MAX_PARITY}")
+    return targets
+
+
 def _remove(paths):
     for path in paths:
         try:
@@ -260,9 +266,7 @@ class ParallelParityAccumulator(_BlockFeed):
     def __init__(self, paths, chunk_size, workers=None, block_size=FOLD_BLOCK_SIZE, parities=None,
                  coefficient=erasure.coefficient):
         super().__init__(block_size)
-        parities = list(parities if parities is not None else range(len(paths)))
-        if not 1 <= len(paths) <= erasure.MAX_PARITY:
-            raise Error(f"{len(paths)} parity volumes per group: choose 1 to {erasure.MAX_PARITY}")
+        parities = _targets(paths, parities)
         self.paths = list(paths)
         self.ring = mmap.mmap(-1, self.RING_SLOTS * block_size)
         self.ring_view = memoryview(self.ring)
@@ -277,10 +281,13 @@ class ParallelParityAccumulator(_BlockFeed):
         for first in range(count):
             mine = range(first, len(paths), count)
             ours, theirs = context.Pipe()
+            # The worker must not keep our ends of the pipes open: it would never see EOF when
+            # we die, and would outlive us.
+            ours_everywhere = [ours] + [c for _, c in self.workers]
             process = context.Process(
                 target=_parity_worker, daemon=True, name=f"parity-{first}",
-                args=(theirs, [paths[i] for i in mine], [parities[i] for i in mine], coefficient,
-                      chunk_size, block_size, self.ring))
+                args=(theirs, ours_everywhere, [paths[i] for i in mine], [parities[i] for i in mine],
+                      coefficient, chunk_size, block_size, self.ring))
             process.start()
             theirs.close()
             self.workers.append((process, ours))
@@ -361,8 +368,11 @@ class ParallelParityAccumulator(_BlockFeed):
                     raise Error(detail[0])
 
 
-def _parity_worker(connection, paths, parities, coefficient, chunk_size, block_size, ring):
-    """A worker process of ParallelParityAccumulator: a ParityAccumulator driven by messages."""
+def _parity_worker(connection, callers_ends, paths, parities, coefficient, chunk_size, block_size, ring):
+    """A worker process of ParallelParityAccumulator: a ParityAccumulator driven by messages.
+    It ends when its caller does (end of file on the connection)."""
+    for end in callers_ends:
+        end.close()
     # ^C reaches the whole process group: the caller handles it and the worker ends with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ring_view = memoryview(ring)

@@ -7,6 +7,10 @@ import os
 import random
 import resource
 import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +19,7 @@ from hypothesis import strategies as st
 from mirrorpipe import erasure, manifests, parity
 from mirrorpipe.errors import Error
 
+REPO = Path(__file__).resolve().parent.parent
 CHUNK = 16 << 10
 BLOCK = 10_000          # a fold block that does not divide the chunk: pieces straddle chunks
 
@@ -308,6 +313,29 @@ def test_a_parity_worker_that_dies_stops_the_group(tmp_path):
         for _ in range(20):
             accumulator.add(os.urandom(BLOCK))
     accumulator.discard()
+
+
+def test_parity_workers_end_when_their_caller_is_killed(tmp_path):
+    script = (f"import os, sys, time; sys.path.insert(0, {str(REPO)!r}); from mirrorpipe import parity; "
+              f"a = parity.ParallelParityAccumulator([{str(tmp_path / 'p1')!r}, {str(tmp_path / 'p2')!r}], "
+              f"{CHUNK}, workers=2); print(*[p.pid for p, _ in a.workers], flush=True); time.sleep(60)")
+    caller = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in caller.stdout.readline().split()]
+    assert len(workers) == 2
+    caller.kill()
+    caller.wait()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid in workers):
+        assert time.monotonic() < deadline, "parity workers outlived their caller"
+        time.sleep(0.05)
+
+
+def _state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
 
 
 @pytest.mark.parametrize("kind", ACCUMULATORS)
