@@ -598,7 +598,8 @@ class SetReader:
             if volume.manifest.last:
                 break
             index += 1
-        self._check_stream(volume)
+        if self.verify_only:
+            self._check_stream(volume)
         return self.reports
 
     def verify_present(self):
@@ -633,8 +634,8 @@ class SetReader:
             report.status = str(exc)
             return
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        # The volume hash repeats what the chunk hashes prove; only --verify checks it.
-        hashes = [self.stream_hash] + ([manifests.new_hash()] if self.verify_only else [])
+        # The stream and volume hashes repeat what the chunk hashes prove; only --verify checks them.
+        hashes = [self.stream_hash, manifests.new_hash()] if self.verify_only else []
         try:
             for number, start in enumerate(range(0, manifest.length, manifest.chunk_size)):
                 want = min(manifest.chunk_size, manifest.length - start)
@@ -705,7 +706,8 @@ def _load_chunk(fd, buffer, size, hashes):
     """Read a chunk into buffer, feeding each piece to `hashes` and to the chunk's own hash while
     the piece is still in the CPU cache; (bytes read, chunk digest).
 
-    The stream hash (in `hashes`) also takes a chunk that then fails its check; reading stops there."""
+    With --verify, the stream and volume hashes (in `hashes`) take every chunk, good or bad; they
+    are compared only when every chunk was good."""
     view = memoryview(buffer)
     chunk_hash = manifests.new_hash()
     got = 0
