@@ -325,12 +325,18 @@ def test_parity_workers_end_when_their_caller_is_killed(tmp_path):
     caller.kill()
     caller.wait()
     deadline = time.monotonic() + 10
-    while any(os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid in workers):
-        assert time.monotonic() < deadline, "parity workers outlived their caller"
-        time.sleep(0.05)
+    try:
+        while any(_state(pid) != "Z" for pid in workers):
+            assert time.monotonic() < deadline, "parity workers outlived their caller"
+            time.sleep(0.05)
+    finally:
+        for pid in workers:
+            if _state(pid) != "Z":
+                os.kill(pid, signal.SIGKILL)
 
 
 def _state(pid):
+    """A process's state letter; Z also for one that is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0]
