@@ -151,11 +151,15 @@ def fresh_dir(path):
     return path
 
 
+def size_label(size):
+    """2147483648 -> '2G', 268435456 -> '256M': for file names."""
+    return next((f"{size >> shift}{unit}" for shift, unit in ((30, "G"), (20, "M")) if size % (1 << shift) == 0),
+                str(size))
+
+
 def sample_image(workdir, size, seed):
     """The cached sample image of this size and seed, made by tools/make-sample-disk when missing."""
-    label = next((f"{size >> shift}{unit}" for shift, unit in ((30, "G"), (20, "M")) if size % (1 << shift) == 0),
-                 str(size))
-    path = os.path.join(workdir, f"sample-{label}-seed{seed}.img")
+    path = os.path.join(workdir, f"sample-{size_label(size)}-seed{seed}.img")
     if not os.path.exists(path):
         print(f"bench: building {path} (cached for later runs)", file=sys.stderr)
         partial = path + ".part"
@@ -251,7 +255,7 @@ def memory_at_sizes(workdir, sizes, seed, env):
     result = {}
     for size in sizes:
         image = sample_image(workdir, size, seed)
-        measure_dir = fresh_dir(os.path.join(workdir, f"measure-{size}"))
+        measure_dir = fresh_dir(os.path.join(workdir, f"measure-memory-{size_label(size)}"))
         p = Pipelines(image, measure_dir)
         print(f"bench: memory at {format_size(size)}", file=sys.stderr)
         for pipelines in (p.backup(), p.restore(), p.checksum()):
