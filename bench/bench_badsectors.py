@@ -11,12 +11,18 @@ fail with EIO from the kernel), optionally through a loop device over it (a bloc
                   with --max-retry-time 0 (probes only) and 10 (then sector by sector for 10 s)
 
 Each case runs `read-disk --map MAP SOURCE > /dev/null` --runs times; the table gives the median
-time, the ratio to the healthy median, and the read requests (and failed ones) faultfs answered
-per run. Needs root, /dev/fuse, gcc, pkg-config and the Debian packages fuse3 and libfuse3-dev.
+time, the ratio to the healthy median, the read requests (and failed ones) faultfs answered per
+run, and for the 1 % cases the read requests per bad sector beyond those of the healthy source.
+Needs root, /dev/fuse, gcc, pkg-config and the Debian packages fuse3 and libfuse3-dev.
+
+With --baseline DIR (another checkout of mirrorpipe, e.g. `git archive HEAD | tar -x -C DIR`),
+its read-disk runs too, alternately with this one's on the same sources, so that both meet the
+same load; each gets its own rows, and its ratios are to its own healthy median.
 
     python bench/bench_badsectors.py                 # 256 MiB, 3 runs, FUSE file
     python bench/bench_badsectors.py --size 1G --loop
     python bench/bench_badsectors.py --error-delay-us 1000 --runs 1   # errors slow as a disk's
+    python bench/bench_badsectors.py --baseline /tmp/before --runs 5
 
 Run it with a Python that has mirrorpipe's dependencies: bin/read-disk runs with it.
 """
@@ -55,9 +61,9 @@ def make_image(path, size):
         f.write(os.urandom(size % (16 << 20)))
 
 
-def time_read_disk(source, options, map_path):
+def time_read_disk(read_disk, source, options, map_path):
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, READ_DISK, "-q", "--map", map_path, *options, source],
+    result = subprocess.run([sys.executable, read_disk, "-q", "--map", map_path, *options, source],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     elapsed = time.perf_counter() - started
     if result.returncode not in (0, 3):
@@ -75,7 +81,14 @@ def main():
     parser.add_argument("--error-delay-us", type=int, default=0, metavar="N",
                         help="make every failing read take N microseconds, as a real disk's do")
     parser.add_argument("--workdir", default=None, help="where the image goes (default: a temp dir)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="another mirrorpipe checkout to run alternately with this one")
     args = parser.parse_args()
+    engines = [("", READ_DISK)]
+    if args.baseline:
+        engines = [("this: ", READ_DISK), ("baseline: ", os.path.join(args.baseline, "bin", "read-disk"))]
+        if not os.path.exists(engines[1][1]):
+            raise SystemExit(f"no bin/read-disk in {args.baseline}")
     reason = missing_requirement()
     if reason:
         raise SystemExit(f"cannot run: {reason}")
@@ -95,28 +108,45 @@ def main():
             ("dead half, --max-retry-time 10", {"fail_from": size // 2}, ["--max-retry-time", "10"]),
         ]
         print(f"{format_size(size)} source, {'loop device over ' if args.loop else ''}faultfs, "
-              f"{args.error_delay_us} us per failing read, {args.runs} runs per case, medians")
-        print(f"{'case':32} {'time s':>8} {'MB/s':>8} {'ratio':>7} {'reads/run':>10} {'failed/run':>10}  exit")
-        healthy = None
+              f"{args.error_delay_us} us per failing read, {args.runs} runs per case, medians; "
+              f"load average {os.getloadavg()[0]:.1f}")
+        print(f"{'case':42} {'time s':>8} {'MB/s':>8} {'ratio':>7} {'reads/run':>10} {'failed/run':>10} "
+              f"{'reads/bad':>9}  exit")
+        healthy = {}
         for name, faults, options in cases:
             disk = fs.mount(image, error_delay_us=args.error_delay_us, **faults)
             source_context = loop_device(disk.path) if args.loop else None
             source = source_context.__enter__() if source_context else disk.path
+            times = {label: [] for label, _ in engines}
+            counts = {label: [0, 0] for label, _ in engines}
+            statuses = {}
             try:
-                times = []
                 for _ in range(args.runs):
-                    if args.loop:  # each run starts from the disk, not from the page cache
-                        subprocess.run(["blockdev", "--flushbufs", source], check=True)
-                    elapsed, status = time_read_disk(source, options, os.path.join(workdir, "map"))
-                    times.append(elapsed)
-                stats = disk.stats()
+                    for label, read_disk in engines:
+                        if args.loop:  # each run starts from the disk, not from the page cache
+                            subprocess.run(["blockdev", "--flushbufs", source], check=True)
+                        before = disk.stats()
+                        elapsed, status = time_read_disk(read_disk, source, options,
+                                                         os.path.join(workdir, "map"))
+                        after = disk.stats()
+                        times[label].append(elapsed)
+                        statuses[label] = status
+                        counts[label][0] += after["reads"] - before["reads"]
+                        counts[label][1] += after["failed"] - before["failed"]
             finally:
                 if source_context:
                     source_context.__exit__(None, None, None)
-            median = statistics.median(times)
-            healthy = healthy or median
-            print(f"{name:32} {median:8.2f} {size / median / 1e6:8.0f} {median / healthy:7.1f} "
-                  f"{stats['reads'] // args.runs:>10} {stats['failed'] // args.runs:>10}  {status}")
+            bad_sectors = sum(count for _, count in faults.get("bad", []))
+            for label, _ in engines:
+                median = statistics.median(times[label])
+                reads, failed = (n // args.runs for n in counts[label])
+                healthy.setdefault(label, (median, reads))
+                per_bad = (f"{(reads - healthy[label][1]) / bad_sectors:9.2f}" if bad_sectors
+                           else f"{'':9}")
+                print(f"{label + name:42} {median:8.2f} {size / median / 1e6:8.0f} "
+                      f"{median / healthy[label][0]:7.1f} {reads:>10} {failed:>10} {per_bad}  {statuses[label]}",
+                      flush=True)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         fs.close()
         shutil.rmtree(workdir, ignore_errors=True)

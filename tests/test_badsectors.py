@@ -4,6 +4,7 @@ source's, unreadable sectors hold the fill, the map lists exactly the bad sector
 ddrescuelog reads it, and the exit status is 3."""
 
 import os
+import random
 import shutil
 import subprocess
 
@@ -196,6 +197,50 @@ def test_loop_device_saves_the_readable_sectors_of_a_failing_page(image, tmp_pat
     assert result.returncode == EXIT_UNREADABLE, result.stderr_text
     assert out == expected_image(image, sectors_of(bad))
     assert listed_bad_sectors(map_path) == sectors_of(bad)
+
+
+def read_through_engine(path, size, **options):
+    """The engine over the file at path, from Python; (image bytes, reader)."""
+    fd = os.open(path, os.O_RDONLY)
+    out = bytearray(size)
+    try:
+        with badsectors.BadSectorReader(fd, 0, size, **options) as reader:
+            position = 0
+            while position < size:
+                position += reader.read(position, memoryview(out)[position:position + MIB])
+    finally:
+        os.close(fd)
+    return bytes(out), reader
+
+
+@pytest.mark.parametrize("cost_ratio, reads_per_bad, failed_per_bad", [
+    (1, 9.5, 5.5),      # failed reads as quick as good ones, as faultfs's: fewest reads
+    (1000, None, 1.2),  # a real disk's (seconds against a fraction of a millisecond): fewest failures
+])
+def test_reads_per_scattered_bad_sector(image, faultfs, monkeypatch, cost_ratio, reads_per_bad,
+                                        failed_per_bad):
+    """1 % of the sectors bad, each alone, spread at random: the read requests faultfs counts per
+    bad sector, beyond those of the healthy source, stay near the least possible (about 8: each
+    read answers yes or no, and where the bad sectors are holds about 8 bits per bad sector).
+    Halving the rest of the block after each bad sector took about 12 (7 of them failed).
+    The cost ratio of failed to good reads, measured by the engine, is pinned so that the plan,
+    and the count, do not depend on the timing of the machine."""
+    monkeypatch.setattr(badsectors.BadSectorReader, "_cost_ratio", lambda self: float(cost_ratio))
+    bad = sorted(random.Random(5).sample(range(SECTORS), SECTORS // 100))
+    healthy = faultfs.mount(image)
+    read_through_engine(healthy.path, SIZE)
+    disk = faultfs.mount(image, bad=runs(bad))
+    out, reader = read_through_engine(disk.path, SIZE, max_retry_time=0)
+    assert out == expected_image(image, bad)
+    assert [s for start, end, _ in reader.map.areas(mapfile.UNREAD)
+            for s in range(start // SECTOR, end // SECTOR)] == bad
+    assert reader.map.areas(mapfile.BAD_SECTOR) == reader.map.areas(mapfile.UNREAD)
+    stats = disk.stats()
+    extra_reads = (stats["reads"] - healthy.stats()["reads"]) / len(bad)
+    assert stats["failed"] >= len(bad), "each bad sector fails at least once: the count is wrong"
+    if reads_per_bad:
+        assert extra_reads <= reads_per_bad
+    assert stats["failed"] / len(bad) <= failed_per_bad
 
 
 @given(st.lists(st.tuples(st.integers(0, 6143), st.integers(1, 300)), max_size=6),
