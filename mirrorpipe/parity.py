@@ -94,15 +94,43 @@ class ParityVolume:
     data_lengths: list      # the group's data volumes' lengths, in order
 
 
-class _BlockFeed:
-    """Cuts the bytes of each data volume of a group into blocks of block_size (the last block of
-    a volume shorter) and hands each to _take_block(); tracks the data volumes' lengths."""
+class ParityAccumulator:
+    """The parity volumes of one group, built in files while the group's data volumes pass.
 
-    def __init__(self, block_size):
+    Feed each data volume's bytes in order with add(), call end_data_volume() after each data
+    volume, and finish() after the last. The files at `paths` (parity volumes `parities`, by
+    default 0 .. len(paths)-1) are created (truncated) at once; finish() fsyncs, hashes and
+    closes them, discard() removes them. Each data volume is cut into blocks of block_size,
+    folded into the parity files at the same offset. Memory: one block and a few blocks' worth
+    of temporaries, whatever the volume size.
+
+    The same fold rebuilds lost volumes from volumes that arrive one at a time (discs inserted
+    one by one): pass the lost rows as `parities` and as `coefficient` what each volume fed is
+    multiplied by for each of them (from erasure.Code.recovery); see rebuild_coefficient().
+    """
+
+    def __init__(self, paths, chunk_size, block_size=FOLD_BLOCK_SIZE, parities=None,
+                 coefficient=erasure.coefficient):
+        self.targets = list(parities if parities is not None else range(len(paths)))
+        if not 1 <= len(paths) <= erasure.MAX_PARITY or len(paths) != len(self.targets):
+            raise Error(f"{len(paths)} parity volumes per group: choose 1 to {erasure.MAX_PARITY}")
+        self.paths = list(paths)
+        self.coefficient = coefficient
+        self.chunk_size = chunk_size
         self.block_size = block_size
+        self.block = bytearray(block_size)
         self.filled = 0           # bytes of the pending block
         self.data_offset = 0      # bytes of the current data volume taken so far
         self.data_lengths = []    # of the data volumes ended so far
+        self.fds = []
+        self.finished = False
+        _reuse_freed_memory()
+        try:
+            for path in self.paths:
+                self.fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666))
+        except OSError as exc:
+            self._remove_files()
+            raise Error(f"cannot create parity volume {exc.filename}: {exc.strerror}") from None
 
     def add(self, data):
         """Take the next bytes of the current data volume."""
@@ -126,83 +154,33 @@ class _BlockFeed:
             return
         if len(self.data_lengths) >= erasure.MAX_DATA:
             raise Error(f"a parity group holds at most {erasure.MAX_DATA} data volumes")
-        self._take_block(self.filled)
+        # Beyond the longest earlier data volume the parity files hold nothing yet (zeros).
+        held = min(self.filled, max(0, max(self.data_lengths, default=0) - self.data_offset))
+        self._fold_block(self.filled, len(self.data_lengths), self.data_offset, held)
         self.data_offset += self.filled
         self.filled = 0
-
-    def _check_ended(self):
-        if self.filled or self.data_offset:
-            raise ValueError("end_data_volume() was not called after the last data volume")
-
-
-class ParityAccumulator(_BlockFeed):
-    """The parity volumes of one group, built in files while the group's data volumes pass.
-
-    Feed each data volume's bytes in order with add(), call end_data_volume() after each data
-    volume, and finish() after the last. The files at `paths` (parity volumes `parities`, by
-    default 0 .. len(paths)-1) are created (truncated) at once; finish() fsyncs, hashes and
-    closes them, discard() removes them. Memory: one block and a few blocks' worth of
-    temporaries, whatever the volume size.
-
-    The same fold rebuilds lost volumes from volumes that arrive one at a time (discs inserted
-    one by one): pass the lost rows as `parities` and as `coefficient` what each volume fed is
-    multiplied by for each of them (from erasure.Code.recovery); see rebuild_coefficient().
-    """
-
-    def __init__(self, paths, chunk_size, block_size=FOLD_BLOCK_SIZE, parities=None,
-                 coefficient=erasure.coefficient):
-        super().__init__(block_size)
-        self.parities = _targets(paths, parities)
-        self.coefficient = coefficient
-        self.paths = list(paths)
-        self.chunk_size = chunk_size
-        self.block = bytearray(block_size)
-        self.parity_length = 0
-        self.fds = []
-        self.finished = False
-        _reuse_freed_memory()
-        try:
-            for path in self.paths:
-                self.fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666))
-        except OSError as exc:
-            self.discard()
-            raise Error(f"cannot create parity volume {exc.filename}: {exc.strerror}") from None
 
     def _pending_block(self):
         return self.block
 
-    def _take_block(self, size):
-        """parity_p[x ...] += coefficient(p, i) * block, for the block at x of data volume i."""
-        index, offset = len(self.data_lengths), self.data_offset
+    def _fold_block(self, size, index, offset, held):
         data = self.block if size == len(self.block) else self.block[:size]
-        # Beyond the parity written so far every earlier data volume is zero: no read needed.
-        held = min(size, max(0, self.parity_length - offset))
-        try:
-            for path, parity, fd in zip(self.paths, self.parities, self.fds):
-                constant = self.coefficient(parity, index)
-                if held:
-                    stored = _pread_full(fd, held, offset)
-                    updated = erasure.combine([(1, stored), (constant, data)], size)
-                else:
-                    updated = erasure.scale(constant, data)
-                _pwrite_all(fd, updated, offset)
-        except OSError as exc:
-            raise Error(f"cannot write parity volume {path}: {cli.describe_os_error(exc)}; "
-                        "the parity volumes of this group are incomplete") from None
-        self.parity_length = max(self.parity_length, offset + size)
+        _fold(self, data, index, offset, held)
 
     def finish(self):
         """Make the parity volumes durable and hash them; a ParityVolume for each, in order."""
-        self._check_ended()
+        if self.filled or self.data_offset:
+            raise ValueError("end_data_volume() was not called after the last data volume")
+        length = max(self.data_lengths, default=0)
         finished = []
         try:
-            for path, parity, fd in zip(self.paths, self.parities, self.fds):
+            for path, target, fd in zip(self.paths, self.targets, self.fds):
                 os.fsync(fd)
-                chunk_digests, volume_digest = _hash_file(fd, self.parity_length, self.chunk_size)
+                chunk_digests, volume_digest = _hash_file(fd, length, self.chunk_size)
                 finished.append(ParityVolume(
-                    parity=parity, path=path, length=self.parity_length, chunk_digests=chunk_digests,
+                    parity=target, path=path, length=length, chunk_digests=chunk_digests,
                     volume_digest=volume_digest, data_lengths=list(self.data_lengths),
-                    coefficients=[self.coefficient(parity, i) for i in range(len(self.data_lengths))]))
+                    coefficients=[self.coefficient(target, i) for i in range(len(self.data_lengths))]))
         except OSError as exc:
             raise Error(f"cannot finish parity volume {path}: {cli.describe_os_error(exc)}") from None
         self._close()
@@ -217,9 +195,34 @@ class ParityAccumulator(_BlockFeed):
     def discard(self):
         """Close and remove the parity files (after a failure: they would only take space);
         nothing once finish() has returned."""
-        self._close()
         if not self.finished:
-            _remove(self.paths)
+            self._remove_files()
+
+    def _remove_files(self):
+        self._close()
+        for path in self.paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def _fold(files, data, index, offset, held):
+    """parity_t[offset ...] += coefficient(t, index) * data for each target t of `files` (a
+    ParityAccumulator's paths, targets, fds and coefficient); `held` bytes from offset hold
+    earlier sums, the rest is still zeros."""
+    try:
+        for path, target, fd in zip(files.paths, files.targets, files.fds):
+            constant = files.coefficient(target, index)
+            if held:
+                stored = _pread_full(fd, held, offset)
+                updated = erasure.combine([(1, stored), (constant, data)], len(data))
+            else:
+                updated = erasure.scale(constant, data)
+            _pwrite_all(fd, updated, offset)
+    except OSError as exc:
+        raise Error(f"cannot write parity volume {path}: {cli.describe_os_error(exc)}; "
+                    "the parity volumes of this group are incomplete") from None
 
 
 def rebuild_coefficient(code, lost, sources):
@@ -234,97 +237,68 @@ def rebuild_coefficient(code, lost, sources):
     return coefficient
 
 
-def _targets(paths, parities):
-    """The parity numbers (or lost rows) the files at paths are for, checked."""
-    targets = list(parities if parities is not None else range(len(paths)))
-    if not 1 <= len(paths) <= erasure.MAX_PARITY or len(paths) != len(targets):
-        raise Error(f"{len(paths)} parity volumes per group: choose 1 to {erasure.MAX_PARITY}")
-    return targets
-
-
-def _remove(paths):
-    for path in paths:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
-
-
-class ParallelParityAccumulator(_BlockFeed):
-    """A ParityAccumulator whose folding runs in worker processes, each building some of the
-    parity volumes, beside the caller's own work.
+class ParallelParityAccumulator(ParityAccumulator):
+    """A ParityAccumulator whose folding runs in worker processes, beside the caller's work.
 
     Folding is CPU work in Python objects (int.from_bytes, bytes.translate) that holds the GIL,
-    so threads would not overlap it; processes do. Blocks reach the workers through a ring of
-    RING_SLOTS shared-memory slots (an anonymous shared mapping the forked workers inherit); a
-    slot is reused once every worker has taken its block, which bounds memory and keeps the
-    workers at most RING_SLOTS blocks behind. Same interface as ParityAccumulator.
+    so threads would not overlap it; processes do. Worker w folds the blocks at offsets
+    w, w + W, w + 2W, ... (in blocks) of every data volume into every parity file: the work is
+    even for any number of parity volumes, and one offset is only ever folded by one worker, in
+    order. Blocks reach the workers through a ring of RING_SLOTS shared-memory slots (an
+    anonymous shared mapping the forked workers inherit, like the parity files' descriptors);
+    a slot is reused once its worker has copied the block out, which bounds memory and keeps
+    the workers at most RING_SLOTS blocks behind.
     """
 
     RING_SLOTS = 8
 
     def __init__(self, paths, chunk_size, workers=None, block_size=FOLD_BLOCK_SIZE, parities=None,
                  coefficient=erasure.coefficient):
-        super().__init__(block_size)
-        parities = _targets(paths, parities)
-        self.paths = list(paths)
+        super().__init__(paths, chunk_size, block_size, parities, coefficient)
         self.ring = mmap.mmap(-1, self.RING_SLOTS * block_size)
         self.ring_view = memoryview(self.ring)
         self.slot = 0
-        self.readers = [0] * self.RING_SLOTS     # workers yet to take each slot's block
-        self.finished = []
-        self.done_workers = set()
-        self.ready = 0
-        count = max(1, min(len(paths), workers or os.cpu_count() or 1))
-        context = multiprocessing.get_context("fork")
+        self.busy = [False] * self.RING_SLOTS       # a worker has yet to copy the slot's block
         self.workers = []
-        for first in range(count):
-            mine = range(first, len(paths), count)
+        self.ended = set()                          # connections of workers that have finished
+        count = max(1, workers or os.cpu_count() or 1)
+        context = multiprocessing.get_context("fork")
+        for _ in range(count):
             ours, theirs = context.Pipe()
             # The worker must not keep our ends of the pipes open: it would never see EOF when
             # we die, and would outlive us.
             ours_everywhere = [ours] + [c for _, c in self.workers]
-            process = context.Process(
-                target=_parity_worker, daemon=True, name=f"parity-{first}",
-                args=(theirs, ours_everywhere, [paths[i] for i in mine], [parities[i] for i in mine],
-                      coefficient, chunk_size, block_size, self.ring))
+            process = context.Process(target=_parity_worker, daemon=True, name="parity",
+                                      args=(theirs, ours_everywhere, self))
             process.start()
             theirs.close()
             self.workers.append((process, ours))
-        try:
-            self._wait_until(lambda: self.ready == len(self.workers))
-        except Error:
-            self.discard()
-            raise
 
     def _pending_block(self):
         start = self.slot * self.block_size
         return self.ring_view[start:start + self.block_size]
 
-    def _take_block(self, size):
-        self._send(("block", self.slot, size))
-        self.readers[self.slot] = len(self.workers)
+    def _fold_block(self, size, index, offset, held):
+        _, connection = self.workers[offset // self.block_size % len(self.workers)]
+        self._send(connection, ("block", self.slot, size, index, offset, held))
+        self.busy[self.slot] = True
         self.slot = (self.slot + 1) % self.RING_SLOTS
-        self._wait_until(lambda: self.readers[self.slot] == 0)
-
-    def end_data_volume(self):
-        super().end_data_volume()
-        self._send(("end",))
+        self._wait_until(lambda: not self.busy[self.slot])
 
     def finish(self):
-        """Wait for the workers to finish their parity volumes; a ParityVolume for each, in order."""
-        self._check_ended()
-        self._send(("finish",))
-        self._wait_until(lambda: len(self.finished) == len(self.paths))
+        """Wait for the workers to fold every block, then finish as ParityAccumulator does."""
+        if self.filled or self.data_offset:
+            raise ValueError("end_data_volume() was not called after the last data volume")
+        for _, connection in self.workers:
+            self._send(connection, ("finish",))
+        self._wait_until(lambda: len(self.ended) == len(self.workers))
         self._stop_workers(terminate=False)
-        order = {path: i for i, path in enumerate(self.paths)}
-        return sorted(self.finished, key=lambda volume: order[volume.path])
+        return super().finish()
 
     def discard(self):
         """Stop the workers and remove the parity files; nothing once finish() has returned."""
         self._stop_workers(terminate=True)
-        if len(self.finished) < len(self.paths):
-            _remove(self.paths)
+        super().discard()
 
     def _stop_workers(self, terminate):
         for process, connection in self.workers:
@@ -337,59 +311,51 @@ class ParallelParityAccumulator(_BlockFeed):
             self.ring_view.release()
             self.ring.close()
 
-    def _send(self, message):
-        for _, connection in self.workers:
-            try:
-                connection.send(message)
-            except OSError:
-                # The worker is gone: its last words say why.
-                self._wait_until(lambda: False)
+    def _send(self, connection, message):
+        try:
+            connection.send(message)
+        except OSError:
+            self._wait_until(lambda: False)     # the worker is gone: its last words say why
 
     def _wait_until(self, done):
         """Take the workers' messages until done() holds; errors.Error when a worker failed
         (the caller then discards the group)."""
         while not done():
-            # A worker that sent its volumes has ended: its connection only has EOF left.
-            working = [c for _, c in self.workers if c not in self.done_workers]
+            # A worker that has finished has ended: its connection only has EOF left.
+            working = [c for _, c in self.workers if c not in self.ended]
             for connection in multiprocessing.connection.wait(working):
                 try:
                     kind, *detail = connection.recv()
                 except (EOFError, OSError):
                     raise Error("a parity worker process ended unexpectedly; the parity volumes of "
                                 "this group are incomplete") from None
-                if kind == "done":
-                    self.readers[detail[0]] -= 1
-                elif kind == "ready":
-                    self.ready += 1
+                if kind == "copied":
+                    self.busy[detail[0]] = False
                 elif kind == "finished":
-                    self.finished += detail[0]
-                    self.done_workers.add(connection)
+                    self.ended.add(connection)
                 else:
                     raise Error(detail[0])
 
 
-def _parity_worker(connection, callers_ends, paths, parities, coefficient, chunk_size, block_size, ring):
-    """A worker process of ParallelParityAccumulator: a ParityAccumulator driven by messages.
-    It ends when its caller does (end of file on the connection)."""
+def _parity_worker(connection, callers_ends, files):
+    """A worker process of ParallelParityAccumulator: folds the blocks it is sent into the
+    parity files it inherited. It ends when its caller does (end of file on the connection)."""
     for end in callers_ends:
         end.close()
     # ^C reaches the whole process group: the caller handles it and the worker ends with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ring_view = memoryview(ring)
+    block = bytearray(files.block_size)
     try:
-        accumulator = ParityAccumulator(paths, chunk_size, block_size, parities, coefficient)
-        connection.send(("ready",))
         while True:
             kind, *detail = connection.recv()
-            if kind == "block":
-                slot, size = detail
-                accumulator.add(ring_view[slot * block_size:slot * block_size + size])
-                connection.send(("done", slot))
-            elif kind == "end":
-                accumulator.end_data_volume()
-            else:
-                connection.send(("finished", accumulator.finish()))
+            if kind == "finish":
+                connection.send(("finished",))
                 return
+            slot, size, index, offset, held = detail
+            start = slot * files.block_size
+            block[:size] = files.ring_view[start:start + size]
+            connection.send(("copied", slot))
+            _fold(files, block if size == len(block) else block[:size], index, offset, held)
     except Error as exc:
         connection.send(("error", str(exc)))
     except EOFError:
