@@ -224,6 +224,24 @@ def test_a_third_damaged_chunk_at_one_position_with_two_parity_is_refused_with_i
     assert rebuild.health().spare == -1
 
 
+def test_a_truncated_volume_file_has_its_missing_tail_rebuilt(tmp_path):
+    """Real files: a volume cut short (copy interrupted) reads short from its new end on."""
+    data = make_data([48_000] * 3 + [30_000], seed=13)
+    rows = data + expected_parity(data, 1)
+    paths = []
+    for row, content in enumerate(rows):
+        paths.append(tmp_path / f"volume{row}")
+        paths[-1].write_bytes(content)
+    os.truncate(paths[1], CHUNK + 100)
+    group = [parity.Member(f"volume {row}", len(content), open(path, "rb", buffering=0), chunk_digests(content))
+             for row, (path, content) in enumerate(zip(paths, rows))]
+    rebuild = parity.Rebuilder(group[:4], group[4:], CHUNK)
+    assert rebuilt(rebuild, 1) == rows[1]
+    assert group[1].bad_chunks == {1, 2}
+    for member in group:
+        member.file.close()
+
+
 class FailingReads(io.BytesIO):
     """A file whose reads fail (EIO, like a scratched disc) from one offset on."""
 
