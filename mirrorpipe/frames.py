@@ -298,6 +298,13 @@ class _Input:
         self.offset += count
         return data
 
+    def take_into(self, count, dest):
+        """Consume count bytes into the start of the bytearray dest (at least count long)."""
+        with memoryview(self.buf) as view:
+            dest[:count] = view[self.pos:self.pos + count]
+        self.pos += count
+        self.offset += count
+
     def skip(self, count):
         """Consume count bytes without keeping them; False when the input ends first."""
         while count:
@@ -346,21 +353,46 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
             local.dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
         return local.dctx
 
-    def decode_job(frame, frame_offset):
-        try:
-            return decompressor().decompress(frame)
-        except zstandard.ZstdError as exc:
-            raise Error(f"corrupt data in the zstd frame at compressed offset {frame_offset}: {exc}") from None
+    # Frames and what they decode to live in reused buffers: a fresh 8 MiB object per frame costs
+    # the kernel a page fault per 4 KiB. A frame holds its buffers from the moment it is read
+    # until it is written: the queue's depth, one being queued, one being written.
+    depth = threads + 1
+    buffers = _BufferPool(depth + 2)
+    frame_buffers = _BufferPool(depth + 2)
 
-    def sink(data):
+    def decode_job(frame_buf, frame_length, frame_offset, content_size):
+        buf = buffers.acquire(content_size)
+        view = memoryview(buf)[:content_size]
+        got = 0
+        try:
+            with decompressor().stream_reader(memoryview(frame_buf)[:frame_length]) as reader:
+                while got < content_size:
+                    n = reader.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                # Reading past the content reaches the frame's end, where the checksum is checked.
+                if got < content_size or reader.readinto(bytearray(1)):
+                    raise zstandard.ZstdError("the decoded size differs from the frame's content size")
+        except zstandard.ZstdError as exc:
+            buffers.release(buf)
+            raise Error(f"corrupt data in the zstd frame at compressed offset {frame_offset}: {exc}") from None
+        finally:
+            frame_buffers.release(frame_buf)
+        return view, buf
+
+    def sink(item):
+        data, buf = item
         write_all(dst_fd, data)
         stats.raw_bytes += len(data)
+        if buf is not None:
+            buffers.release(buf)
         if progress:
             progress.advance(len(data))
 
     src = _Input(src_fd)
     stream = _StreamCheck()
-    writer = _OrderedWriter(threads, threads + 1, sink)
+    writer = _OrderedWriter(threads, depth, sink)
     try:
         while src.fill(4):
             frame_offset = src.offset
@@ -394,8 +426,10 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
             content_size = _content_size(src.peek(header_size), fcs_bytes, 5 + fcs_at)
             has_checksum = bool(descriptor & 0x04)
             if content_size is not None and content_size <= POOL_FRAME_LIMIT:
-                frame = _take_frame(src, frame_offset, header_size, has_checksum)
-                writer.submit(decode_job, frame, frame_offset)
+                length = _frame_length(src, frame_offset, header_size, has_checksum)
+                frame_buf = frame_buffers.acquire(length)
+                src.take_into(length, frame_buf)
+                writer.submit(decode_job, frame_buf, length, frame_offset, content_size)
             else:
                 _stream_frame(src, frame_offset, header_size, has_checksum, writer)
             stream.frame_read(src.offset - frame_offset)
@@ -404,6 +438,22 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
         stats.compressed_bytes = src.offset
         writer.close()
     return stats
+
+
+class _BufferPool:
+    """At most `count` bytearrays, handed out and returned again; one too small is replaced."""
+
+    def __init__(self, count):
+        self.free = queue.Queue()
+        for _ in range(count):
+            self.free.put(bytearray())
+
+    def acquire(self, size):
+        buf = self.free.get()
+        return buf if len(buf) >= size else bytearray(size)
+
+    def release(self, buf):
+        self.free.put(buf)
 
 
 class _StreamCheck:
@@ -492,11 +542,12 @@ def _block_ends(src, frame_offset, header_size, has_checksum):
         yield at
 
 
-def _take_frame(src, frame_offset, header_size, has_checksum):
+def _frame_length(src, frame_offset, header_size, has_checksum):
+    """Compressed length of the frame at the read position, read into the buffer whole."""
     end = 0
     for end in _block_ends(src, frame_offset, header_size, has_checksum):
         pass
-    return src.take(end)
+    return end
 
 
 def _stream_frame(src, frame_offset, header_size, has_checksum, writer):
@@ -521,10 +572,10 @@ def _stream_frame(src, frame_offset, header_size, has_checksum, writer):
             pending.append(out)
             pending_size += len(out)
             if pending_size >= BLOCK_SIZE:
-                writer.put_result(b"".join(pending))
+                writer.put_result((b"".join(pending), None))
                 pending, pending_size = [], 0
     if pending:
-        writer.put_result(b"".join(pending))
+        writer.put_result((b"".join(pending), None))
 
 
 def _truncated(src, frame_offset, what):
