@@ -169,7 +169,7 @@ def test_lost_volumes_rebuilt_from_survivors_read_one_at_a_time(tmp_path, kind):
 
 
 @pytest.mark.parametrize("parity_count", [1, 2, 3])
-def test_more_losses_than_parity_are_refused_naming_what_is_missing(tmp_path, parity_count):
+def test_more_losses_than_parity_are_refused_naming_what_is_missing(parity_count):
     data = make_data(SHAPES["short-last"])
     rows = data + expected_parity(data, parity_count)
     names = [f"volume {i + 1}" for i in range(len(data))] + [f"parity volume {p + 1}" for p in range(parity_count)]
@@ -191,7 +191,7 @@ def damage(data, offset):
     return bytes(damaged)
 
 
-def test_damage_inside_several_volumes_is_repaired_chunk_by_chunk(tmp_path):
+def test_damage_inside_several_volumes_is_repaired_chunk_by_chunk():
     """Flipped bits in four volumes, at most two per chunk position, with two parity volumes."""
     data = make_data([48_000] * 4 + [21_001], seed=9)
     rows = data + expected_parity(data, 2)
@@ -210,7 +210,7 @@ def test_damage_inside_several_volumes_is_repaired_chunk_by_chunk(tmp_path):
         assert rebuilt(rebuild, row) == rows[row]
 
 
-def test_a_third_damaged_chunk_at_one_position_with_two_parity_is_refused_with_its_offset(tmp_path):
+def test_a_third_damaged_chunk_at_one_position_with_two_parity_is_refused_with_its_offset():
     data = make_data([48_000] * 3, seed=10)
     rows = data + expected_parity(data, 2)
     group = members(rows)
@@ -267,7 +267,7 @@ def test_unreadable_chunks_count_as_lost_and_are_rebuilt():
 
 @settings(max_examples=25, deadline=None)
 @given(st.data())
-def test_random_groups_and_loss_patterns_are_rebuilt(tmp_path_factory, draw):
+def test_random_groups_and_loss_patterns_are_rebuilt(draw):
     parity_count = draw.draw(st.integers(1, 3), "parity_count")
     data_count = draw.draw(st.integers(1, 6), "data_count")
     full = draw.draw(st.integers(1, 3 * CHUNK), "volume length")
