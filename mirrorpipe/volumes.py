@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from . import cli, manifests
 from .errors import Error
 from .manifests import Manifest
-from .streams import read_full, write_all
+from .streams import fsync_directory, read_full, write_all
 
 PART_SUFFIX = ".part"
 IO_BUFFER_SIZE = 1 << 20
@@ -85,14 +85,6 @@ def describe_indices(indices):
         else:
             ranges.append([index, index])
     return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
-
-
-def _sync_directory(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,7 +293,7 @@ class VolumeSetWriter:
         # Volume first, manifest last: the manifest's arrival is what makes the volume finished.
         os.rename(volume.path + PART_SUFFIX, volume.path)
         os.rename(manifest_file + PART_SUFFIX, manifest_file)
-        _sync_directory(self.directory)
+        fsync_directory(self.directory)
         self.finished.append(manifest)
         if self.on_finished:
             self.on_finished(manifest, _argument_path(volume.path))

@@ -114,6 +114,16 @@ def loop_device():
         subprocess.run(["losetup", "-d", device], stderr=subprocess.DEVNULL)
 
 
+def mount_or_skip(device, directory):
+    """Mount device on directory (made here), or skip the test; loop_device's teardown unmounts."""
+    need_root()
+    directory.mkdir()
+    result = subprocess.run(["mount", str(device), str(directory)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount here: {result.stderr.strip()}")
+    return directory
+
+
 class Terminal:
     """A command running with a pseudo-terminal as its controlling terminal (/dev/tty) and as
     stderr; its stdin and stdout stay ordinary files or pipes."""

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import assert_one_line_error, need_root, need_tools, sh
+from conftest import assert_one_line_error, mount_or_skip, need_tools, sh
 
 
 def test_image_file_byte_identical(ext4_image):
@@ -82,18 +82,11 @@ def test_info_reports_a_gpt_partition_table_and_partitions(tmp_path, loop_device
 
 
 def test_mounted_read_write_source_is_a_warning_not_a_refusal(ext4_image, loop_device, tmp_path):
-    need_root()
     device = loop_device(ext4_image)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if subprocess.run(["mount", device, str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount here")
-    try:
-        result = sh(f"read-disk {device} | wc -c")
-        assert result.returncode == 0
-        assert f"read-disk: warning: {device} is mounted read-write at {mnt}" in result.stderr_text
-    finally:
-        subprocess.run(["umount", str(mnt)])
+    mnt = mount_or_skip(device, tmp_path / "mnt")
+    result = sh(f"read-disk {device} | wc -c")
+    assert result.returncode == 0
+    assert f"read-disk: warning: {device} is mounted read-write at {mnt}" in result.stderr_text
 
 
 def test_dash_is_standard_input(tmp_path):

@@ -1,11 +1,10 @@
 """write-disk: safe, durable writes to block devices and files."""
 
 import os
-import subprocess
 
 import pytest
 
-from conftest import assert_one_line_error, make_ext4_image, need_root, sh
+from conftest import assert_one_line_error, make_ext4_image, mount_or_skip, need_root, sh
 
 
 def test_file_target_gets_holes_for_zero_blocks(tmp_path):
@@ -67,18 +66,11 @@ def test_asks_on_the_terminal_before_overwriting(tmp_path, loop_device, terminal
 
 
 def test_refuses_a_mounted_target_before_writing(tmp_path, loop_device):
-    need_root()
     device = loop_device(make_ext4_image(tmp_path / "disk.img"))
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if subprocess.run(["mount", device, str(mnt)], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount here")
-    try:
-        result = sh(f"head -c 1M /dev/urandom | write-disk --force {device}")
-        assert result.returncode == 1
-        assert_one_line_error(result, "write-disk", "is mounted at", "unmount it first")
-    finally:
-        subprocess.run(["umount", str(mnt)])
+    mount_or_skip(device, tmp_path / "mnt")
+    result = sh(f"head -c 1M /dev/urandom | write-disk --force {device}")
+    assert result.returncode == 1
+    assert_one_line_error(result, "write-disk", "is mounted at", "unmount it first")
 
 
 def test_refuses_the_disk_the_system_runs_on():
