@@ -11,7 +11,8 @@ from . import cli
 DISC_PLACEHOLDER = "/media/cdrom"
 TARGET_PLACEHOLDER = "/dev/sdX"
 
-# First bytes of a zstd stream: a zstd frame, or a skippable frame (0x184D2A50-5F, little endian).
+# First bytes of a zstd stream: a zstd frame, or a skippable frame (0x184D2A50-5F, little endian),
+# which is how a compress stream starts (frames.STREAM_HEADER_MAGIC).
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
@@ -53,8 +54,9 @@ def readme_text(manifest, volume_name, compressed=None):
         "the backup was made with compress in the pipe, else the raw disk image.",
     ]
     if compressed is None:
-        lines += ["This disc cannot tell which: disc 1's volume starts with the bytes 28 b5 2f fd when it",
-                  f"is zstd (see its README.TXT, or run: head -c 4 {prefix}.{'0' * (len(suffix) - 1)}1 | od -An -tx1)."]
+        lines += ["This disc cannot tell which: disc 1's volume starts with the bytes 5b 2a 4d 18 (compress)",
+                  "or 28 b5 2f fd (stock zstd) when it is zstd (see its README.TXT, or run:",
+                  f"head -c 4 {prefix}.{'0' * (len(suffix) - 1)}1 | od -An -tx1)."]
     else:
         lines.append("This set's stream is " + ("zstd-compressed." if compressed else "not compressed."))
     lines += [
