@@ -26,7 +26,7 @@ from .errors import Error
 
 SECTOR_SIZE = 2048
 README_NAME = "README.TXT"
-IMAGE_SUFFIX = ".iso"
+IMAGE_SUFFIX = volumes.IMAGE_SUFFIX
 
 # README.TXT is a few KiB; this bounds it for any set name and host a manifest can hold.
 README_ALLOWANCE = 16 * 1024

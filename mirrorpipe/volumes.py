@@ -34,6 +34,7 @@ from .manifests import Manifest
 from .streams import fsync_directory, read_full, write_all
 
 PART_SUFFIX = ".part"
+IMAGE_SUFFIX = ".iso"
 IO_BUFFER_SIZE = 1 << 20
 WRITEBACK_WINDOW = 32 << 20
 _TIER0_VOLUMES = 900
@@ -418,6 +419,14 @@ def scan(sources):
             seen.add(key)
             found.volumes.append(VolumeFile(manifests.read(path), path))
 
+    def take_disc(path):
+        """An ISO image or a disc in a drive: its volume is read straight out of the image."""
+        from . import iso   # iso builds on this module
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            found.volumes.append(iso.disc_volume(path))
+
     for source in sources:
         if os.path.isdir(source):
             try:
@@ -431,10 +440,14 @@ def scan(sources):
                     found.unfinished.append(path)
                 elif name.endswith(manifests.SUFFIX):
                     take_manifest(path)
+                elif name.endswith(IMAGE_SUFFIX):
+                    take_disc(path)
                 elif looks_like_volume(name) and name + manifests.SUFFIX not in present:
                     found.orphans.append(path)
         elif os.path.exists(source):
-            if source.endswith(PART_SUFFIX):
+            if _is_disc(source):
+                take_disc(source)
+            elif source.endswith(PART_SUFFIX):
                 found.unfinished.append(source)
             elif source.endswith(manifests.SUFFIX):
                 take_manifest(source)
@@ -445,6 +458,26 @@ def scan(sources):
         else:
             raise Error(f"{source} does not exist; give directories, volume files or manifests")
     return found
+
+
+def _is_disc(path):
+    """An ISO image file or a block device (an optical drive, a USB stick holding an image)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    if stat.S_ISBLK(mode):
+        return True
+    if not path.endswith(IMAGE_SUFFIX):
+        return False
+    from . import iso
+    return iso.is_image(path)
+
+
+def rereadable(source):
+    """A source that can hold another disc when asked again: a directory (a mount point) or a
+    drive."""
+    return os.path.isdir(source) or (os.path.exists(source) and stat.S_ISBLK(os.stat(source).st_mode))
 
 
 def _set_label(manifest):

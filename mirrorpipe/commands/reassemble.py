@@ -1,6 +1,5 @@
 """reassemble: join the volumes of a set back into the stream, checking every chunk first."""
 
-import os
 import sys
 
 from .. import cli, volumes
@@ -11,17 +10,20 @@ class Reassemble(cli.Command):
     name = "reassemble"
     description = (
         "Join the volumes split-span made back into the stream on standard output. Sources are\n"
-        "directories, volume files or manifests, in any order and with any names: the manifests\n"
+        "directories, volume files, manifests, ISO images (split-span --iso, burn-iso) or optical\n"
+        "drives, in any order and with any names: the manifests\n"
         "give the order. Every chunk is checked against its manifest before it is written, so no\n"
         "byte of damaged data reaches the output. When all volumes are at hand, a missing, foreign,\n"
         "duplicate or truncated volume is reported before the first byte is written.\n"
         "\n"
-        "Disc by disc: given a directory (a mounted disc) that holds only part of the set, it reads\n"
-        "what is there, then asks on the terminal for the next disc and reads the directory again.")
+        "Disc by disc: given a directory (a mounted disc) or a drive that holds only part of the\n"
+        "set, it reads what is there, then asks on the terminal for the next disc and reads again.")
     epilog = (
         "examples:\n"
         "  reassemble out/ | compress -d | write-disk /dev/sdb\n"
         "  reassemble /media/cdrom | compress -d | write-disk /dev/sdb     # asks for each disc\n"
+        "  reassemble /dev/sr0 | compress -d | write-disk /dev/sdb         # reads the disc unmounted\n"
+        "  reassemble out/*.iso | compress -d | write-disk /dev/sdb\n"
         "  reassemble --verify out/\n"
         "  ssh backup-host 'reassemble /srv/pc1' | compress -d | write-disk /dev/sdb\n"
         "\n"
@@ -30,7 +32,7 @@ class Reassemble(cli.Command):
 
     def add_arguments(self, parser):
         parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                            help="directory, volume file or manifest of the set")
+                            help="directory, volume file, manifest, ISO image or drive of the set")
         parser.add_argument("-o", "--output", metavar="FILE", default="-",
                             help="write the stream to FILE instead of standard output")
         parser.add_argument("--verify", action="store_true",
@@ -40,9 +42,10 @@ class Reassemble(cli.Command):
     def run(self, args):
         found = volumes.scan(args.sources)
         volume_set = volumes.gather(found)
-        # Disc by disc only for directories (they can be read again) and with a terminal to ask on.
+        # Disc by disc only for directories and drives (they can be read again) and with a terminal
+        # to ask on.
         tty = None
-        directories = args.sources if all(os.path.isdir(s) for s in args.sources) else None
+        directories = args.sources if all(volumes.rereadable(s) for s in args.sources) else None
         if volume_set.describe_missing() and directories:
             tty = cli.open_terminal()
         disc_by_disc = tty is not None

@@ -1,6 +1,6 @@
 """split-span: cut a stream into disc-sized volumes, each with a manifest beside it."""
 
-from .. import cli, manifests, media, volumes
+from .. import cli, iso, manifests, media, volumes
 from ..errors import Error, UsageError
 
 
@@ -50,6 +50,10 @@ class SplitSpan(cli.Command):
                             metavar="SIZE",
                             help="bytes per hashed chunk, what reassemble checks before passing it on "
                                  "(default 16M)")
+        parser.add_argument("--iso", action="store_true",
+                            help="write each finished volume as an ISO image NAME.001.iso (volume, "
+                                 "manifest, README.TXT) in place of the volume: needs the disk space "
+                                 "of one volume more, not of the whole set")
         parser.add_argument("--exec", dest="exec_command", metavar="CMD",
                             help="run CMD after each finished volume; {} is the volume's path; "
                                  "a failure stops split-span")
@@ -64,7 +68,7 @@ class SplitSpan(cli.Command):
         try:
             writer = volumes.VolumeSetWriter(
                 args.outdir, args.name, volume_size, chunk_size=args.chunk_size, media=args.preset,
-                on_finished=volumes.ExecHook(args.exec_command) if args.exec_command else None,
+                on_finished=finished_hook(args),
                 progress=progress)
         except Error as exc:
             raise UsageError(str(exc)) from None
@@ -73,6 +77,13 @@ class SplitSpan(cli.Command):
         progress.finish(f"{cli.format_size(last.total_length)} in {last.volume_count} "
                         f"volume{'s' if last.volume_count > 1 else ''} of set '{args.name}' "
                         f"(set id {last.set_id}) in {args.outdir}")
+
+
+def finished_hook(args):
+    """What runs after each finished volume: --exec, and with --iso the packaging before it, so
+    that --exec is handed the image."""
+    exec_hook = volumes.ExecHook(args.exec_command) if args.exec_command else None
+    return iso.ImageHook(then=exec_hook) if args.iso else exec_hook
 
 
 main = cli.entry_point(SplitSpan)

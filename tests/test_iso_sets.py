@@ -1,0 +1,87 @@
+"""Sets as ISO images: split-span --iso writes them, reassemble reads them as files, in
+directories, and from a drive disc by disc (a loop device whose image is swapped)."""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import need_root, need_tools, sh
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def iso_set(tmp_path):
+    """A compressed stream cut into three ISO images by split-span --iso; (directory, raw data)."""
+    raw = tmp_path / "raw"
+    raw.write_bytes(os.urandom(5 * MiB) + bytes(10 * MiB) + os.urandom(5 * MiB))
+    out = tmp_path / "out"
+    log = tmp_path / "exec.log"
+    result = sh(f"compress -1 < {raw} | split-span --size 4M --iso "
+                f"--exec 'echo \"$MIRRORPIPE_VOLUME_INDEX {{}}\" >> {log}' {out}")
+    assert result.returncode == 0, result.stderr_text
+    return out, raw.read_bytes(), log
+
+
+def test_split_span_iso_writes_images_and_hands_them_to_exec(iso_set):
+    out, _, log = iso_set
+    images = sorted(os.listdir(out))
+    assert images and all(name.endswith(".iso") for name in images)   # no volume left beside them
+    lines = log.read_text().split("\n")[:-1]
+    assert lines == [f"{i} {out}/{name}" for i, name in enumerate(images, start=1)]
+
+
+def test_reassemble_reads_images_in_a_directory_and_as_files(iso_set):
+    out, raw, _ = iso_set
+    assert sh(f"reassemble {out} | compress -d", check=True).stdout == raw
+    files = " ".join(str(out / name) for name in reversed(sorted(os.listdir(out))))
+    assert sh(f"reassemble {files} | compress -d", check=True).stdout == raw
+    table = sh(f"reassemble --verify {out}", check=True).stdout.decode()
+    assert "all verified" in table
+
+
+def test_stock_tools_read_the_volume_out_of_an_image(iso_set, tmp_path):
+    need_tools("7z")
+    out, raw, _ = iso_set
+    extracted = tmp_path / "extracted"
+    for name in sorted(os.listdir(out)):
+        sh(f"7z x -y -o{extracted} {out / name}", check=True)
+    assert sh(f"cat {extracted}/image.??? | zstd -d -q", check=True).stdout == raw
+
+
+def test_a_damaged_image_is_refused(iso_set):
+    out, _, _ = iso_set
+    image = out / sorted(os.listdir(out))[1]
+    with open(image, "r+b") as f:
+        f.seek(os.path.getsize(image) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x40]))
+    result = sh(f"reassemble {out} > /dev/null")
+    assert result.returncode == 1
+    assert "corrupt data in volume 2" in result.stderr_text
+
+
+def test_disc_by_disc_from_a_drive(iso_set, tmp_path, terminal):
+    """A loop device stands in for the drive: 'inserting a disc' attaches another image to it."""
+    need_root()
+    need_tools("losetup")
+    out, raw, _ = iso_set
+    images = [out / name for name in sorted(os.listdir(out))]
+    drive = subprocess.run(["losetup", "-f", "--show", "-r", str(images[0])],
+                           capture_output=True, text=True)
+    if drive.returncode != 0:
+        pytest.skip(f"cannot attach a loop device: {drive.stderr.strip()}")
+    drive = drive.stdout.strip()
+    try:
+        term = terminal(f"exec reassemble {drive} > {tmp_path}/stream")
+        for index, image in enumerate(images[1:], start=2):
+            term.read_until(f"insert disc {index} of set 'image'")
+            subprocess.run(["losetup", "-d", drive], check=True)
+            subprocess.run(["losetup", "-r", drive, str(image)], check=True)
+            term.send("")
+        assert term.wait() == 0, term.output.decode(errors="replace")
+    finally:
+        subprocess.run(["losetup", "-d", drive], stderr=subprocess.DEVNULL)
+    assert sh(f"compress -d < {tmp_path}/stream", check=True).stdout == raw
