@@ -461,17 +461,16 @@ def scan(sources):
 
 
 def _is_disc(path):
-    """An ISO image file or a block device (an optical drive, a USB stick holding an image)."""
+    """A block device (an optical drive, a USB stick holding an image) or a file that is an ISO
+    image, whatever its name (a burned disc copied off with dd has none)."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return False
     if stat.S_ISBLK(mode):
         return True
-    if not path.endswith(IMAGE_SUFFIX):
-        return False
     from . import iso
-    return iso.is_image(path)
+    return stat.S_ISREG(mode) and not path.endswith(manifests.SUFFIX) and iso.is_image(path)
 
 
 def rereadable(source):

@@ -85,3 +85,22 @@ def test_disc_by_disc_from_a_drive(iso_set, tmp_path, terminal):
     finally:
         subprocess.run(["losetup", "-d", drive], stderr=subprocess.DEVNULL)
     assert sh(f"compress -d < {tmp_path}/stream", check=True).stdout == raw
+
+
+def test_burned_as_made_then_restored_from_the_discs(tmp_path):
+    """The README's flow: each image burned (to xorriso's stdio: pseudo-drives) and removed as
+    soon as split-span finishes it; the discs, files without an .iso name, restore the stream."""
+    need_tools("xorriso")
+    raw = tmp_path / "raw"
+    raw.write_bytes(os.urandom(9 * MiB))
+    burned = tmp_path / "burned"
+    burned.mkdir()
+    result = sh(f"compress < {raw} | split-span --size 4M --iso --exec "
+                f"'burn-iso -q --device stdio:{burned}/disc$MIRRORPIPE_VOLUME_INDEX {{}} && rm {{}}' "
+                f"{tmp_path}/spool")
+    assert result.returncode == 0, result.stderr_text
+    assert os.listdir(tmp_path / "spool") == []
+    discs = sorted(os.listdir(burned), reverse=True)
+    assert discs == ["disc3", "disc2", "disc1"]
+    restored = sh(f"reassemble {' '.join(str(burned / d) for d in discs)} | compress -d", check=True)
+    assert restored.stdout == raw.read_bytes()
