@@ -75,6 +75,8 @@ def readme_text(manifest, volume_name, compressed=None):
             lines.append("  if the stream is zstd-compressed:" if variant else "  if it is not compressed:")
         decompress = " | compress -d" if variant else ""
         lines.append(f"    reassemble {DISC_PLACEHOLDER}{decompress} | write-disk {TARGET_PLACEHOLDER}")
+        lines.append(f"    reassemble /dev/sr0{decompress} | write-disk {TARGET_PLACEHOLDER}"
+                     "      # or from the drive, unmounted")
     lines += ["", "RESTORE WITH STOCK TOOLS ONLY (sh, cp, grep, cat, zstd, dd)", ""]
     if not single:
         lines += [

@@ -108,16 +108,12 @@ def test_burns_a_set_disc_by_disc(volume_set, tmp_path, terminal, loop_device):
     assert "disc 3 of set 'pc1' (pc1.003): burned and verified" in term.output.decode()
     assert not [name for name in os.listdir(set_dir) if name.startswith(".")], "temporary image left"
 
-    # Each burned "disc" holds its volume as the manifest says, read back independently too.
-    restored = tmp_path / "restored"
-    restored.mkdir()
+    # Each burned "disc" holds its volume as the manifest says, and the set restores from them.
     for index in (1, 2, 3):
         with iso.Disc(str(discs / str(index))) as disc:
             assert disc.manifest.index == index
             iso.verify(disc)
-        subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(discs / str(index)), "-extract", "/",
-                        str(restored / str(index))], check=True, stderr=subprocess.DEVNULL)
-    sh(f"reassemble {restored}/1 {restored}/2 {restored}/3 | compress -d > {tmp_path}/out.img", check=True)
+    sh(f"reassemble {discs}/3 {discs}/1 {discs}/2 | compress -d > {tmp_path}/out.img", check=True)
     assert (tmp_path / "out.img").read_bytes() == raw.read_bytes()
 
 
