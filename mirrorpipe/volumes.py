@@ -180,7 +180,7 @@ class VolumeSetWriter:
             if not name.startswith(prefix):
                 continue
             rest = name[len(prefix):]
-            base = rest.removesuffix(PART_SUFFIX).removesuffix(manifests.SUFFIX)
+            base = rest.removesuffix(PART_SUFFIX).removesuffix(manifests.SUFFIX).removesuffix(IMAGE_SUFFIX)
             if suffix_index(base) is None:
                 continue
             if rest.endswith(PART_SUFFIX):
