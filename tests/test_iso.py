@@ -297,3 +297,22 @@ def test_image_hook_tells_every_disc_what_volume_1_starts_with(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["pc1-2026-11-25.001.iso", "pc1-2026-11-25.002.iso"]
     with iso.Disc(calls[1][1]) as disc:
         assert "This set's stream is zstd-compressed." in disc.readme_text
+
+
+def test_split_span_iso_keeps_an_image_set_and_clears_leftover_parts(tmp_path):
+    """A second split-span --iso of the same name must not overwrite a finished set's images; a
+    killed run's NAME.NNN.iso.part is removed by the next run."""
+    out = tmp_path / "set"
+    subprocess.run(f"head -c 200000 /dev/urandom | split-span --size 100K --iso --name a {out}",
+                   shell=True, check=True)
+    before = (out / "a.001.iso").read_bytes()
+    again = subprocess.run(f"head -c 200000 /dev/urandom | split-span --size 100K --iso --name a {out}",
+                           shell=True, stderr=subprocess.PIPE, text=True)
+    assert again.returncode == 1 and "already holds a volume set named 'a' (a.001.iso)" in again.stderr
+    assert (out / "a.001.iso").read_bytes() == before
+    for image in out.glob("a.*.iso"):
+        image.unlink()
+    (out / "a.009.iso.part").write_bytes(b"left by a killed run")
+    subprocess.run(f"head -c 200000 /dev/urandom | split-span --size 100K --iso --name a {out}",
+                   shell=True, check=True)
+    assert sorted(os.listdir(out)) == ["a.001.iso", "a.002.iso"]
