@@ -60,6 +60,30 @@ def write_zeros(fd, count):
         count -= n
 
 
+class Writeback:
+    """Has the kernel write what a file or device received to disk a window at a time, so the
+    fsync at the end has little left to wait for and a long write does not flood the page cache.
+    On Linux, POSIX_FADV_DONTNEED starts writeback of dirty pages and drops clean ones: the window
+    before the newest, written back meanwhile, leaves the page cache."""
+
+    WINDOW = 32 << 20
+
+    def __init__(self, fd):
+        self.fd = fd
+        self.window_start = 0    # of the last window whose writeback was started
+        self.window_end = 0
+
+    def wrote_up_to(self, position):
+        if position - self.window_end < self.WINDOW:
+            return
+        try:
+            os.posix_fadvise(self.fd, self.window_start, position - self.window_start,
+                             os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass  # a pipe or character device: nothing to write back
+        self.window_start, self.window_end = self.window_end, position
+
+
 def fsync_directory(path):
     """Make a file's creation or rename in directory path durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

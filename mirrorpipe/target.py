@@ -17,7 +17,7 @@ import xxhash
 
 from . import blockdev
 from .errors import Error, UsageError
-from .streams import BLOCK_SIZE, ZEROS, fsync_directory, is_zero, read_full, write_all
+from .streams import BLOCK_SIZE, ZEROS, Writeback, fsync_directory, is_zero, read_full, write_all
 
 BLKZEROOUT = 0x127F
 
@@ -55,6 +55,7 @@ class Target:
         hasher = xxhash.xxh3_128() if verify else None
         pos = 0
         zero_run = 0    # all-zero bytes just before pos, skipped over but not yet zeroed
+        writeback = Writeback(self.fd)
         while True:
             got = read_full(src_fd, view)
             if got == 0:
@@ -78,6 +79,7 @@ class Target:
                     segment_hashes.append(hasher.digest())
                     hasher = xxhash.xxh3_128()
             pos += got
+            writeback.wrote_up_to(pos)
             if progress:
                 progress.advance(got)
             if got < len(view):

@@ -31,12 +31,11 @@ from dataclasses import dataclass, field
 from . import cli, manifests
 from .errors import Error
 from .manifests import Manifest
-from .streams import fsync_directory, read_full, write_all
+from .streams import Writeback, fsync_directory, read_full, write_all
 
 PART_SUFFIX = ".part"
 IMAGE_SUFFIX = ".iso"
 IO_BUFFER_SIZE = 1 << 20
-WRITEBACK_WINDOW = 32 << 20
 _TIER0_VOLUMES = 900
 
 
@@ -130,12 +129,11 @@ class _OpenVolume:
     length: int = 0
     chunk_digests: bytearray = field(default_factory=bytearray)
     chunk_filled: int = 0
-    window_start: int = 0      # of the last window whose writeback was started
-    window_end: int = 0
 
     def __post_init__(self):
         self.volume_hash = manifests.new_hash()
         self.chunk_hash = manifests.new_hash()
+        self.writeback = Writeback(self.fd)
 
 
 class VolumeSetWriter:
@@ -248,19 +246,8 @@ class VolumeSetWriter:
             if volume.chunk_filled == self.chunk_size:
                 self._close_chunk(volume)
         volume.length += len(piece)
-        if volume.length - volume.window_end >= WRITEBACK_WINDOW:
-            self._start_writeback(volume)
+        volume.writeback.wrote_up_to(volume.length)
         return len(piece)
-
-    @staticmethod
-    def _start_writeback(volume):
-        """Have the kernel write the newest window to disk now, so the fsync that finishes the
-        volume has little left to wait for (and reading on does not stall on it). On Linux,
-        POSIX_FADV_DONTNEED starts writeback of dirty pages and drops clean ones: the window
-        before, written back meanwhile, leaves the page cache instead of crowding out the rest."""
-        os.posix_fadvise(volume.fd, volume.window_start, volume.length - volume.window_start,
-                         os.POSIX_FADV_DONTNEED)
-        volume.window_start, volume.window_end = volume.window_end, volume.length
 
     @staticmethod
     def _close_chunk(volume):
