@@ -30,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 from bench_core import CHECKOUT, MB, BenchError, sh, time_side_by_side  # noqa: E402
+from bench_volumes import make_stream  # noqa: E402
 from mirrorpipe import manifests, parity, volumes  # noqa: E402 - bench_core put the checkout on sys.path
 from mirrorpipe.cli import format_size, parse_size  # noqa: E402
 from mirrorpipe.streams import write_all  # noqa: E402
@@ -166,15 +167,6 @@ class CpuSeconds:
 
     def median(self, name):
         return statistics.median(self.runs[name])
-
-
-def make_stream(workdir, size):
-    path = os.path.join(workdir, f"stream-{size}")
-    if not os.path.exists(path):
-        print(f"bench: writing {format_size(size)} of random data to {path}", file=sys.stderr)
-        subprocess.run(f"head -c {size} /dev/urandom > {sh(path + '.part')}", shell=True, check=True)
-        os.rename(path + ".part", path)
-    return path
 
 
 def bench(args):

@@ -260,14 +260,7 @@ def test_any_faults_read_through_the_engine(faultfs_directory, image, bad, dead_
     fs = FaultFS(faultfs_directory)
     try:
         disk = fs.mount(image, bad=bad, fail_from=None if dead_from is None else dead_from * SECTOR)
-        fd = os.open(disk.path, os.O_RDONLY)
-        out = bytearray(size)
-        with badsectors.BadSectorReader(fd, 0, size, retries=retries,
-                                        max_retry_time=retry_time) as reader:
-            position = 0
-            while position < size:
-                position += reader.read(position, memoryview(out)[position:position + MIB])
-        os.close(fd)
+        out, reader = read_through_engine(disk.path, size, retries=retries, max_retry_time=retry_time)
     finally:
         fs.close()
 
@@ -300,13 +293,7 @@ def test_errors_that_come_and_go(faultfs_directory, image, flaky, retries):
             ranges.append((first, count, failures))
     fs = FaultFS(faultfs_directory)
     try:
-        fd = os.open(fs.mount(image, bad=ranges).path, os.O_RDONLY)
-        out = bytearray(size)
-        with badsectors.BadSectorReader(fd, 0, size, retries=retries) as reader:
-            position = 0
-            while position < size:
-                position += reader.read(position, memoryview(out)[position:position + MIB])
-        os.close(fd)
+        out, reader = read_through_engine(fs.mount(image, bad=ranges).path, size, retries=retries)
     finally:
         fs.close()
     not_read = [s for start, end, _ in reader.map.areas(mapfile.UNREAD)
