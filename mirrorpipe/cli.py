@@ -134,8 +134,9 @@ def input_size(fd):
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+            here = os.lseek(fd, 0, os.SEEK_CUR)
             end = os.lseek(fd, 0, os.SEEK_END)
-            here = os.lseek(fd, 0, os.SEEK_SET)
+            os.lseek(fd, here, os.SEEK_SET)
             return end - here
     except OSError:
         pass

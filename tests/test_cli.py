@@ -98,3 +98,11 @@ def test_progress_lines_of_a_pipeline_share_one_line(terminal, tmp_path):
             assert piece.count(name + " ") + piece.count(name + ":") <= 1 or " | " in piece, piece
     assert any(" | " in p for p in pieces), "never drew the commands on one shared line: " + text
     assert "compress: 8.0 MiB raw" in text
+
+
+def test_input_already_partly_read_is_taken_from_where_it_stands(tmp_path):
+    """A command sharing a file on stdin with one before it starts where that one stopped."""
+    data = tmp_path / "data"
+    data.write_bytes(b"A" * (1 << 20) + b"B" * (1 << 20))
+    result = sh(f"(head -c 1M > /dev/null; checksum -P 2>/dev/null) < {data}", check=True)
+    assert result.stdout == b"B" * (1 << 20)
