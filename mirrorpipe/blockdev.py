@@ -14,11 +14,6 @@ BLKSSZGET = 0x1268
 BLKPBSZGET = 0x127B
 
 
-def is_block_device(path_or_fd):
-    st = os.stat(path_or_fd) if not isinstance(path_or_fd, int) else os.fstat(path_or_fd)
-    return stat.S_ISBLK(st.st_mode)
-
-
 def device_size(fd):
     return struct.unpack("Q", fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8))[0]
 

@@ -15,7 +15,6 @@ import errno
 import io
 import os
 import re
-import stat
 from dataclasses import dataclass
 
 import pycdlib
@@ -564,14 +563,6 @@ def verify(disc, progress=None):
             progress.advance(got)
     if volume_hash.digest() != manifest.volume_digest:
         raise Error(f"{disc.path}: {disc.volume_name} does not match its manifest's volume hash")
-
-
-def is_drive(path):
-    """Whether PATH (or the PATH of stdio:PATH) is a block device: an optical drive, a USB stick."""
-    try:
-        return stat.S_ISBLK(os.stat(device_path(path)).st_mode)
-    except OSError:
-        return False
 
 
 def is_image(path):
