@@ -37,6 +37,8 @@ class Source:
             self.size = None  # a character device or pipe: read until it ends
         if self.size is None and offset:
             raise Error(f"{path} is not seekable, so --offset cannot be used with it")
+        if path == "-" and self.size is not None:
+            offset += os.lseek(self.fd, 0, os.SEEK_CUR)  # start where standard input stands
         if offset < 0 or (self.size is not None and offset > self.size):
             raise Error(f"--offset {offset} is beyond the end of {path} ({self.size} bytes)")
         if length is not None and self.size is not None and offset + length > self.size:

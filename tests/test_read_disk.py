@@ -92,3 +92,10 @@ def test_mounted_read_write_source_is_a_warning_not_a_refusal(ext4_image, loop_d
 def test_dash_is_standard_input(tmp_path):
     data = os.urandom(1 << 20)
     assert sh("read-disk -", input=data, check=True).stdout == data
+
+
+def test_dash_starts_where_standard_input_stands(tmp_path):
+    data = tmp_path / "data"
+    data.write_bytes(b"A" * (1 << 20) + b"B" * (1 << 20))
+    result = sh(f"(head -c 1M > /dev/null; read-disk -) < {data}", check=True)
+    assert result.stdout == b"B" * (1 << 20)
