@@ -12,7 +12,7 @@ of the set) counts as zero-padded. Chunks of parity volumes line up with the dat
 (same chunk size, same offsets), so chunk n of every volume of a group covers the same bytes.
 """
 
-import ctypes
+import errno
 import mmap
 import multiprocessing
 import multiprocessing.connection
@@ -20,31 +20,14 @@ import os
 import signal
 from dataclasses import dataclass, field
 
+import numpy
+
 from . import cli, erasure, manifests
 from .errors import Error
 
-# Bytes folded per step: large enough for few Python-level steps, small enough that the ints
-# int.from_bytes makes stay in the CPU cache (from_bytes runs ~3x slower on 4 MiB than on 1 MiB).
+# Bytes folded per step: large enough for few Python-level steps, small enough that a block and
+# its scaled copy stay in the CPU cache.
 FOLD_BLOCK_SIZE = 1 << 20
-
-
-def _reuse_freed_memory():
-    """Let glibc's malloc keep freed blocks for reuse instead of returning them to the kernel.
-
-    Folding allocates and frees several block-sized ints and bytes per block; with glibc's
-    defaults each one is a fresh mapping or a grown heap whose pages the kernel must fault in
-    and zero again, which cost about a third of the folding time. Memory stays bounded: what is
-    kept is at most the trim threshold beyond what is in use."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-        libc.mallopt(_M_TOP_PAD, 16 << 20)
-    except (OSError, AttributeError):
-        pass    # not glibc: slower, still right
-
-
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
 def _read_into(read_file, offset, view):
@@ -59,16 +42,16 @@ def _read_into(read_file, offset, view):
     return got
 
 
-def _pread_full(fd, size, offset):
-    pieces = []
-    while size:
-        piece = os.pread(fd, size, offset)
-        if not piece:
+def _pread_into(fd, view, offset):
+    """Fill view (a writable buffer) from fd at offset; how many bytes came."""
+    view = memoryview(view).cast("B")
+    got = 0
+    while got < len(view):
+        count = os.preadv(fd, [view[got:]], offset + got)
+        if not count:
             break
-        pieces.append(piece)
-        size -= len(piece)
-        offset += len(piece)
-    return b"".join(pieces)
+        got += count
+    return got
 
 
 def _pwrite_all(fd, data, offset):
@@ -124,7 +107,7 @@ class ParityAccumulator:
         self.data_lengths = []    # of the data volumes ended so far
         self.fds = []
         self.finished = False
-        _reuse_freed_memory()
+        self.scratch = None       # the fold's sum buffer, made where the folding runs
         try:
             for path in self.paths:
                 self.fds.append(os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666))
@@ -211,15 +194,17 @@ def _fold(files, data, index, offset, held):
     """parity_t[offset ...] += coefficient(t, index) * data for each target t of `files` (a
     ParityAccumulator's paths, targets, fds and coefficient); `held` bytes from offset hold
     earlier sums, the rest is still zeros."""
+    if files.scratch is None:
+        files.scratch = numpy.empty(files.block_size, numpy.uint8)
+    total = files.scratch[:len(data)]
     try:
         for path, target, fd in zip(files.paths, files.targets, files.fds):
-            constant = files.coefficient(target, index)
-            if held:
-                stored = _pread_full(fd, held, offset)
-                updated = erasure.combine([(1, stored), (constant, data)], len(data))
-            else:
-                updated = erasure.scale(constant, data)
-            _pwrite_all(fd, updated, offset)
+            if _pread_into(fd, total[:held], offset) != held:
+                raise Error(f"parity volume {path} was shortened while being written; the parity "
+                            "volumes of this group are incomplete")
+            total[held:] = 0
+            erasure.add_scaled(total, files.coefficient(target, index), data)
+            _pwrite_all(fd, total, offset)
     except OSError as exc:
         raise Error(f"cannot write parity volume {path}: {cli.describe_os_error(exc)}; "
                     "the parity volumes of this group are incomplete") from None
@@ -366,11 +351,14 @@ def _hash_file(fd, length, chunk_size):
     """(chunk digests, volume digest) of the first `length` bytes of fd."""
     chunk_digests = bytearray()
     volume_hash = manifests.new_hash()
+    piece_buffer = memoryview(bytearray(FOLD_BLOCK_SIZE))
     for start in range(0, length, chunk_size):
         chunk_hash = manifests.new_hash()
         end = min(length, start + chunk_size)
         for offset in range(start, end, FOLD_BLOCK_SIZE):
-            piece = _pread_full(fd, min(FOLD_BLOCK_SIZE, end - offset), offset)
+            piece = piece_buffer[:min(FOLD_BLOCK_SIZE, end - offset)]
+            if _pread_into(fd, piece, offset) != len(piece):
+                raise OSError(errno.EIO, "the file is shorter than the data folded into it")
             chunk_hash.update(piece)
             volume_hash.update(piece)
         chunk_digests += chunk_hash.digest()
@@ -419,8 +407,8 @@ class Rebuilder:
         self.group_name = group_name
         self.chunks = manifests.chunk_count(max(m.length for m in self.members), chunk_size)
         self._plans = {}
+        self._sums = {}                         # row -> its reused sum buffer
         self.buffer = bytearray(chunk_size)     # the chunk being read
-        _reuse_freed_memory()
 
     def chunk_length(self, row, number):
         return max(0, min(self.chunk_size, self.members[row].length - number * self.chunk_size))
@@ -449,20 +437,19 @@ class Rebuilder:
         return bytes(data) if data is not None else self.rebuild_chunks([row], number)[row]
 
     def rebuild_volume(self, row, write):
-        """Pass the right content of a whole row to write(buffer), chunk by chunk (in pieces of
-        at most a chunk; write must use each buffer before it returns)."""
+        """Pass the right content of a whole row to write(buffer), chunk by chunk (write must
+        use each buffer before it returns)."""
         for number in range(manifests.chunk_count(self.members[row].length, self.chunk_size)):
             data = self.read_chunk(row, number)
-            for piece in [data] if data is not None else self._rebuilt_pieces([row], number)[row]:
-                write(piece)
+            write(data if data is not None else self._rebuilt([row], number)[row])
 
     def rebuild_chunks(self, rows, number):
         """Rebuild chunk `number` of the rows given from the others: {row: bytes}. errors.Error
         naming what is lost when more rows than there are parity volumes are lost there."""
-        return {row: b"".join(pieces) for row, pieces in self._rebuilt_pieces(rows, number).items()}
+        return {row: bytes(data) for row, data in self._rebuilt(rows, number).items()}
 
-    def _rebuilt_pieces(self, rows, number):
-        """{row: [bytes, ...]}: chunk `number` of each row, rebuilt, in FOLD_BLOCK_SIZE pieces."""
+    def _rebuilt(self, rows, number):
+        """{row: memoryview}: chunk `number` of each row, rebuilt (valid until the next call)."""
         lost = set(rows)
         while True:
             known = self._known_rows(number, lost)
@@ -472,7 +459,7 @@ class Rebuilder:
                 raise Error(self._beyond_repair(number, lost)) from None
             sums = self._sum_sources(plans, number)
             if sums is not None:
-                return {row: _int_pieces(sums[row], self.chunk_length(row, number)) for row in rows}
+                return {row: memoryview(sums[row])[:self.chunk_length(row, number)] for row in rows}
             # A source turned out damaged while being read: plan again without it.
             lost |= {r for r in known if number in self.members[r].bad_chunks}
 
@@ -491,23 +478,24 @@ class Rebuilder:
         return self._plans[key]
 
     def _sum_sources(self, plans, number):
-        """{row: [int per FOLD_BLOCK_SIZE piece]} summing each plan's sources, one source chunk at
-        a time; None when a source chunk turns out lost."""
+        """{row: numpy array} summing each plan's sources, one source chunk at a time; None when
+        a source chunk turns out lost. The arrays are reused from one chunk to the next."""
         sources = sorted({s for plan in plans.values() for s in plan if self.chunk_length(s, number)})
-        size = max(self.chunk_length(r, number) for r in range(self.code.rows))
-        sums = {row: [0] * len(range(0, size, FOLD_BLOCK_SIZE)) for row in plans}
+        sums = {}
+        for row in plans:
+            if row not in self._sums:
+                self._sums[row] = numpy.empty(self.chunk_size, numpy.uint8)
+            sums[row] = self._sums[row]
+            sums[row][:] = 0
         for source in sources:
             data = self.read_chunk(source, number)
             if data is None:
                 return None
-            for i, start in enumerate(range(0, len(data), FOLD_BLOCK_SIZE)):
+            # Piece by piece, so that each piece is scaled and added while in the CPU cache.
+            for start in range(0, len(data), FOLD_BLOCK_SIZE):
                 piece = data[start:start + FOLD_BLOCK_SIZE]
                 for row, plan in plans.items():
-                    constant = plan.get(source)
-                    if constant:
-                        # translate needs a bytearray: copy the piece, never the whole chunk.
-                        scaled = piece if constant == 1 else erasure.scale(constant, bytearray(piece))
-                        sums[row][i] ^= int.from_bytes(scaled, "little")
+                    erasure.add_scaled(sums[row][start:], plan.get(source, 0), piece)
         return sums
 
     def _beyond_repair(self, number, lost):
@@ -546,14 +534,6 @@ class Rebuilder:
                 lost_chunks.setdefault(row, []).append(number)
             worst = max(worst, len(lost_rows))
         return GroupHealth(self.code.parity_count, lost_chunks, worst)
-
-
-def _int_pieces(sums, length):
-    """The bytes of per-piece sums, cut to length."""
-    pieces = []
-    for start, total in zip(range(0, length, FOLD_BLOCK_SIZE), sums):
-        pieces.append(total.to_bytes(min(FOLD_BLOCK_SIZE, length - start), "little"))
-    return pieces
 
 
 def _digest_of(data):
