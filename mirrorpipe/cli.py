@@ -59,6 +59,17 @@ def size_argument(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def bounded_int(text, low, high, what):
+    """argparse type: a whole number from low to high, counting `what` (for the message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r} of {what}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} {what}: choose {low} to {high}")
+    return value
+
+
 def format_size(count):
     """Bytes in the largest binary unit that keeps a number ≥ 1: 1536 -> '1.5 KiB'."""
     value = float(count)

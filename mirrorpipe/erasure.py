@@ -21,8 +21,6 @@ stream past and are burned and deleted.
 
 import functools
 
-import numpy
-
 POLYNOMIAL = 0x11D
 FIELD_SIZE = 256
 MAX_PARITY = 16
@@ -79,6 +77,7 @@ def add_scaled(total, constant, buffer):
     the buffer (any bytes-like object), whose first len(buffer) bytes take the sum."""
     if not constant:
         return
+    import numpy    # here, not at the top: importing it takes ~90 ms, and only parity work needs it
     if constant != 1:
         # translate is a method of bytes and bytearray only: copy a memoryview first (cheap).
         if not isinstance(buffer, (bytes, bytearray)):
@@ -92,6 +91,7 @@ def add_scaled(total, constant, buffer):
 def combine(terms, length):
     """sum of constant * buffer over the (constant, buffer) terms, as `length` bytes; a buffer
     shorter than length counts as zero-padded."""
+    import numpy
     total = numpy.zeros(length, numpy.uint8)
     for constant, buffer in terms:
         add_scaled(total, constant, buffer)

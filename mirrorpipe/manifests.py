@@ -12,6 +12,13 @@ errors.Error with a one-line message for anything else. A manifest never names a
 volume is the file beside the manifest named like it without the `.manifest` suffix.
 Unknown extra fields are ignored, so later versions can add information without a new
 format_version; an incompatible change bumps format_version.
+
+A parity volume (split-span --parity) has a manifest of its own format, "mirrorpipe-parity":
+the same identity, length and hashes, plus its group (the data volumes it protects, with their
+lengths and volume hashes), its place among the group's parity volumes, the code and the
+coefficients it was made with, and for the set's last group the stream's total length, volume
+count and hash, so that a set whose last data volume is lost still knows where it ends. The data
+volumes' manifests of such a set say how many parity volumes protect how many data volumes.
 """
 
 import json
@@ -23,9 +30,11 @@ from dataclasses import dataclass
 
 import xxhash
 
+from . import erasure
 from .errors import Error
 
 FORMAT = "mirrorpipe-volume"
+PARITY_FORMAT = "mirrorpipe-parity"
 FORMAT_VERSION = 1
 HASH_ALGORITHM = "xxh3-128"
 SUFFIX = ".manifest"
@@ -78,6 +87,7 @@ class Manifest:
     total_length: int = None        # the last volume's own fields
     volume_count: int = None
     stream_digest: bytes = None
+    parity: "ParityScheme" = None   # a set with parity volumes: how many, over how many volumes
 
     @property
     def chunks(self):
@@ -114,12 +124,108 @@ class Manifest:
             document["total_length"] = self.total_length
             document["volume_count"] = self.volume_count
             document["stream_hash"] = self.stream_digest.hex()
+        if self.parity:
+            document["parity"] = {"count": self.parity.count, "group_size": self.parity.group_size}
+        return (json.dumps(document, indent=1) + "\n").encode("ascii")
+
+
+@dataclass(frozen=True)
+class ParityScheme:
+    """split-span --parity COUNT --group GROUP_SIZE: COUNT parity volumes for every GROUP_SIZE
+    data volumes (the last group may have fewer data volumes)."""
+    count: int
+    group_size: int
+
+    def group_of(self, index):
+        """The 1-based group of data volume `index`."""
+        return (index - 1) // self.group_size + 1
+
+    def data_indices(self, group, volume_count=None):
+        """The data volume indices of a group (cut at volume_count when known)."""
+        first = (group - 1) * self.group_size + 1
+        last = first + self.group_size - 1
+        return range(first, (min(last, volume_count) if volume_count else last) + 1)
+
+
+@dataclass(frozen=True)
+class DataVolumeEntry:
+    """A parity manifest's record of one data volume of its group."""
+    index: int
+    length: int
+    volume_digest: bytes
+
+
+@dataclass
+class ParityManifest:
+    """The manifest of parity volume `parity_index` (1 .. parity_count) of group `group`."""
+    set_id: str
+    set_name: str
+    group: int
+    group_size: int
+    parity_index: int
+    parity_count: int
+    coefficients: list              # what each data volume of the group was multiplied by
+    data_volumes: list              # DataVolumeEntry of each data volume of the group, in order
+    length: int
+    chunk_size: int
+    volume_size: int
+    chunk_digests: bytes
+    volume_digest: bytes
+    media: str = None
+    created: str = ""
+    host: str = ""
+    last_group: bool = False
+    total_length: int = None        # the last group's own fields
+    volume_count: int = None
+    stream_digest: bytes = None
+    code: str = erasure.CODE_ID
+
+    chunks = Manifest.chunks
+    chunk_digest = Manifest.chunk_digest
+
+    @property
+    def scheme(self):
+        return ParityScheme(self.parity_count, self.group_size)
+
+    def describe(self):
+        return (f"parity volume {self.parity_index} of group {self.group} of set '{self.set_name}'")
+
+    def to_json(self):
+        document = {
+            "format": PARITY_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "hash_algorithm": HASH_ALGORITHM,
+            "set_id": self.set_id,
+            "set_name": self.set_name,
+            "group": self.group,
+            "group_size": self.group_size,
+            "parity_index": self.parity_index,
+            "parity_count": self.parity_count,
+            "last_group": self.last_group,
+            "code": self.code,
+            "coefficients": self.coefficients,
+            "data_volumes": [{"index": entry.index, "length": entry.length,
+                              "volume_hash": entry.volume_digest.hex()} for entry in self.data_volumes],
+            "length": self.length,
+            "volume_size": self.volume_size,
+            "media": self.media,
+            "chunk_size": self.chunk_size,
+            "volume_hash": self.volume_digest.hex(),
+            "chunk_hashes": [self.chunk_digest(i).hex() for i in range(self.chunks)],
+            "created": self.created,
+            "host": self.host,
+        }
+        if self.last_group:
+            document["total_length"] = self.total_length
+            document["volume_count"] = self.volume_count
+            document["stream_hash"] = self.stream_digest.hex()
         return (json.dumps(document, indent=1) + "\n").encode("ascii")
 
 
 def largest_size(chunks):
-    """The most bytes a valid manifest of a volume with `chunks` chunks takes (what split-span can
-    write): every field at its longest. Used to reserve room for the manifest on a disc."""
+    """The most bytes a valid manifest (of a data or a parity volume) of a volume with `chunks`
+    chunks takes (what split-span can write): every field at its longest. Used to reserve room
+    for the manifest on a disc."""
     longest_number = 10 ** 19 - 1
     worst = Manifest(
         set_id="f" * 32, set_name="n" * 100, index=longest_number, offset=longest_number,
@@ -128,8 +234,18 @@ def largest_size(chunks):
         media="m" * 16, created="2026-11-25T10:00:00.000000000Z",
         host="\u00e9" * MAX_HOST_LENGTH,   # escaped as \u00e9: 6 bytes each
         last=True, total_length=longest_number, volume_count=longest_number,
-        stream_digest=b"\xff" * DIGEST_SIZE)
-    return len(worst.to_json())
+        stream_digest=b"\xff" * DIGEST_SIZE,
+        parity=ParityScheme(erasure.MAX_PARITY, erasure.MAX_DATA))
+    worst_parity = ParityManifest(
+        set_id=worst.set_id, set_name=worst.set_name, group=longest_number,
+        group_size=erasure.MAX_DATA, parity_index=erasure.MAX_PARITY, parity_count=erasure.MAX_PARITY,
+        coefficients=[255] * erasure.MAX_DATA,
+        data_volumes=[DataVolumeEntry(longest_number, longest_number, worst.volume_digest)] * erasure.MAX_DATA,
+        length=longest_number, chunk_size=longest_number, volume_size=longest_number,
+        chunk_digests=worst.chunk_digests, volume_digest=worst.volume_digest, media=worst.media,
+        created=worst.created, host=worst.host, last_group=True, total_length=longest_number,
+        volume_count=longest_number, stream_digest=worst.stream_digest)
+    return max(len(worst.to_json()), len(worst_parity.to_json()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,17 +320,59 @@ def _decode(data):
     return document
 
 
-def _check(document):
-    if document.get("format") != FORMAT:
-        raise _Invalid(f"'format' is not \"{FORMAT}\"")
+def _check_header(document):
     version = _get(document, "format_version", int)
     if version != FORMAT_VERSION:
         raise _Invalid(f"format_version {version} is not supported (this mirrorpipe reads version "
                        f"{FORMAT_VERSION}; a newer mirrorpipe may read it)")
     if document.get("hash_algorithm") != HASH_ALGORITHM:
         raise _Invalid(f"'hash_algorithm' is not \"{HASH_ALGORITHM}\"")
+
+
+def _sizes(document):
+    """(chunk_size, volume_size) of a manifest."""
     chunk_size = _integer(document, "chunk_size", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
     volume_size = _integer(document, "volume_size", MIN_VOLUME_SIZE, min(MAX_VOLUME_SIZE, chunk_size * MAX_CHUNKS))
+    return chunk_size, volume_size
+
+
+def _chunk_digests(document, length, chunk_size):
+    hashes = _get(document, "chunk_hashes", list)
+    if len(hashes) != chunk_count(length, chunk_size):
+        raise _Invalid(f"{len(hashes)} chunk hashes for {length} bytes in {chunk_size}-byte chunks")
+    digests = bytearray()
+    for value in hashes:
+        if type(value) is not str or not DIGEST_RE.fullmatch(value):
+            raise _Invalid("a chunk hash is not 32 hex digits")
+        digests += bytes.fromhex(value)
+    return bytes(digests)
+
+
+def _common_fields(document):
+    """The fields both formats share, besides sizes and hashes."""
+    fields = dict(
+        set_id=_text(document, "set_id", SET_ID_RE),
+        set_name=_text(document, "set_name", SET_NAME_RE),
+        media=_text(document, "media", MEDIA_RE, nullable=True),
+        created=_text(document, "created", CREATED_RE),
+        host=_get(document, "host", str))
+    if len(fields["host"]) > MAX_HOST_LENGTH or not fields["host"].isprintable():
+        raise _Invalid("field 'host' is not a printable host name")
+    return fields
+
+
+def _stream_end(document, manifest, last_index, last_offset, last_length):
+    """The last volume's (or last group's) total length, volume count and stream hash."""
+    manifest.total_length = _integer(document, "total_length", 0, MAX_STREAM_LENGTH)
+    manifest.volume_count = _integer(document, "volume_count", 1, MAX_VOLUMES)
+    manifest.stream_digest = _digest(document, "stream_hash")
+    if manifest.total_length != last_offset + last_length or manifest.volume_count != last_index:
+        raise _Invalid("total_length or volume_count does not match the last volume")
+
+
+def _check(document):
+    _check_header(document)
+    chunk_size, volume_size = _sizes(document)
     index = _integer(document, "index", 1, MAX_VOLUMES)
     offset = _integer(document, "offset", 0, MAX_STREAM_LENGTH)
     length = _integer(document, "length", 0, volume_size)
@@ -225,38 +383,73 @@ def _check(document):
         raise _Invalid("a volume other than the last is not full")
     if length == 0 and index != 1:
         raise _Invalid("an empty volume that is not the first")
-    hashes = _get(document, "chunk_hashes", list)
-    if len(hashes) != chunk_count(length, chunk_size):
-        raise _Invalid(f"{len(hashes)} chunk hashes for {length} bytes in {chunk_size}-byte chunks")
-    digests = bytearray()
-    for value in hashes:
-        if type(value) is not str or not DIGEST_RE.fullmatch(value):
-            raise _Invalid("a chunk hash is not 32 hex digits")
-        digests += bytes.fromhex(value)
     manifest = Manifest(
-        set_id=_text(document, "set_id", SET_ID_RE),
-        set_name=_text(document, "set_name", SET_NAME_RE),
         index=index, offset=offset, length=length, chunk_size=chunk_size, volume_size=volume_size,
-        chunk_digests=bytes(digests), volume_digest=_digest(document, "volume_hash"),
-        media=_text(document, "media", MEDIA_RE, nullable=True),
-        created=_text(document, "created", CREATED_RE),
-        host=_get(document, "host", str),
-        last=last)
-    if len(manifest.host) > MAX_HOST_LENGTH or not manifest.host.isprintable():
-        raise _Invalid("field 'host' is not a printable host name")
+        chunk_digests=_chunk_digests(document, length, chunk_size),
+        volume_digest=_digest(document, "volume_hash"), last=last, **_common_fields(document))
     if last:
-        manifest.total_length = _integer(document, "total_length", 0, MAX_STREAM_LENGTH)
-        manifest.volume_count = _integer(document, "volume_count", 1, MAX_VOLUMES)
-        manifest.stream_digest = _digest(document, "stream_hash")
-        if manifest.total_length != offset + length or manifest.volume_count != index:
-            raise _Invalid("total_length or volume_count does not match the last volume")
+        _stream_end(document, manifest, index, offset, length)
+    scheme = _get(document, "parity", dict, required=False)
+    if scheme is not None:
+        manifest.parity = ParityScheme(_integer(scheme, "count", 1, erasure.MAX_PARITY),
+                                       _integer(scheme, "group_size", 1, erasure.MAX_DATA))
+    return manifest
+
+
+def _check_parity(document):
+    _check_header(document)
+    if document.get("code") != erasure.CODE_ID:
+        raise _Invalid(f"made with the parity code {str(document.get('code'))[:40]!r}, which this "
+                       f"mirrorpipe does not know (it knows \"{erasure.CODE_ID}\")")
+    chunk_size, volume_size = _sizes(document)
+    group = _integer(document, "group", 1, MAX_VOLUMES)
+    group_size = _integer(document, "group_size", 1, erasure.MAX_DATA)
+    parity_count = _integer(document, "parity_count", 1, erasure.MAX_PARITY)
+    parity_index = _integer(document, "parity_index", 1, parity_count)
+    last_group = _get(document, "last_group", bool)
+    entries = _get(document, "data_volumes", list)
+    if not 1 <= len(entries) <= group_size or (not last_group and len(entries) != group_size):
+        raise _Invalid(f"{len(entries)} data volumes in a group of {group_size}")
+    data_volumes = []
+    first = (group - 1) * group_size + 1
+    for position, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise _Invalid("a data volume entry is not a JSON object")
+        data_volumes.append(DataVolumeEntry(
+            index=_integer(entry, "index", first + position, first + position),
+            length=_integer(entry, "length", 0, volume_size),
+            volume_digest=_digest(entry, "volume_hash")))
+    if any(entry.length != volume_size for entry in data_volumes[:-1]) or \
+            (not last_group and data_volumes[-1].length != volume_size):
+        raise _Invalid("a data volume other than the set's last is not full")
+    coefficients = _get(document, "coefficients", list)
+    if coefficients != [erasure.coefficient(parity_index - 1, i) for i in range(len(data_volumes))]:
+        raise _Invalid("its coefficients are not those of its code")
+    length = _integer(document, "length", 0, volume_size)
+    if length != max(entry.length for entry in data_volumes):
+        raise _Invalid("its length is not its group's longest data volume's")
+    manifest = ParityManifest(
+        group=group, group_size=group_size, parity_index=parity_index, parity_count=parity_count,
+        coefficients=coefficients, data_volumes=data_volumes, length=length, chunk_size=chunk_size,
+        volume_size=volume_size, chunk_digests=_chunk_digests(document, length, chunk_size),
+        volume_digest=_digest(document, "volume_hash"), last_group=last_group,
+        **_common_fields(document))
+    if last_group:
+        end = data_volumes[-1]
+        _stream_end(document, manifest, end.index, (end.index - 1) * volume_size, end.length)
     return manifest
 
 
 def parse(data, name="manifest"):
-    """A Manifest from a manifest file's bytes; errors.Error naming `name` when it is not valid."""
+    """A Manifest (or a ParityManifest) from a manifest file's bytes; errors.Error naming `name`
+    when it is not valid."""
     try:
-        return _check(_decode(data))
+        document = _decode(data)
+        if document.get("format") == PARITY_FORMAT:
+            return _check_parity(document)
+        if document.get("format") != FORMAT:
+            raise _Invalid(f"'format' is not \"{FORMAT}\"")
+        return _check(document)
     except _Invalid as exc:
         raise Error(f"{name} is not a valid volume manifest: {exc}; "
                     "remove it or give only the volume set's files") from None

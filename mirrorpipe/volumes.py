@@ -8,6 +8,12 @@ after it the manifest are renamed to their final names. Only a volume with its m
 finished, and only a last volume (known at end of input) completes a set, so a run killed at any
 moment leaves no set that reads as complete.
 
+Parity (split-span --parity K --group G): while the data volumes of a group stream past, a
+parity.ParallelParityAccumulator folds them into K parity volumes NAME.parity-GGG-P (.part until
+finished); after the group's last data volume they get manifests of their own and are handed to
+the same hooks (--iso, --exec) as data volumes. They never match `NAME.???`, so the stock restore
+`cat NAME.??? | zstd -d` ignores them.
+
 Numbering: 3 digits, 001 to 899; larger sets widen the number like GNU split's suffixes, so
 names still sort in stream order: 900 is 90000 ... 9899 is 98999, then 9900000 ... (each tier
 adds a leading 9 and one more digit).
@@ -28,7 +34,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from . import cli, manifests
+from . import cli, erasure, manifests
 from .errors import Error
 from .manifests import Manifest
 from .streams import Writeback, fsync_directory, read_full, write_all
@@ -70,6 +76,21 @@ def volume_name(set_name, index):
     return f"{set_name}.{volume_suffix(index)}"
 
 
+PARITY_PREFIX = "parity-"
+_PARITY_SUFFIX_RE = re.compile(r"parity-(9*[0-8]\d*)-(\d{1,2})")
+
+
+def parity_name(set_name, group, parity_index):
+    """'image.parity-001-2': parity volume 2 of group 1."""
+    return f"{set_name}.{PARITY_PREFIX}{volume_suffix(group)}-{parity_index}"
+
+
+def is_parity_suffix(suffix):
+    """Whether a file name's part after the set name ('parity-001-2') names a parity volume."""
+    match = _PARITY_SUFFIX_RE.fullmatch(suffix)
+    return bool(match and suffix_index(match.group(1)) and match.group(2) != "0")
+
+
 def looks_like_volume(file_name):
     """True for names split-span gives volumes (NAME.NNN), whatever the set name."""
     stem, dot, suffix = file_name.rpartition(".")
@@ -105,10 +126,16 @@ class ExecHook:
     def __call__(self, manifest, path):
         env = dict(os.environ,
                    MIRRORPIPE_VOLUME=path,
-                   MIRRORPIPE_VOLUME_INDEX=str(manifest.index),
                    MIRRORPIPE_SET_ID=manifest.set_id,
                    MIRRORPIPE_SET_NAME=manifest.set_name,
-                   MIRRORPIPE_LAST="1" if manifest.last else "0")
+                   MIRRORPIPE_LAST="1" if is_last_file(manifest) else "0")
+        for name in ("MIRRORPIPE_VOLUME_INDEX", "MIRRORPIPE_PARITY_GROUP", "MIRRORPIPE_PARITY_INDEX"):
+            env.pop(name, None)
+        if isinstance(manifest, manifests.ParityManifest):
+            env.update(MIRRORPIPE_PARITY_GROUP=str(manifest.group),
+                       MIRRORPIPE_PARITY_INDEX=str(manifest.parity_index))
+        else:
+            env["MIRRORPIPE_VOLUME_INDEX"] = str(manifest.index)
         try:
             status = subprocess.run(["sh", "-c", self.script, "sh", path],
                                     stdin=subprocess.DEVNULL, env=env).returncode
@@ -118,6 +145,14 @@ class ExecHook:
             how = f"was killed by signal {-status}" if status < 0 else f"failed with status {status}"
             raise Error(f"--exec command {how} for {path}; stopping. The volumes up to this one are "
                         "complete; fix the command and run the pipeline again")
+
+
+def is_last_file(manifest):
+    """Whether split-span writes nothing after this volume: the last data volume of a set without
+    parity, else the last parity volume of the last group."""
+    if isinstance(manifest, manifests.ParityManifest):
+        return manifest.last_group and manifest.parity_index == manifest.parity_count
+    return manifest.last and not manifest.parity
 
 
 @dataclass
@@ -140,7 +175,9 @@ class VolumeSetWriter:
     """Writes one volume set into a directory; write() consumes the stream."""
 
     def __init__(self, directory, set_name, volume_size, chunk_size=manifests.DEFAULT_CHUNK_SIZE,
-                 media=None, on_finished=None, progress=None):
+                 media=None, on_finished=None, progress=None, parity=None, parity_workers=None):
+        """parity: a manifests.ParityScheme to write parity volumes, or None; parity_workers: the
+        processes that fold the data into them (default: one per CPU)."""
         if not manifests.SET_NAME_RE.fullmatch(set_name):
             raise Error(f"invalid set name {set_name!r}: use up to 100 letters, digits and . _ + -, "
                         "starting with a letter or digit")
@@ -163,7 +200,14 @@ class VolumeSetWriter:
         self.progress = progress or cli.NoProgress()
         self.stream_hash = manifests.new_hash()
         self.finished = []        # manifests of the finished volumes
+        self.finished_parity = []  # manifests of the finished parity volumes
         self.host = cli.host_name()[:manifests.MAX_HOST_LENGTH]
+        self.parity = parity
+        self.parity_workers = parity_workers
+        self.group_parity = None  # the accumulator of the group being written
+        if parity and not (1 <= parity.count <= erasure.MAX_PARITY and 1 <= parity.group_size <= erasure.MAX_DATA):
+            raise Error(f"--parity takes 1 to {erasure.MAX_PARITY} parity volumes per group of 1 to "
+                        f"{erasure.MAX_DATA} data volumes")
 
     def prepare_directory(self):
         """Create the directory; refuse one that already holds a set of this name; remove the
@@ -179,7 +223,7 @@ class VolumeSetWriter:
                 continue
             rest = name[len(prefix):]
             base = rest.removesuffix(PART_SUFFIX).removesuffix(manifests.SUFFIX).removesuffix(IMAGE_SUFFIX)
-            if suffix_index(base) is None:
+            if suffix_index(base) is None and not is_parity_suffix(base):
                 continue
             if rest.endswith(PART_SUFFIX):
                 os.unlink(os.path.join(self.directory, name))
@@ -220,6 +264,8 @@ class VolumeSetWriter:
         except BaseException as exc:
             if volume is not None and (not self.finished or self.finished[-1].index != volume.index):
                 self._discard(volume)
+            if self.group_parity:
+                self.group_parity.discard()
             if isinstance(exc, OSError):
                 raise Error(self._describe_failure(exc, volume)) from None
             raise
@@ -229,12 +275,20 @@ class VolumeSetWriter:
         path = os.path.join(self.directory, volume_name(self.set_name, index))
         fd = os.open(path + PART_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         self.progress.set_detail(f"volume {index}")
+        if self.parity and self.group_parity is None:
+            from . import parity   # imports numpy: only when parity is asked for
+            group = self.parity.group_of(index)
+            self.group_parity = parity.ParallelParityAccumulator(
+                [self._parity_path(group, p) + PART_SUFFIX for p in range(1, self.parity.count + 1)],
+                self.chunk_size, workers=self.parity_workers)
         return _OpenVolume(index=index, path=path, fd=fd, offset=(index - 1) * self.volume_size)
 
     def _append(self, volume, data):
         """Write as much of data as fits the volume; hash it per chunk, volume and stream."""
         piece = data[:self.volume_size - volume.length]
         write_all(volume.fd, piece)
+        if self.group_parity:
+            self.group_parity.add(piece)
         volume.volume_hash.update(piece)
         self.stream_hash.update(piece)
         rest = piece
@@ -262,16 +316,26 @@ class VolumeSetWriter:
             set_id=self.set_id, set_name=self.set_name, index=volume.index, offset=volume.offset,
             length=volume.length, chunk_size=self.chunk_size, volume_size=self.volume_size,
             chunk_digests=bytes(volume.chunk_digests), volume_digest=volume.volume_hash.digest(),
-            media=self.media, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            host=self.host, last=last)
+            media=self.media, created=_now(), host=self.host, last=last, parity=self.parity)
         if last:
             manifest.total_length = volume.offset + volume.length
             manifest.volume_count = volume.index
             manifest.stream_digest = self.stream_hash.digest()
+        if self.group_parity:
+            self.group_parity.end_data_volume()
         os.fsync(volume.fd)
         os.close(volume.fd)
         volume.fd = -1
-        manifest_file = manifests.manifest_path(volume.path)
+        self._publish(volume.path, manifest)
+        self.finished.append(manifest)
+        if self.on_finished:
+            self.on_finished(manifest, _argument_path(volume.path))
+        if self.group_parity and (last or volume.index % self.parity.group_size == 0):
+            self._finish_group(last)
+
+    def _publish(self, path, manifest):
+        """Give the volume at path.part (written and fsync'ed) its manifest and its final name."""
+        manifest_file = manifests.manifest_path(path)
         fd = os.open(manifest_file + PART_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
             write_all(fd, manifest.to_json())
@@ -279,12 +343,42 @@ class VolumeSetWriter:
         finally:
             os.close(fd)
         # Volume first, manifest last: the manifest's arrival is what makes the volume finished.
-        os.rename(volume.path + PART_SUFFIX, volume.path)
+        os.rename(path + PART_SUFFIX, path)
         os.rename(manifest_file + PART_SUFFIX, manifest_file)
         fsync_directory(self.directory)
-        self.finished.append(manifest)
-        if self.on_finished:
-            self.on_finished(manifest, _argument_path(volume.path))
+
+    def _parity_path(self, group, parity_index):
+        return os.path.join(self.directory, parity_name(self.set_name, group, parity_index))
+
+    def _finish_group(self, last):
+        """The group's data volumes are all finished: finish its parity volumes, give them
+        manifests and hand them to on_finished."""
+        group = self.parity.group_of(self.finished[-1].index)
+        self.progress.set_detail(f"parity of group {group}")
+        members = [m for m in self.finished if self.parity.group_of(m.index) == group]
+        built = self.group_parity.finish()
+        self.group_parity = None
+        finished = []
+        for volume in built:
+            manifest = manifests.ParityManifest(
+                set_id=self.set_id, set_name=self.set_name, group=group,
+                group_size=self.parity.group_size, parity_index=volume.parity + 1,
+                parity_count=self.parity.count, coefficients=volume.coefficients,
+                data_volumes=[manifests.DataVolumeEntry(m.index, m.length, m.volume_digest) for m in members],
+                length=volume.length, chunk_size=self.chunk_size, volume_size=self.volume_size,
+                chunk_digests=volume.chunk_digests, volume_digest=volume.volume_digest,
+                media=self.media, created=_now(), host=self.host, last_group=last)
+            if last:
+                manifest.total_length = self.finished[-1].total_length
+                manifest.volume_count = self.finished[-1].volume_count
+                manifest.stream_digest = self.finished[-1].stream_digest
+            path = self._parity_path(group, manifest.parity_index)
+            self._publish(path, manifest)
+            finished.append((manifest, path))
+        for manifest, path in finished:
+            self.finished_parity.append(manifest)
+            if self.on_finished:
+                self.on_finished(manifest, _argument_path(path))
 
     def _discard(self, volume):
         """Remove an unfinished volume's files (they would only take space; .part never counts)."""
@@ -313,6 +407,10 @@ class VolumeSetWriter:
                     "volumes away with --exec) and run the pipeline again")
         return (f"cannot write {where}: {cli.describe_os_error(exc)}; {kept}, the unfinished volume "
                 "was removed and the set is incomplete")
+
+
+def _now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _argument_path(path):

@@ -1,6 +1,6 @@
 """split-span: cut a stream into disc-sized volumes, each with a manifest beside it."""
 
-from .. import cli, iso, manifests, media, volumes
+from .. import cli, erasure, iso, manifests, media, volumes
 from ..errors import Error, UsageError
 
 
@@ -25,12 +25,21 @@ class SplitSpan(cli.Command):
         "--exec CMD runs `sh -c CMD` after each finished volume with {} standing for the volume's\n"
         "path (passed as an argument, never as shell code: do not quote {}), stdin from /dev/null,\n"
         "and in the environment MIRRORPIPE_VOLUME, MIRRORPIPE_VOLUME_INDEX, MIRRORPIPE_SET_ID,\n"
-        "MIRRORPIPE_SET_NAME and MIRRORPIPE_LAST (1 for the last volume, else 0).\n"
+        "MIRRORPIPE_SET_NAME, MIRRORPIPE_LAST (1 for the last file of the set, else 0) and\n"
+        "MIRRORPIPE_VOLUME_INDEX, or for a parity volume MIRRORPIPE_PARITY_GROUP and\n"
+        "MIRRORPIPE_PARITY_INDEX.\n"
+        "\n"
+        "--parity K adds K parity volumes NAME.parity-001-1 ... per group of --group G data volumes\n"
+        f"(default {erasure.MAX_DATA}: one group for most sets), written after the group's data volumes;\n"
+        "reassemble rebuilds any K volumes of a group that are lost or damaged. They are built while\n"
+        "the data streams past, in files beside the volumes (K volumes of disk space until the group\n"
+        "is finished), so --exec may burn and delete each data volume at once.\n"
         "\n"
         "examples:\n"
         "  read-disk /dev/sda | compress | split-span --bd25 out/\n"
         "  read-disk /dev/sda | compress | ssh backup-host 'split-span --dvd --name pc1 /srv/pc1'\n"
         "  ... | split-span --dvd --exec 'burn-iso --device /dev/sr0 {} && rm {}' /var/tmp/spool\n"
+        "  read-disk /dev/sda | compress | split-span --bd25 --parity 2 out/   # survives 2 lost discs\n"
         "  cat out/image.??? | zstd -d > sda.img     # restore with stock tools\n"
         "\n"
         "exit status: 0 the set is complete, 1 failure (the message says which volumes are\n"
@@ -54,6 +63,12 @@ class SplitSpan(cli.Command):
                             help="write each finished volume as an ISO image NAME.001.iso (volume, "
                                  "manifest, README.TXT) in place of the volume: needs the disk space "
                                  "of one volume more, not of the whole set")
+        parser.add_argument("--parity", type=parity_count, metavar="K",
+                            help=f"add K parity volumes (1-{erasure.MAX_PARITY}) per group, so that any K lost or "
+                                 "damaged volumes of the group can be rebuilt")
+        parser.add_argument("--group", type=group_size, metavar="G",
+                            help=f"data volumes per parity group (1-{erasure.MAX_DATA}, default "
+                                 f"{erasure.MAX_DATA}); needs --parity")
         parser.add_argument("--exec", dest="exec_command", metavar="CMD",
                             help="run CMD after each finished volume; {} is the volume's path; "
                                  "a failure stops split-span")
@@ -63,20 +78,32 @@ class SplitSpan(cli.Command):
             volume_size = media.volume_size_for(media.PRESETS[args.preset], args.chunk_size)
         else:
             volume_size = args.size
+        if args.group and not args.parity:
+            raise UsageError("--group needs --parity")
+        scheme = manifests.ParityScheme(args.parity, args.group or erasure.MAX_DATA) if args.parity else None
         src = cli.open_input("-")
         progress = self.messages.progress()
         try:
             writer = volumes.VolumeSetWriter(
                 args.outdir, args.name, volume_size, chunk_size=args.chunk_size, media=args.preset,
                 on_finished=finished_hook(args),
-                progress=progress)
+                progress=progress, parity=scheme)
         except Error as exc:
             raise UsageError(str(exc)) from None
         finished = writer.write(src, confirm_end=volumes.confirm_stdin_end)
         last = finished[-1]
+        parity_note = f" and {len(writer.finished_parity)} parity volumes" if scheme else ""
         progress.finish(f"{cli.format_size(last.total_length)} in {last.volume_count} "
-                        f"volume{'s' if last.volume_count > 1 else ''} of set '{args.name}' "
+                        f"volume{'s' if last.volume_count > 1 else ''}{parity_note} of set '{args.name}' "
                         f"(set id {last.set_id}) in {args.outdir}")
+
+
+def parity_count(text):
+    return cli.bounded_int(text, 1, erasure.MAX_PARITY, "parity volumes")
+
+
+def group_size(text):
+    return cli.bounded_int(text, 1, erasure.MAX_DATA, "data volumes per group")
 
 
 def finished_hook(args):
