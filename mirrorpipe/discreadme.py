@@ -6,7 +6,7 @@ changes are the two placeholders, the mount point /media/cdrom and the target di
 
 import shlex
 
-from . import cli
+from . import cli, manifests
 
 DISC_PLACEHOLDER = "/media/cdrom"
 TARGET_PLACEHOLDER = "/dev/sdX"
@@ -23,10 +23,13 @@ def looks_compressed(first_bytes):
 
 
 def readme_text(manifest, volume_name, compressed=None):
-    """The README.TXT of the disc holding VOLUME_NAME, described by MANIFEST (a manifests.Manifest).
+    """The README.TXT of the disc holding VOLUME_NAME, described by MANIFEST (a manifests.Manifest,
+    or a ParityManifest for a parity disc).
 
     COMPRESSED: True or False when known (from volume 1's first bytes), None when this disc
     cannot tell, in which case both ways are given."""
+    if isinstance(manifest, manifests.ParityManifest):
+        return _parity_readme_text(manifest, volume_name, compressed)
     prefix, _, suffix = volume_name.rpartition(".")
     pattern = f"{shlex.quote(prefix)}.{'?' * len(suffix)}"
     count = manifest.volume_count if manifest.last else None
@@ -77,6 +80,8 @@ def readme_text(manifest, volume_name, compressed=None):
         lines.append(f"    reassemble {DISC_PLACEHOLDER}{decompress} | write-disk {TARGET_PLACEHOLDER}")
         lines.append(f"    reassemble /dev/sr0{decompress} | write-disk {TARGET_PLACEHOLDER}"
                      "      # or from the drive, unmounted")
+    if manifest.parity:
+        lines += [""] + _parity_paragraph(manifest.parity, manifest.set_name)
     lines += ["", "RESTORE WITH STOCK TOOLS ONLY (sh, cp, grep, cat, zstd, dd)", ""]
     if not single:
         lines += [
@@ -91,6 +96,52 @@ def readme_text(manifest, volume_name, compressed=None):
         decompress = " | zstd -d" if variant else ""
         lines += [f"    cat {source}{decompress} | dd of={TARGET_PLACEHOLDER} bs=4M conv=fsync", ""]
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _parity_paragraph(scheme, set_name):
+    """What a data disc of a set with parity says about the parity discs."""
+    return [
+        f"PARITY DISCS: this set has {scheme.count} parity disc{'s' if scheme.count > 1 else ''} for every "
+        f"{scheme.group_size} data discs",
+        f"(labelled 'parity', holding {set_name}.parity-GGG-P). If discs of the set are lost or",
+        f"unreadable, up to {scheme.count} per group can be rebuilt: copy the volume and manifest of",
+        "every disc you have, data and parity discs, into one directory (each ISO image or the two",
+        "files on the disc), then run reassemble on that directory:",
+        "",
+        f"    reassemble DIR | compress -d | write-disk {TARGET_PLACEHOLDER}",
+        "",
+        "reassemble says what it rebuilt. The stock-tools restore below cannot use parity discs.",
+    ]
+
+
+def _parity_readme_text(manifest, volume_name, compressed):
+    first, last = manifest.data_volumes[0].index, manifest.data_volumes[-1].index
+    lines = [
+        "MIRRORPIPE BACKUP DISC: PARITY",
+        "",
+        f"This is parity disc {manifest.parity_index} of {manifest.parity_count} of group {manifest.group} "
+        f"of the set '{manifest.set_name}', set id {manifest.set_id}.",
+        f"It holds {volume_name} and its manifest. They are not part of the backup stream: with",
+        f"the group's other discs they rebuild up to {manifest.parity_count} lost or unreadable discs "
+        f"of the group,",
+        f"data discs {first} to {last} and parity discs 1 to {manifest.parity_count} of group {manifest.group}.",
+        f"Made {manifest.created or 'at an unknown time'}{f' on {manifest.host}' if manifest.host else ''}.",
+        "",
+        "TO RESTORE A SET THAT LOST DISCS (with mirrorpipe)",
+        "",
+        "Copy the volume and manifest of every disc you have, data and parity discs, into one",
+        f"directory DIR (it needs room for the whole set), then replace {TARGET_PLACEHOLDER} with the disk "
+        "to restore to",
+        f"(EVERYTHING ON {TARGET_PLACEHOLDER} IS OVERWRITTEN) and run:",
+        "",
+    ]
+    decompress = {True: " | compress -d", False: "", None: " | compress -d   # if compressed"}[compressed]
+    lines += [f"    reassemble DIR{decompress} | write-disk {TARGET_PLACEHOLDER}",
+              "",
+              "reassemble checks every chunk, rebuilds what is missing or damaged and says what it",
+              "rebuilt; `reassemble --verify DIR` first tells how much more the set can lose.",
+              "With no disc lost, this disc is not needed: see README.TXT on any data disc."]
+    return "\n".join(lines) + "\n"
 
 
 def _copy_loop(prefix, set_name):

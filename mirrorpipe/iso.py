@@ -76,15 +76,24 @@ class Labels:
     udf: str
 
 
-def disc_labels(set_name, index):
+def disc_labels(set_name, index, parity_group=None):
     """Volume labels for disc INDEX of SET_NAME, within each file system's limits:
-    'PC1_2026_11_25_003' (ISO 9660), 'PC1_2026_11_003' (Joliet), 'pc1-2026-11-25 disc 3' (UDF)."""
-    number = f"{index:03d}"
+    'PC1_2026_11_25_003' (ISO 9660), 'PC1_2026_11_003' (Joliet), 'pc1-2026-11-25 disc 3' (UDF);
+    for parity disc INDEX of group PARITY_GROUP: 'PC1_2026_11_25_P001_2', 'pc1-2026-11-25 parity
+    1-2'."""
+    number = f"{index:03d}" if parity_group is None else f"P{parity_group:03d}_{index}"
+    title = f"disc {index}" if parity_group is None else f"parity {parity_group}-{index}"
     upper = _NOT_D_CHARACTERS.sub("_", set_name.upper())
     return Labels(
         iso9660=f"{upper[:ISO_LABEL_LENGTH - 1 - len(number)].rstrip('_')}_{number}",
         joliet=f"{upper[:JOLIET_LABEL_LENGTH - 1 - len(number)].rstrip('_')}_{number}",
-        udf=f"{set_name[:UDF_LABEL_LENGTH - 12]} disc {index}")
+        udf=f"{set_name[:UDF_LABEL_LENGTH - 1 - len(title)]} {title}")
+
+
+def labels_for(manifest):
+    if isinstance(manifest, manifests.ParityManifest):
+        return disc_labels(manifest.set_name, manifest.parity_index, manifest.group)
+    return disc_labels(manifest.set_name, manifest.index)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,14 +229,14 @@ def package(volume_path, image_path, compressed=None, progress=None):
         compressed = stream_compressed(volume_path, manifest)
     readme = discreadme.readme_text(manifest, os.path.basename(volume_path), compressed)
     return write_image(volume_path, manifest_bytes, readme, image_path,
-                       disc_labels(manifest.set_name, manifest.index), progress)
+                       labels_for(manifest), progress)
 
 
 def stream_compressed(volume_path, manifest):
     """Whether the set's stream is zstd, from the first bytes of volume 1 when it is this volume
     or lies beside it; None when it is not at hand."""
     first = volume_path
-    if manifest.index != 1:
+    if not is_first_volume(manifest):
         prefix = volume_path.rpartition(".")[0]
         first = f"{prefix}.{volumes.volume_suffix(1)}"
         try:
@@ -240,6 +249,10 @@ def stream_compressed(volume_path, manifest):
             return discreadme.looks_compressed(stream.read(4))
     except OSError:
         return None
+
+
+def is_first_volume(manifest):
+    return isinstance(manifest, manifests.Manifest) and manifest.index == 1
 
 
 def replace_with_image(volume_path, compressed=None, progress=None):
@@ -263,7 +276,7 @@ class ImageHook:
         self.compressed = None
 
     def __call__(self, manifest, path):
-        if manifest.index == 1:
+        if is_first_volume(manifest):
             self.compressed = stream_compressed(path, manifest)
         image_path = replace_with_image(path, self.compressed)
         if self.then:
@@ -449,7 +462,7 @@ class DiscVolume:
     """A volume inside an ISO image or on a disc, with the interface of volumes.VolumeFile
     (manifest, manifest_path, path, open_checked()), so that reassemble reads it like a file."""
 
-    manifest: manifests.Manifest
+    manifest: manifests.Manifest    # or a ParityManifest
     image: str
     volume_name: str
     start: int          # the volume's bytes are contiguous in the images burn-iso writes
@@ -457,6 +470,15 @@ class DiscVolume:
     @property
     def path(self):
         return f"{self.image}:{self.volume_name}"
+
+    @property
+    def label(self):
+        return volumes.describe_volume(self.manifest, self.path)
+
+    def open_file(self):
+        """The volume as a file object (seek, readinto), checked as open_checked() does."""
+        return ExtentReader(self.open_checked(), [(self.start, self.manifest.length)], self.path,
+                            owns_fd=True)
 
     @property
     def manifest_path(self):
@@ -472,7 +494,7 @@ class DiscVolume:
         end = self.start + self.manifest.length
         if os.lseek(fd, 0, os.SEEK_END) < end:
             os.close(fd)
-            raise Error(f"volume {self.manifest.index} ({self.path}) is truncated: the image ends before "
+            raise Error(f"{self.label} is truncated: the image ends before "
                         f"byte {end}; copy the image again from the original")
         os.lseek(fd, self.start, os.SEEK_SET)
         return fd
@@ -493,9 +515,10 @@ def disc_volume(path):
 class ExtentReader(io.RawIOBase):
     """A read-only file made of byte ranges [(offset, length)] of an open descriptor."""
 
-    def __init__(self, fd, extents, name):
+    def __init__(self, fd, extents, name, owns_fd=False):
         super().__init__()
         self.fd = fd
+        self.owns_fd = owns_fd      # close() closes fd
         self.extents = extents
         self.name = name
         self.position = 0
@@ -531,6 +554,11 @@ class ExtentReader(io.RawIOBase):
             filled += got
             self.position += got
         return filled
+
+    def close(self):
+        if self.owns_fd and not self.closed:
+            os.close(self.fd)
+        super().close()
 
     def _locate(self, position):
         """(byte offset in the image, bytes left in that extent) of a volume position."""

@@ -100,6 +100,11 @@ class Manifest:
         """'volume 3 of set 'pc1'' for messages."""
         return f"volume {self.index} of set '{self.set_name}'"
 
+    @property
+    def disc_title(self):
+        """What the disc holding this volume is called: 'disc 3'."""
+        return f"disc {self.index}"
+
     def to_json(self):
         """The manifest file's bytes: readable JSON, one chunk digest per line."""
         document = {
@@ -188,7 +193,11 @@ class ParityManifest:
         return ParityScheme(self.parity_count, self.group_size)
 
     def describe(self):
-        return (f"parity volume {self.parity_index} of group {self.group} of set '{self.set_name}'")
+        return f"parity volume {self.parity_index} of group {self.group} of set '{self.set_name}'"
+
+    @property
+    def disc_title(self):
+        return f"parity disc {self.parity_index} of group {self.group}"
 
     def to_json(self):
         document = {

@@ -408,6 +408,7 @@ class Rebuilder:
         self.chunks = manifests.chunk_count(max(m.length for m in self.members), chunk_size)
         self._plans = {}
         self._sums = {}                         # row -> its reused sum buffer
+        self.checked = set()                    # (row, chunk) read and found good
         self.buffer = bytearray(chunk_size)     # the chunk being read
 
     def chunk_length(self, row, number):
@@ -423,10 +424,11 @@ class Rebuilder:
         view = memoryview(self.buffer)[:size]
         try:
             got = _read_into(member.file, number * self.chunk_size, view)
-        except OSError:
+        except (OSError, Error):
             got = None      # an unreadable sector of a scratched disc: the chunk is lost
         if got == size and (member.chunk_digests is None or
                             _digest_of(view) == _digest(member.chunk_digests, number)):
+            self.checked.add((row, number))
             return view
         member.bad_chunks.add(number)
         return None
@@ -522,12 +524,12 @@ class Rebuilder:
                 raise Error(self._beyond_repair(number, set()))
 
     def health(self):
-        """Read and check every chunk of every present member: a GroupHealth."""
+        """Read and check every chunk of every present member not read yet: a GroupHealth."""
         worst = 0
         lost_chunks = {}
         for number in range(self.chunks):
             for row in range(self.code.rows):
-                if self.chunk_length(row, number):
+                if self.chunk_length(row, number) and (row, number) not in self.checked:
                     self.read_chunk(row, number)
             lost_rows = self._lost_rows(number)
             for row in lost_rows:

@@ -92,9 +92,10 @@ def is_parity_suffix(suffix):
 
 
 def looks_like_volume(file_name):
-    """True for names split-span gives volumes (NAME.NNN), whatever the set name."""
+    """True for names split-span gives volumes (NAME.NNN, NAME.parity-GGG-P), whatever the set
+    name."""
     stem, dot, suffix = file_name.rpartition(".")
-    return bool(dot and stem and suffix_index(suffix))
+    return bool(dot and stem and (suffix_index(suffix) or is_parity_suffix(suffix)))
 
 
 def describe_indices(indices):
@@ -448,6 +449,13 @@ def confirm_stdin_end(wait=0.05):
 # ---------------------------------------------------------------------------------------------
 # Finding a set
 
+def describe_volume(manifest, path):
+    """'volume 3 (out/image.003)' or 'parity volume 1 of group 2 (out/image.parity-002-1)'."""
+    if isinstance(manifest, manifests.ParityManifest):
+        return f"parity volume {manifest.parity_index} of group {manifest.group} ({path})"
+    return f"volume {manifest.index} ({path})"
+
+
 @dataclass
 class VolumeFile:
     """A manifest and the volume file beside it."""
@@ -458,10 +466,18 @@ class VolumeFile:
     def path(self):
         return manifests.volume_path(self.manifest_path)
 
+    @property
+    def label(self):
+        return describe_volume(self.manifest, self.path)
+
+    def open_file(self):
+        """The volume as a file object (seek, readinto), checked as open_checked() does."""
+        return open(self.open_checked(), "rb", buffering=0)
+
     def open_checked(self):
         """A descriptor of the volume file after checking it is there, regular and of the length
         its manifest says; errors.Error naming the problem otherwise."""
-        name = f"volume {self.manifest.index} ({self.path})"
+        name = self.label
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
         except FileNotFoundError:
@@ -488,6 +504,7 @@ class VolumeFile:
 class Scan:
     """What some directories and files hold."""
     volumes: list = field(default_factory=list)
+    parity: list = field(default_factory=list)        # parity volumes (VolumeFile, DiscVolume)
     unfinished: list = field(default_factory=list)    # .part files of an interrupted split-span
     orphans: list = field(default_factory=list)       # volume-like files without a manifest
 
@@ -498,11 +515,15 @@ def scan(sources):
     found = Scan()
     seen = set()
 
+    def take(volume):
+        is_parity = isinstance(volume.manifest, manifests.ParityManifest)
+        (found.parity if is_parity else found.volumes).append(volume)
+
     def take_manifest(path):
         key = os.path.realpath(path)
         if key not in seen:
             seen.add(key)
-            found.volumes.append(VolumeFile(manifests.read(path), path))
+            take(VolumeFile(manifests.read(path), path))
 
     def take_disc(path):
         """An ISO image or a disc in a drive: its volume is read straight out of the image."""
@@ -510,7 +531,7 @@ def scan(sources):
         key = os.path.realpath(path)
         if key not in seen:
             seen.add(key)
-            found.volumes.append(iso.disc_volume(path))
+            take(iso.disc_volume(path))
 
     for source in sources:
         if os.path.isdir(source):
@@ -569,30 +590,47 @@ def _set_label(manifest):
 
 
 class VolumeSet:
-    """The volumes of one set found so far, by index, and what is wrong with them as a whole."""
+    """The volumes of one set found so far, by index, its parity volumes by (group, parity
+    index), and what is wrong with them as a whole."""
 
     def __init__(self, first):
         self.reference = first
         self.by_index = {}
-        self.last = None
+        self.parity = {}          # (group, parity index) -> parity volume
+        self.last = None          # the last data volume's manifest
+        self.last_group = None    # a parity manifest of the last group (knows the end too)
+        self.scheme = getattr(first, "parity", None) or getattr(first, "scheme", None)
+        self.lost = {}            # index or (group, parity index) -> why a found volume is unusable
         self.problems = []
 
     @property
+    def end(self):
+        """A manifest that says where the stream ends (total_length, volume_count,
+        stream_digest): the last data volume's, else a parity manifest of the last group."""
+        return self.last or self.last_group
+
+    @property
     def count(self):
-        return self.last.index if self.last else None
+        return self.end.volume_count if self.end else None
 
     def add(self, volume):
         """Take a volume of this set; a problem is recorded for one that does not fit."""
         mine, theirs = self.reference, volume.manifest
         if theirs.set_id != mine.set_id:
             self.problems.append(
-                f"{volume.path} is volume {theirs.index} of another set {_set_label(theirs)}, not of "
+                f"{volume.path} is {_what(theirs)} of another set {_set_label(theirs)}, not of "
                 f"the set {_set_label(mine)}; remove it")
             return
+        scheme = getattr(theirs, "parity", None) or getattr(theirs, "scheme", None)
         if (theirs.volume_size, theirs.chunk_size, theirs.set_name) != \
-                (mine.volume_size, mine.chunk_size, mine.set_name):
+                (mine.volume_size, mine.chunk_size, mine.set_name) or \
+                (scheme and self.scheme and scheme != self.scheme):
             self.problems.append(f"{volume.manifest_path} disagrees with the other manifests of its "
-                                 "set (volume or chunk size, set name); it was altered: remove it")
+                                 "set (volume or chunk size, set name, parity); it was altered: remove it")
+            return
+        self.scheme = self.scheme or scheme
+        if isinstance(theirs, manifests.ParityManifest):
+            self._add_parity(volume)
             return
         known = self.by_index.get(theirs.index)
         if known:
@@ -608,6 +646,20 @@ class VolumeSet:
                 self.problems.append(f"two last volumes ({self.last.index} and {theirs.index}) in set "
                                      f"'{mine.set_name}'; the manifests were altered")
             self.last = theirs
+
+    def _add_parity(self, volume):
+        manifest = volume.manifest
+        key = (manifest.group, manifest.parity_index)
+        known = self.parity.get(key)
+        if known:
+            if known.manifest.volume_digest != manifest.volume_digest:
+                self.problems.append(
+                    f"two different parity volumes {manifest.parity_index} of group {manifest.group}: "
+                    f"{known.path} and {volume.path}; keep the right one and remove the other")
+            return
+        self.parity[key] = volume
+        if manifest.last_group:
+            self.last_group = manifest
 
     def missing(self):
         """Indices absent below the last volume (or below the highest found without it)."""
@@ -633,10 +685,65 @@ class VolumeSet:
                          "split-span did not finish")
         return "; ".join(parts)
 
+    # Parity groups
+
+    def has_parity(self):
+        return bool(self.parity) and self.count is not None
+
+    def groups(self):
+        return range(1, self.scheme.group_of(self.count) + 1) if self.has_parity() else range(0)
+
+    def usable_data(self, group):
+        return [i for i in self.scheme.data_indices(group, self.count)
+                if i in self.by_index and i not in self.lost]
+
+    def usable_parity(self, group):
+        return [p for p in range(1, self.scheme.count + 1)
+                if (group, p) in self.parity and (group, p) not in self.lost]
+
+    def unrebuildable(self):
+        """'group 1 (volumes 1-7) lost 3 data volumes (...) ...' for each group that lost more
+        data volumes than it has parity volumes left; [] when parity can rebuild all losses."""
+        problems = []
+        for group in self.groups():
+            indices = self.scheme.data_indices(group, self.count)
+            lost = [i for i in indices if i not in self.usable_data(group)]
+            parity = self.usable_parity(group)
+            if len(lost) > len(parity):
+                problems.append(
+                    f"group {group} (volumes {indices[0]}-{indices[-1]}) lost {len(lost)} data "
+                    f"volume{'s' if len(lost) > 1 else ''} ({describe_indices(lost)}) and has "
+                    f"{len(parity)} of its {self.scheme.count} parity volumes: they cannot be "
+                    f"rebuilt; find {len(lost) - len(parity)} more of the group's volumes (data or parity)")
+        return problems
+
+    def restorable(self):
+        """Whether what is at hand gives the whole stream, rebuilding from parity if need be."""
+        if not self.count:
+            return False
+        if not self.has_parity():
+            return not self.missing() and not self.lost
+        return not self.unrebuildable()
+
+    def open_all(self):
+        """Check that every volume found can be opened and has its length; a volume that cannot
+        is set aside in self.lost, with the reason."""
+        for key, volume in [*sorted(self.by_index.items()), *sorted(self.parity.items())]:
+            try:
+                os.close(volume.open_checked())
+            except Error as exc:
+                self.lost[key] = str(exc)
+
+
+def _what(manifest):
+    if isinstance(manifest, manifests.ParityManifest):
+        return f"parity volume {manifest.parity_index} of group {manifest.group}"
+    return f"volume {manifest.index}"
+
 
 def gather(found):
     """The one set the scanned sources hold, as a VolumeSet (its problems recorded in it)."""
-    if not found.volumes:
+    if not found.volumes and not found.parity:
         hint = ""
         if found.unfinished:
             hint = f" ({found.unfinished[0]} is unfinished: split-span was interrupted)"
@@ -645,11 +752,14 @@ def gather(found):
         raise Error(f"no finished volume found{hint}; give the directories or files of a set "
                     "split-span made")
     # The set most volumes belong to is the one wanted; the others are intruders.
+    every = found.volumes + found.parity
     counts = {}
-    for volume in found.volumes:
+    for volume in every:
         counts[volume.manifest.set_id] = counts.get(volume.manifest.set_id, 0) + 1
     main_id = max(counts, key=counts.get)
-    ordered = sorted(found.volumes, key=lambda v: (v.manifest.set_id != main_id, v.manifest.index))
+    ordered = sorted(every, key=lambda v: (v.manifest.set_id != main_id,
+                                           isinstance(v.manifest, manifests.ParityManifest),
+                                           getattr(v.manifest, "index", 0)))
     volume_set = VolumeSet(ordered[0].manifest)
     for volume in ordered:
         volume_set.add(volume)
@@ -674,6 +784,14 @@ class VolumeReport:
 
     def __init__(self, index, path=None, length=None, chunks=None, status="missing"):
         self.index, self.path, self.length, self.chunks, self.status = index, path, length, chunks, status
+        self.rebuilt = False      # lost or damaged, and rebuilt from parity
+
+
+def _key_label(key):
+    """How messages name a volume not at hand: by index, or (group, parity index)."""
+    if isinstance(key, tuple):
+        return f"parity volume {key[1]} of group {key[0]}"
+    return f"volume {key}"
 
 
 class SetReader:
@@ -684,7 +802,8 @@ class SetReader:
     """
 
     def __init__(self, volume_set, found, out_fd=None, progress=None, directories=None, tty=None,
-                 verify_only=False):
+                 verify_only=False, say=None):
+        """say(text): tells the user what was rebuilt from parity (a warning line)."""
         self.set = volume_set
         self.found = found
         self.out_fd = out_fd
@@ -692,14 +811,19 @@ class SetReader:
         self.directories = directories    # re-read when the next disc is needed
         self.tty = tty
         self.verify_only = verify_only
+        self.say = say or (lambda text: None)
         self.reports = {}
+        self.parity_reports = {}      # (group, parity index) -> VolumeReport
+        self.health = {}              # group -> parity.GroupHealth (with parity, --verify)
         self.stream_hash = manifests.new_hash()
         self.buffer = bytearray(volume_set.reference.chunk_size)
 
     def run(self):
         """Read the set from volume 1 to the last, asking for discs not at hand; the reports."""
+        if self.set.has_parity() and self.set.restorable():
+            return self._run_with_parity()
         if self.set.count and not self.set.missing():
-            self.progress.set_total(self.set.last.total_length)
+            self.progress.set_total(self.set.end.total_length)
         index = 1
         while True:
             volume = self.set.by_index.get(index) or self._ask_for(index)
@@ -708,11 +832,13 @@ class SetReader:
                 break
             index += 1
         if self.verify_only:
-            self._check_stream(volume)
+            self._check_stream()
         return self.reports
 
     def verify_present(self):
         """Check every volume found, without asking for the others (--verify of a local set)."""
+        if self.set.has_parity():
+            return self._run_with_parity()
         top = self.set.count or max(self.set.by_index, default=0)
         for index in range(1, top + 1):
             volume = self.set.by_index.get(index)
@@ -721,14 +847,144 @@ class SetReader:
             else:
                 self.reports[index] = VolumeReport(index)
         if self.set.last and not self.set.missing():
-            self._check_stream(self.set.by_index[self.set.count])
+            self._check_stream()
         return self.reports
 
-    def _check_stream(self, last_volume):
-        if all(r.status == "ok" for r in self.reports.values()) and \
-                self.stream_hash.digest() != last_volume.manifest.stream_digest:
-            raise Error(f"the reassembled stream does not match the hash in the last manifest "
-                        f"({last_volume.manifest_path}); the manifests were altered")
+    def _check_stream(self):
+        """--verify: the whole stream, read or rebuilt, against the stream hash of the manifests."""
+        if all(r.status == "ok" or r.rebuilt for r in self.reports.values()) and \
+                self.stream_hash.digest() != self.set.end.stream_digest:
+            raise Error("the reassembled stream does not match the stream hash of the last manifest; "
+                        "the manifests were altered")
+
+    # With parity: each group read through a parity.Rebuilder, which checks every chunk and
+    # rebuilds what is lost.
+
+    def _run_with_parity(self):
+        if self.set.restorable():
+            self.progress.set_total(self.set.end.total_length)
+        for group in self.set.groups():
+            rebuilder, expected = self._rebuilder(group)
+            try:
+                for row, index in enumerate(self.set.scheme.data_indices(group, self.set.count)):
+                    self._emit_volume(rebuilder, row, index, expected.get(index))
+                if self.verify_only:
+                    self._check_parity_volumes(rebuilder, group)
+                    self.health[group] = rebuilder.health()
+            finally:
+                for member in rebuilder.members:
+                    if member.file is not None:
+                        member.file.close()
+        if self.verify_only:
+            self._check_stream()
+        return self.reports
+
+    def _rebuilder(self, group):
+        """The Rebuilder of a group, its volumes opened, and the volume hash of each data volume
+        as its parity manifests record it."""
+        from . import parity   # imports numpy: only for sets with parity
+        scheme, count, end = self.set.scheme, self.set.count, self.set.end
+        expected = {}
+        parity_members = []
+        for parity_index in range(1, scheme.count + 1):
+            volume = self.set.parity.get((group, parity_index))
+            if volume:
+                for entry in volume.manifest.data_volumes:
+                    expected[entry.index] = entry.volume_digest
+            parity_members.append(self._member(volume, (group, parity_index),
+                                               volume.manifest.length if volume else None))
+        data_members = []
+        for index in scheme.data_indices(group, count):
+            volume = self.set.by_index.get(index)
+            if volume and expected.get(index, volume.manifest.volume_digest) != volume.manifest.volume_digest:
+                raise Error(f"the parity volumes of group {group} were made from other data than "
+                            f"{volume.label} (its volume hash differs from theirs); they belong to "
+                            "another copy of the set: give the parity volumes of this one")
+            length = end.total_length - (index - 1) * self.set.reference.volume_size if index == count \
+                else self.set.reference.volume_size
+            data_members.append(self._member(volume, index, length))
+        longest = max(m.length for m in data_members)
+        for member in parity_members:
+            member.length = longest if member.length is None else member.length
+        indices = scheme.data_indices(group, count)
+        name = f"group {group} (volumes {indices[0]}-{indices[-1]}) of set '{self.set.reference.set_name}'"
+        return parity.Rebuilder(data_members, parity_members, self.set.reference.chunk_size, name), expected
+
+    def _member(self, volume, key, length):
+        from . import parity
+        if volume is None:
+            return parity.Member(name=_key_label(key), length=length)
+        file = None
+        if key not in self.set.lost:
+            try:
+                file = volume.open_file()
+            except Error as exc:
+                self.set.lost[key] = str(exc)
+        return parity.Member(name=volume.label, length=length, file=file,
+                             chunk_digests=volume.manifest.chunk_digests)
+
+    def _emit_volume(self, rebuilder, row, index, expected_digest):
+        """Write data volume `index` (row `row` of its group), rebuilding what is lost of it."""
+        member = rebuilder.members[row]
+        volume = self.set.by_index.get(index)
+        report = self.reports[index] = VolumeReport(
+            index, volume.path if volume else None, member.length,
+            manifests.chunk_count(member.length, self.set.reference.chunk_size), "ok")
+        self.progress.set_detail(f"volume {index}/{self.set.count}")
+        if member.file is None:
+            why = self.set.lost.get(index, f"volume {index} of set '{self.set.reference.set_name}' is missing")
+            self.say(f"{why}; rebuilding it from parity")
+        volume_hash = manifests.new_hash()
+
+        def emit(piece):
+            volume_hash.update(piece)
+            if self.verify_only:
+                self.stream_hash.update(piece)
+            if self.out_fd is not None:
+                write_all(self.out_fd, piece)
+            self.progress.advance(len(piece))
+
+        try:
+            rebuilder.rebuild_volume(row, emit)
+            expected_digest = volume.manifest.volume_digest if volume else expected_digest
+            if volume_hash.digest() != expected_digest:
+                raise Error(f"volume {index} as read and rebuilt does not match the volume hash of its "
+                            "manifests; the manifests were altered")
+        except Error as exc:
+            if not self.verify_only:
+                raise
+            report.status = str(exc)
+            return
+        if member.file is None:
+            report.rebuilt, report.status = True, "missing: rebuilt from parity"
+            self.say(f"rebuilt volume {index} ({cli.format_size(member.length)}) from parity")
+        elif member.bad_chunks:
+            offsets = ", ".join(str(n * rebuilder.chunk_size) for n in sorted(member.bad_chunks)[:5])
+            report.rebuilt = True
+            report.status = f"damaged chunks at offset {offsets}: rebuilt from parity"
+            self.say(f"{volume.label}: {len(member.bad_chunks)} damaged chunk"
+                     f"{'s' if len(member.bad_chunks) > 1 else ''} (at offset {offsets}) rebuilt from parity")
+
+    def _check_parity_volumes(self, rebuilder, group):
+        """--verify: read every chunk of the group's parity volumes; a report for each."""
+        data_rows = rebuilder.code.data_count
+        for parity_index in range(1, self.set.scheme.count + 1):
+            row = data_rows + parity_index - 1
+            member = rebuilder.members[row]
+            volume = self.set.parity.get((group, parity_index))
+            report = self.parity_reports[(group, parity_index)] = VolumeReport(
+                f"p{group}-{parity_index}", volume.path if volume else None,
+                member.length if volume else None, rebuilder.chunks if volume else None,
+                "ok" if volume else "missing")
+            if volume is None:
+                continue
+            for number in range(manifests.chunk_count(member.length, rebuilder.chunk_size)):
+                rebuilder.read_chunk(row, number)
+            if member.file is None:
+                report.status = self.set.lost.get((group, parity_index), "unreadable")
+            elif member.bad_chunks:
+                report.status = (f"damaged chunks at offset "
+                                 f"{', '.join(str(n * rebuilder.chunk_size) for n in sorted(member.bad_chunks)[:5])}")
 
     def _read(self, volume):
         manifest = volume.manifest
@@ -835,18 +1091,28 @@ def _load_chunk(fd, buffer, size, hashes):
 def check_before_reading(volume_set, found, disc_by_disc):
     """Problems that must stop reassemble before the first byte, as one message, or None.
 
-    Without disc-by-disc reading, a set must be complete; either way it must be one set."""
+    Without disc-by-disc reading, a set must be complete, or its losses within what its parity
+    volumes can rebuild; either way it must be one set."""
     problems = list(volume_set.problems)
     if not disc_by_disc:
         missing = volume_set.describe_missing()
-        if missing:
+        if missing and not volume_set.has_parity():
             note = leftovers_note(found)
+            if volume_set.scheme and not volume_set.parity:
+                note = "; ".join(filter(None, [note, parity_note(volume_set)]))
             problems.append(missing + (f" ({note})" if note else ""))
         else:
             # Check every file up front, so a truncated last volume is reported in seconds.
-            for index in sorted(volume_set.by_index):
-                try:
-                    os.close(volume_set.by_index[index].open_checked())
-                except Error as exc:
-                    problems.append(str(exc))
+            volume_set.open_all()
+            unrebuildable = volume_set.unrebuildable() if volume_set.has_parity() else []
+            if unrebuildable or not volume_set.has_parity():
+                problems += [missing] if missing else []
+                problems += list(volume_set.lost.values()) + unrebuildable
     return "; ".join(problems) or None
+
+
+def parity_note(volume_set):
+    scheme = volume_set.scheme
+    return (f"the set has {scheme.count} parity volume{'s' if scheme.count > 1 else ''} per group of "
+            f"{scheme.group_size} ({volume_set.reference.set_name}.{PARITY_PREFIX}001-1 ...), which "
+            "can rebuild lost volumes: give them too")

@@ -51,7 +51,7 @@ def test_presets_give_the_documented_volume_sizes(tmp_path):
     # Only the manifest is looked at: a tiny stream in a --bd128 set is one short last volume.
     split(b"tiny", tmp_path / "out", "--bd128", "--name", "pc1")
     text = (tmp_path / "out" / "pc1.001.manifest").read_text()
-    assert '"media": "bd128"' in text and '"volume_size": 123703248896' in text
+    assert '"media": "bd128"' in text and '"volume_size": 123703216128' in text
 
 
 def test_cat_of_the_volumes_is_the_stream(tmp_path):

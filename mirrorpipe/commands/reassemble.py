@@ -5,6 +5,9 @@ import sys
 from .. import cli, volumes
 from ..errors import Error
 
+# --verify: the set is damaged or incomplete, but its parity volumes can rebuild what is lost.
+EXIT_REBUILDABLE = 3
+
 
 class Reassemble(cli.Command):
     name = "reassemble"
@@ -17,7 +20,12 @@ class Reassemble(cli.Command):
         "duplicate or truncated volume is reported before the first byte is written.\n"
         "\n"
         "Disc by disc: given a directory (a mounted disc) or a drive that holds only part of the\n"
-        "set, it reads what is there, then asks on the terminal for the next disc and reads again.")
+        "set, it reads what is there, then asks on the terminal for the next disc and reads again.\n"
+        "\n"
+        "Parity (split-span --parity K): give the parity volumes with the data volumes. Up to K\n"
+        "volumes of each group that are missing, truncated or damaged (whole volumes, or damaged\n"
+        "chunks in several volumes) are rebuilt, and each rebuild is reported on stderr. With more\n"
+        "losses than parity it names what is lost before writing anything.")
     epilog = (
         "examples:\n"
         "  reassemble out/ | compress -d | write-disk /dev/sdb\n"
@@ -27,8 +35,9 @@ class Reassemble(cli.Command):
         "  reassemble --verify out/\n"
         "  ssh backup-host 'reassemble /srv/pc1' | compress -d | write-disk /dev/sdb\n"
         "\n"
-        "exit status: 0 the whole set was written (or verified), 1 any problem (the message names\n"
-        "the volume and what is wrong), 2 usage error.")
+        "exit status: 0 the whole set was written (or verified intact), 1 any problem (the message\n"
+        f"names the volume and what is wrong), 2 usage error, {EXIT_REBUILDABLE} (--verify) volumes are lost\n"
+        "or damaged but the parity volumes can rebuild them.")
 
     def add_arguments(self, parser):
         parser.add_argument("sources", nargs="+", metavar="SOURCE",
@@ -46,7 +55,7 @@ class Reassemble(cli.Command):
         # to ask on.
         tty = None
         directories = args.sources if all(volumes.rereadable(s) for s in args.sources) else None
-        if volume_set.describe_missing() and directories:
+        if not volume_set.restorable() and directories:
             tty = cli.open_terminal()
         disc_by_disc = tty is not None
         out_fd = None
@@ -57,12 +66,13 @@ class Reassemble(cli.Command):
             out_fd = cli.open_output(args.output)
         progress = self.messages.progress()
         reader = volumes.SetReader(volume_set, found, out_fd=out_fd, progress=progress,
-                                   directories=directories, tty=tty, verify_only=args.verify)
+                                   directories=directories, tty=tty, verify_only=args.verify,
+                                   say=None if args.verify else self.messages.warn)
         if args.verify:
             return self.verify(reader, volume_set, found, disc_by_disc)
         reader.run()
         cli.finish_output(out_fd)
-        last = volume_set.last
+        last = volume_set.end
         progress.finish(f"{cli.format_size(last.total_length)} from {last.volume_count} "
                         f"volume{'s' if last.volume_count > 1 else ''} of set '{last.set_name}', "
                         "every chunk verified")
@@ -74,24 +84,53 @@ class Reassemble(cli.Command):
         else:
             reports = reader.verify_present()
             missing = volume_set.describe_missing()
-            if missing:
+            if missing and not reader.health:
                 problems.append(missing)
-        problems += [f"volume {r.index}: {r.status}" for r in reports.values() if r.status not in ("ok", "missing")]
+        problems += [f"volume {r.index}: {r.status}" for r in reports.values()
+                     if r.status not in ("ok", "missing") and not r.rebuilt]
+        rows = [reports[index] for index in sorted(reports)] + \
+            [reader.parity_reports[key] for key in sorted(reader.parity_reports)]
         lines = [f"{'volume':>7}  {'bytes':>15}  {'chunks':>6}  status       file"]
-        for index in sorted(reports):
-            r = reports[index]
-            status = r.status if r.status in ("ok", "missing") else "BAD"
-            lines.append(f"{index:>7}  {r.length if r.length is not None else '-':>15}  "
+        for r in rows:
+            status = "REBUILDABLE" if r.rebuilt else r.status if r.status in ("ok", "missing") else "BAD"
+            lines.append(f"{r.index:>7}  {r.length if r.length is not None else '-':>15}  "
                          f"{r.chunks if r.chunks is not None else '-':>6}  {status:<11}  {r.path or '-'}")
+        lines += [describe_health(group, health, volume_set) for group, health in sorted(reader.health.items())]
+        rebuildable = [r for r in rows if r.rebuilt or r.status != "ok"] if reader.health else []
+        unrebuildable = [group for group, health in reader.health.items() if health.spare < 0]
+        problems += [f"group {group} cannot be rebuilt" for group in unrebuildable]
         reference = volume_set.reference
         count = volume_set.count
+        end = volume_set.end
+        if problems:
+            verdict = f", {len(problems)} problem(s)"
+        elif rebuildable:
+            verdict = (f", {len(rebuildable)} volume(s) lost or damaged: reassemble rebuilds them from "
+                       "parity; copy or burn them again while it still can")
+        else:
+            verdict = ", all verified"
         lines.append(f"set '{reference.set_name}' (set id {reference.set_id}): "
-                     + (f"{count} volumes, {volume_set.last.total_length} bytes" if count else "last volume not found")
-                     + (", all verified" if not problems else f", {len(problems)} problem(s)"))
+                     + (f"{count} volumes, {end.total_length} bytes" if count else "last volume not found")
+                     + verdict)
         sys.stdout.write("\n".join(lines) + "\n")
         sys.stdout.flush()
         if problems:
             raise Error("; ".join(problems))
+        return EXIT_REBUILDABLE if rebuildable else None
+
+
+def describe_health(group, health, volume_set):
+    """One line of --verify on a parity group: what it lost and how much more it can lose."""
+    indices = volume_set.scheme.data_indices(group, volume_set.count)
+    parity_count = health.parity_count
+    head = (f"group {group} (volumes {indices[0]}-{indices[-1]}, {parity_count} parity "
+            f"volume{'s' if parity_count > 1 else ''}): ")
+    if health.spare < 0:
+        return head + (f"{health.worst} volumes lost at the same place, more than the parity can "
+                       "rebuild: DATA LOST unless another copy of them is found")
+    lost = "intact" if not health.worst else \
+        f"{len(health.lost_chunks)} volume(s) lost or damaged, all rebuildable"
+    return head + f"{lost}; can still lose {health.spare} more volume{'s' if health.spare != 1 else ''}"
 
 
 main = cli.entry_point(Reassemble)
