@@ -242,7 +242,9 @@ class BadSectorReader:
         position = failed_at - failed_at % self.sector
         stop = min(end, self.end)
         for _ in range(self.retries):
-            position = self._read_and_map(position, stop, view, offset)
+            readable_to = self._read_sectors(position, stop, view, offset)
+            self._map_read(position, readable_to)
+            position = readable_to
             if position >= stop:
                 return end
         failing_to = stop  # reading [position, failing_to) has just failed
@@ -259,12 +261,14 @@ class BadSectorReader:
         self._save(min_interval=MAP_SAVE_ON_ERROR)
         return end
 
-    def _read_and_map(self, start, end, view, offset):
-        """_read_sectors, with what was read mapped as finished."""
-        readable_to = self._read_sectors(start, end, view, offset)
-        self.map.set(start, readable_to, mapfile.FINISHED)
-        self._searched += max(readable_to - start, 0) // self.sector
-        return readable_to
+    def _map_read(self, start, end):
+        """Map [start, end), read by the narrowing, as finished and count it for _search_plan.
+        Each stretch is mapped once, where it ends, not after each of its reads: a map update
+        per read was a sixth of the Python time per read, and the narrowing makes about 9 reads
+        per bad sector."""
+        if start < end:
+            self.map.set(start, end, mapfile.FINISHED)
+            self._searched += (end - start) // self.sector
 
     def _gallop(self, start, stop, view, offset):
         """Read [start, stop), not known to fail, in groups of the planned length, longer as
@@ -275,10 +279,12 @@ class BadSectorReader:
         while position < stop:
             group = self._search_plan((position - start) // self.sector)[0]
             group_end = min(stop, position + group * self.sector)
-            readable_to = self._read_and_map(position, group_end, view, offset)
+            readable_to = self._read_sectors(position, group_end, view, offset)
             if readable_to < group_end:
+                self._map_read(start, readable_to)
                 return readable_to, group_end
             position = group_end
+        self._map_read(start, stop)
         return stop, stop
 
     def _first_bad_sector(self, start, end, view, offset):
@@ -299,13 +305,15 @@ class BadSectorReader:
                 group = self._search_plan((middle - start) // self.sector)[0]
             else:
                 middle = low + max(int(sectors * split), 1) * self.sector
-            readable_to = self._read_and_map(low, middle, view, offset)
+            readable_to = self._read_sectors(low, middle, view, offset)
             if readable_to >= middle:
                 low, tried_alone = middle, False
             else:
                 low, high, tried_alone = readable_to, middle, middle - readable_to == self.sector
-        if not tried_alone and self._read_and_map(low, high, view, offset) >= high:
+        if not tried_alone and self._read_sectors(low, high, view, offset) >= high:
+            self._map_read(start, high)
             return high, False
+        self._map_read(start, low)
         self.map.set(low, low + self.sector, mapfile.BAD_SECTOR)
         return low, True
 
