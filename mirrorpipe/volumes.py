@@ -693,6 +693,48 @@ class VolumeSet:
     def groups(self):
         return range(1, self.scheme.group_of(self.count) + 1) if self.has_parity() else range(0)
 
+    def group_indices(self, group):
+        """The data volume indices of a group: from the set's volume count, else from a parity
+        manifest of the group; None when neither is known."""
+        if self.count:
+            return self.scheme.data_indices(group, self.count)
+        for (parity_group, _), volume in sorted(self.parity.items()):
+            if parity_group == group:
+                return [entry.index for entry in volume.manifest.data_volumes]
+        return None
+
+    def group_rebuildable(self, index):
+        """Whether data volume `index`, not at hand, can be rebuilt from the rest of its group at
+        hand (disc by disc: the group copied into a directory)."""
+        if not self.scheme or not self.parity:
+            return False
+        group = self.scheme.group_of(index)
+        indices = self.group_indices(group)
+        if not indices:
+            return False
+        lost = [i for i in indices if i not in self.by_index or i in self.lost]
+        return len(lost) <= len(self.usable_parity(group))
+
+    def rebuild_hint(self, index):
+        """Disc by disc, volume `index` is lost or damaged: how to rebuild it from parity (what to
+        copy, how much scratch space, where), or '' for a set without parity."""
+        if not self.scheme:
+            return ""
+        group = self.scheme.group_of(index)
+        indices = self.group_indices(group) or self.scheme.data_indices(group)
+        scratch = (len(indices) - 1 + self.scheme.count) * self.reference.volume_size
+        where = os.environ.get("TMPDIR") or "/var/tmp"
+        try:
+            info = os.statvfs(where)
+            free = f", which has {cli.format_size(info.f_bavail * info.f_frsize)} free"
+        except OSError:
+            free = ""
+        return (f". The set has parity: to rebuild volume {index}, copy the volumes (or ISO images) "
+                f"of the other discs of its group {group} (data discs {indices[0]}-{indices[-1]} and "
+                f"parity discs 1-{self.scheme.count} of group {group}) into one directory, up to "
+                f"{cli.format_size(scratch)} of scratch space, e.g. under {where}{free}; then run "
+                f"reassemble on that directory and the drive or mount point together")
+
     def usable_data(self, group):
         return [i for i in self.scheme.data_indices(group, self.count)
                 if i in self.by_index and i not in self.lost]
@@ -826,6 +868,13 @@ class SetReader:
             self.progress.set_total(self.set.end.total_length)
         index = 1
         while True:
+            if index not in self.set.by_index and self.set.group_rebuildable(index):
+                # Disc by disc, with the rest of this volume's group at hand (copied into a
+                # directory): rebuild it, read the group's other volumes, go on with discs.
+                index = self._emit_group(self.set.scheme.group_of(index), index)
+                if self.set.count and index > self.set.count:
+                    break
+                continue
             volume = self.set.by_index.get(index) or self._ask_for(index)
             self._read(volume)
             if volume.manifest.last:
@@ -864,49 +913,57 @@ class SetReader:
         if self.set.restorable():
             self.progress.set_total(self.set.end.total_length)
         for group in self.set.groups():
-            rebuilder, expected = self._rebuilder(group)
-            try:
-                for row, index in enumerate(self.set.scheme.data_indices(group, self.set.count)):
-                    self._emit_volume(rebuilder, row, index, expected.get(index))
-                if self.verify_only:
-                    self._check_parity_volumes(rebuilder, group)
-                    self.health[group] = rebuilder.health()
-            finally:
-                for member in rebuilder.members:
-                    if member.file is not None:
-                        member.file.close()
+            self._emit_group(group)
         if self.verify_only:
             self._check_stream()
         return self.reports
 
-    def _rebuilder(self, group):
-        """The Rebuilder of a group, its volumes opened, and the volume hash of each data volume
-        as its parity manifests record it."""
+    def _emit_group(self, group, first=None):
+        """Write the group's data volumes from `first` on (default: all), rebuilding what is lost;
+        the index after the group's last."""
+        indices = self.set.group_indices(group)
+        rebuilder, expected = self._rebuilder(group, indices)
+        try:
+            for row, index in enumerate(indices):
+                if first is None or index >= first:
+                    self._emit_volume(rebuilder, row, index, expected.get(index))
+            if self.verify_only and first is None:
+                self._check_parity_volumes(rebuilder, group)
+                self.health[group] = rebuilder.health()
+        finally:
+            for member in rebuilder.members:
+                if member.file is not None:
+                    member.file.close()
+        return indices[-1] + 1
+
+    def _rebuilder(self, group, indices):
+        """The Rebuilder of a group (data volumes `indices`), its volumes opened, and the volume
+        hash of each data volume as its parity manifests record it."""
         from . import parity   # imports numpy: only for sets with parity
-        scheme, count, end = self.set.scheme, self.set.count, self.set.end
-        expected = {}
+        entries = {}
         parity_members = []
-        for parity_index in range(1, scheme.count + 1):
+        for parity_index in range(1, self.set.scheme.count + 1):
             volume = self.set.parity.get((group, parity_index))
             if volume:
-                for entry in volume.manifest.data_volumes:
-                    expected[entry.index] = entry.volume_digest
+                entries.update((entry.index, entry) for entry in volume.manifest.data_volumes)
             parity_members.append(self._member(volume, (group, parity_index),
                                                volume.manifest.length if volume else None))
         data_members = []
-        for index in scheme.data_indices(group, count):
+        for index in indices:
             volume = self.set.by_index.get(index)
-            if volume and expected.get(index, volume.manifest.volume_digest) != volume.manifest.volume_digest:
+            entry = entries.get(index)
+            if volume and entry and entry.volume_digest != volume.manifest.volume_digest:
                 raise Error(f"the parity volumes of group {group} were made from other data than "
                             f"{volume.label} (its volume hash differs from theirs); they belong to "
                             "another copy of the set: give the parity volumes of this one")
-            length = end.total_length - (index - 1) * self.set.reference.volume_size if index == count \
-                else self.set.reference.volume_size
+            length = volume.manifest.length if volume else entry.length if entry else \
+                self.set.end.total_length - (index - 1) * self.set.reference.volume_size \
+                if index == self.set.count else self.set.reference.volume_size
             data_members.append(self._member(volume, index, length))
         longest = max(m.length for m in data_members)
         for member in parity_members:
             member.length = longest if member.length is None else member.length
-        indices = scheme.data_indices(group, count)
+        expected = {index: entry.volume_digest for index, entry in entries.items()}
         name = f"group {group} (volumes {indices[0]}-{indices[-1]}) of set '{self.set.reference.set_name}'"
         return parity.Rebuilder(data_members, parity_members, self.set.reference.chunk_size, name), expected
 
@@ -930,7 +987,7 @@ class SetReader:
         report = self.reports[index] = VolumeReport(
             index, volume.path if volume else None, member.length,
             manifests.chunk_count(member.length, self.set.reference.chunk_size), "ok")
-        self.progress.set_detail(f"volume {index}/{self.set.count}")
+        self.progress.set_detail(f"volume {index}" + (f"/{self.set.count}" if self.set.count else ""))
         if member.file is None:
             why = self.set.lost.get(index, f"volume {index} of set '{self.set.reference.set_name}' is missing")
             self.say(f"{why}; rebuilding it from parity")
@@ -1011,7 +1068,7 @@ class SetReader:
                                f"{cli.format_size(want)} chunk there does not match its manifest")
                     if not self.verify_only:
                         raise Error(problem + "; nothing of it was written. Copy the volume again "
-                                    "from a good disc or source")
+                                    "from a good disc or source" + self.set.rebuild_hint(manifest.index))
                     if report.status == "ok":
                         report.status = problem
                     continue
@@ -1035,7 +1092,8 @@ class SetReader:
                 raise Error(self._missing_message(index))
             answer = cli.ask(note + question, tty=self.tty)
             if answer is None or answer.strip().lower() in ("q", "quit"):
-                raise Error(f"gave up waiting for disc {index}{of} of set '{name}'")
+                raise Error(f"gave up waiting for disc {index}{of} of set '{name}'"
+                            + self.set.rebuild_hint(index))
             try:
                 found = scan(self.directories)
             except Error as exc:

@@ -1,0 +1,323 @@
+"""Sets with parity volumes (split-span --parity, reassemble): every combination of up to K lost
+volumes rebuilt byte-identical, K+1 refused before the first byte, damaged chunks in several
+volumes repaired, --verify's health report, --exec deleting each volume, ISO images, disc by disc.
+
+The exhaustive loss combinations run reassemble's engine in-process (scan, gather, check,
+SetReader: what the command runs) to keep hundreds of cases fast; the other tests run the
+commands."""
+
+import itertools
+import os
+import re
+import shutil
+import tempfile
+
+import pytest
+
+from conftest import assert_one_line_error, need_tools, sh
+from mirrorpipe import erasure, manifests, volumes
+from mirrorpipe.errors import Error
+from test_split_span import command, split
+
+VOLUME = 256 << 10
+CHUNK = 64 << 10
+
+
+def make_set(outdir, data_count, parity, *options, seed=0):
+    """A set of data_count volumes (the last one short) with `parity` parity volumes per group;
+    the stream."""
+    stream = os.urandom((data_count - 1) * VOLUME + 100_003 + seed)
+    split(stream, outdir, "--size", str(VOLUME), "--chunk-size", str(CHUNK), "--parity", str(parity), *options)
+    return stream
+
+
+def manifest_files(outdir):
+    """{'image.001': path of its manifest, 'image.parity-001-1': ...}"""
+    return {name[:-len(manifests.SUFFIX)]: os.path.join(outdir, name)
+            for name in sorted(os.listdir(outdir)) if name.endswith(manifests.SUFFIX)}
+
+
+def restore(sources):
+    """What `reassemble SOURCES` writes, run in-process; errors.Error as the command would say it."""
+    found = volumes.scan(sources)
+    volume_set = volumes.gather(found)
+    problem = volumes.check_before_reading(volume_set, found, disc_by_disc=False)
+    if problem:
+        raise Error(problem)
+    with tempfile.TemporaryFile() as out:
+        volumes.SetReader(volume_set, found, out_fd=out.fileno()).run()
+        out.seek(0)
+        return out.read()
+
+
+@pytest.mark.parametrize("data_count, parity, group", [
+    (1, 1, None), (3, 1, None), (2, 2, None), (4, 2, None), (3, 3, None), (5, 3, None), (5, 2, 2),
+])
+def test_every_combination_of_up_to_k_lost_volumes_is_rebuilt(tmp_path, data_count, parity, group):
+    options = ["--group", str(group)] if group else []
+    stream = make_set(tmp_path / "out", data_count, parity, *options)
+    files = manifest_files(tmp_path / "out")
+    group = group or data_count
+    groups = -(-data_count // group)
+    assert len(files) == data_count + groups * parity
+    # Losses are counted per group: up to `parity` volumes of each group, data or parity; with
+    # several groups, the losses of the first and the last group combine.
+    by_group = [[name for name in files if _group_of(name, group) == g] for g in range(1, groups + 1)]
+    cases = 0
+    for first_lost in _losses(by_group[0], parity):
+        for last_lost in _losses(by_group[-1], parity) if groups > 1 else [()]:
+            lost = set(first_lost) | set(last_lost)
+            assert restore([path for name, path in files.items() if name not in lost]) == stream, lost
+            cases += 1
+    assert cases > data_count
+    # One more loss in a group is refused before a byte is written, naming what is lost.
+    for lost in itertools.combinations(by_group[0], parity + 1):
+        if all(".parity-" in name for name in lost) or len(lost) == len(files):
+            continue     # parity volumes alone (the data is all there), or nothing left at all
+        # (with all its parity volumes lost, the set is told to have parity volumes to give)
+        with pytest.raises(Error, match=r"group 1 \(volumes .*\) lost \d data volumes? .* cannot be "
+                                        r"rebuilt|which can rebuild lost volumes: give them too"):
+            restore([path for name, path in files.items() if name not in lost])
+
+
+def _group_of(name, group_size):
+    suffix = name.rpartition(".")[2]
+    if suffix.startswith("parity-"):
+        return volumes.suffix_index(suffix.split("-")[1])
+    return (volumes.suffix_index(suffix) - 1) // group_size + 1
+
+
+def _losses(names, most):
+    return [lost for count in range(most + 1) for lost in itertools.combinations(names, count)]
+
+
+def test_the_command_rebuilds_and_says_what_it_rebuilt(tmp_path):
+    stream = make_set(tmp_path / "out", 4, 2)
+    out = tmp_path / "out"
+    os.unlink(out / "image.004")                     # the last data volume, file and manifest
+    os.unlink(out / "image.004.manifest")
+    with open(out / "image.002", "r+b") as f:        # truncated
+        f.truncate(1000)
+    result = command("reassemble", out)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == stream
+    text = result.stderr.decode()
+    assert "volume 2 (" in text and "is truncated" in text and "rebuilding it from parity" in text
+    assert "rebuilt volume 2 (256.0 KiB) from parity" in text
+    assert "volume 4 of set 'image' is missing; rebuilding it from parity" in text
+    assert re.search(r"rebuilt volume 4 \(97\.\d KiB\) from parity", text)
+
+
+def test_more_losses_than_parity_are_refused_before_the_first_byte(tmp_path):
+    make_set(tmp_path / "out", 4, 2)
+    out = tmp_path / "out"
+    for name in ("image.001", "image.003", "image.parity-001-2"):
+        os.unlink(out / name)
+        os.unlink(out / f"{name}.manifest")
+    result = command("reassemble", out)
+    assert result.stdout == b""
+    assert_one_line_error(
+        result, "reassemble",
+        "missing volumes 1, 3 of 4 of set 'image'",
+        "group 1 (volumes 1-4) lost 2 data volumes (1, 3) and has 1 of its 2 parity volumes: they "
+        "cannot be rebuilt; find 1 more of the group's volumes (data or parity)")
+
+
+def flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x04]))
+
+
+def test_damaged_chunks_in_several_volumes_are_repaired(tmp_path):
+    stream = make_set(tmp_path / "out", 5, 2)
+    out = tmp_path / "out"
+    # Two damaged volumes at the same chunk (as much as 2 parity volumes can take there), and
+    # damage at other chunks in three more volumes, parity included.
+    flip(out / "image.001", CHUNK + 5)
+    flip(out / "image.003", CHUNK + 60_000)
+    flip(out / "image.002", 0)
+    flip(out / "image.005", 30_000)               # the short last volume
+
+    flip(out / "image.parity-001-1", 3 * CHUNK + 9)
+    result = command("reassemble", out)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == stream
+    text = result.stderr.decode()
+    for name, offset in (("image.001", CHUNK), ("image.003", CHUNK), ("image.002", 0), ("image.005", 0)):
+        assert re.search(rf"{name}\): 1 damaged chunk \(at offset {offset}\) rebuilt from parity", text), text
+    # A third damaged volume at the same chunk is beyond 2 parity volumes: refused, naming them.
+    flip(out / "image.004", CHUNK + 7)
+    result = command("reassemble", out)
+    assert result.returncode == 1
+    error = assert_one_line_error(result, "reassemble", "cannot rebuild group 1 (volumes 1-5)",
+                                  f"at chunk 1 (offset {CHUNK})")
+    for name in ("image.001", "image.003", "image.004"):
+        assert name in error
+    # Only what was verified or rebuilt reached the output, and it stopped before chunk 1 of volume 1.
+    assert result.stdout == stream[:CHUNK]
+
+
+def test_verify_reports_how_much_more_each_group_can_lose(tmp_path):
+    make_set(tmp_path / "out", 5, 2, "--group", "3")
+    out = tmp_path / "out"
+    result = command("reassemble", "--verify", out)
+    assert result.returncode == 0, result.stderr.decode()
+    text = result.stdout.decode()
+    assert "group 1 (volumes 1-3, 2 parity volumes): intact; can still lose 2 more volumes" in text
+    assert "group 2 (volumes 4-5, 2 parity volumes): intact; can still lose 2 more volumes" in text
+    assert re.search(r"p1-2 +262144 +4 +ok +\S+image\.parity-001-2", text), text
+    assert text.rstrip().endswith("all verified")
+
+    os.unlink(out / "image.002")
+    flip(out / "image.parity-002-1", 10)
+    result = command("reassemble", "--verify", out)
+    assert result.returncode == 3, result.stderr.decode()
+    text = result.stdout.decode()
+    assert "group 1 (volumes 1-3, 2 parity volumes): 1 volume(s) lost or damaged, all rebuildable; " \
+           "can still lose 1 more volume" in text
+    assert "group 2 (volumes 4-5, 2 parity volumes): 1 volume(s) lost or damaged, all rebuildable; " \
+           "can still lose 1 more volume" in text
+    assert re.search(r"\n +2 +262144 +4 +REBUILDABLE", text), text
+    assert "reassemble rebuilds them from parity" in text
+
+    for name in ("image.001", "image.003"):
+        os.unlink(out / name)
+    result = command("reassemble", "--verify", out)
+    assert result.returncode == 1
+    assert "group 1 (volumes 1-3, 2 parity volumes): 3 volumes lost at the same place, more than the " \
+           "parity can rebuild: DATA LOST" in result.stdout.decode()
+    assert_one_line_error(result, "reassemble", "group 1 cannot be rebuilt")
+
+
+def test_parity_is_right_when_exec_deletes_each_volume_at_once(tmp_path):
+    """What a user who burns and deletes each volume gets: the data volumes are gone from the
+    spool before the parity volumes are finished, and the parity still rebuilds them."""
+    spool, kept = tmp_path / "spool", tmp_path / "kept"
+    kept.mkdir()
+    stream = os.urandom(6 * VOLUME + 12_345)
+    split(stream, spool, "--size", str(VOLUME), "--chunk-size", str(CHUNK), "--parity", "2", "--group", "4",
+          "--exec", f'cp "$MIRRORPIPE_VOLUME" "$MIRRORPIPE_VOLUME.manifest" {kept} && '
+                    f'rm "$MIRRORPIPE_VOLUME" "$MIRRORPIPE_VOLUME.manifest" && '
+                    f'echo "$MIRRORPIPE_VOLUME_INDEX/$MIRRORPIPE_PARITY_GROUP-$MIRRORPIPE_PARITY_INDEX/'
+                    f'$MIRRORPIPE_LAST" >> {tmp_path}/log')
+    assert os.listdir(spool) == []
+    log = (tmp_path / "log").read_text().split()
+    # Each group's parity volumes follow its data volumes; only the very last file is LAST.
+    assert log == ["1/-/0", "2/-/0", "3/-/0", "4/-/0", "/1-1/0", "/1-2/0",
+                   "5/-/0", "6/-/0", "7/-/0", "/2-1/0", "/2-2/1"]
+    # The parity volumes hold exactly the code's sums of the data volumes...
+    pieces = [stream[i:i + VOLUME] for i in range(0, len(stream), VOLUME)]
+    for group, members in ((1, pieces[:4]), (2, pieces[4:])):
+        for p in range(2):
+            expected = erasure.combine([(erasure.coefficient(p, i), d) for i, d in enumerate(members)],
+                                       max(map(len, members)))
+            assert (kept / f"image.parity-00{group}-{p + 1}").read_bytes() == expected
+    # ...and rebuild lost volumes.
+    files = manifest_files(kept)
+    for lost in (("image.002", "image.004"), ("image.007", "image.parity-002-1"), ("image.005", "image.006")):
+        assert restore([path for name, path in files.items() if name not in lost]) == stream
+
+
+def test_stock_restore_ignores_parity_volumes(tmp_path):
+    need_tools("zstd")
+    stream = os.urandom(3 * VOLUME)
+    compressed = sh("zstd -q -c", input=stream, check=True).stdout
+    split(compressed, tmp_path / "out", "--size", "64K", "--chunk-size", "64K", "--parity", "2")
+    assert any(".parity-" in name for name in os.listdir(tmp_path / "out"))
+    result = sh(f"cat {tmp_path}/out/image.??? | zstd -d", check=True)
+    assert result.stdout == stream
+
+
+def test_parity_iso_images_restore_a_set_that_lost_an_image(tmp_path):
+    need_tools("xorriso")
+    stream = make_set(tmp_path / "out", 3, 1, "--iso")
+    out = tmp_path / "out"
+    names = sorted(os.listdir(out))
+    assert names == ["image.001.iso", "image.002.iso", "image.003.iso", "image.parity-001-1.iso"]
+    readme = _readme(out / "image.parity-001-1.iso", tmp_path / "parity.txt")
+    assert "parity disc 1 of 1 of group 1 of the set 'image'" in readme
+    readme = _readme(out / "image.002.iso", tmp_path / "data.txt")
+    assert "PARITY DISCS: this set has 1 parity disc for every 240 data discs" in readme
+    os.unlink(out / "image.002.iso")
+    result = command("reassemble", out)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == stream
+    assert "rebuilt volume 2" in result.stderr.decode()
+
+
+def _readme(image, into):
+    sh(f"xorriso -osirrox on -indev {image} -extract /README.TXT {into}", check=True)
+    return into.read_text()
+
+
+def test_burn_iso_packages_a_parity_volume(tmp_path):
+    make_set(tmp_path / "out", 2, 1)
+    (tmp_path / "images").mkdir()
+    result = command("burn-iso", "-o", tmp_path / "images", tmp_path / "out" / "image.parity-001-1")
+    assert result.returncode == 0, result.stderr.decode()
+    image = tmp_path / "images" / "image.parity-001-1.iso"
+    found = volumes.scan([str(image)])
+    assert not found.volumes and len(found.parity) == 1
+    assert found.parity[0].manifest.parity_index == 1
+
+
+def test_parity_options(tmp_path):
+    for args, message in ((["--parity", "0"], "0 parity volumes: choose 1 to 16"),
+                          (["--parity", "17"], "17 parity volumes: choose 1 to 16"),
+                          (["--parity", "2", "--group", "241"], "241 data volumes per group: choose 1 to 240"),
+                          (["--group", "3"], "--group needs --parity")):
+        result = command("split-span", "--size", "1M", *args, tmp_path / "out", input=b"x")
+        assert result.returncode == 2
+        assert_one_line_error(result, "split-span", message)
+
+
+def test_a_set_given_without_its_parity_volumes_says_they_exist(tmp_path):
+    make_set(tmp_path / "out", 3, 2)
+    out = tmp_path / "out"
+    os.unlink(out / "image.002")
+    os.unlink(out / "image.002.manifest")
+    data_only = [str(out / f"image.00{i}.manifest") for i in (1, 3)]
+    result = command("reassemble", *data_only)
+    assert_one_line_error(result, "reassemble", "missing volume 2 of 3",
+                          "the set has 2 parity volumes per group of 240", "give them too")
+
+
+def test_disc_by_disc_says_how_to_rebuild_a_lost_disc_and_then_does(tmp_path, terminal):
+    stream = make_set(tmp_path / "out", 4, 1, "--group", "2")
+    out, drive, scratch = tmp_path / "out", tmp_path / "drive", tmp_path / "scratch"
+    drive.mkdir()
+
+    def insert(*names):
+        for name in os.listdir(drive):
+            os.unlink(drive / name)
+        for name in names:
+            for suffix in ("", manifests.SUFFIX):
+                shutil.copy(out / f"{name}{suffix}", drive)
+
+    insert("image.001")
+    term = terminal(f"TMPDIR={tmp_path} exec reassemble {drive} > {tmp_path}/stream")
+    term.read_until("insert disc 2 of set 'image' and press Enter")
+    term.send("q")          # disc 2 is lost
+    assert term.wait() == 1
+    text = term.output.decode()
+    assert "gave up waiting for disc 2 of set 'image'. The set has parity: to rebuild volume 2, copy " \
+           "the volumes (or ISO images) of the other discs of its group 1 (data discs 1-2 and parity " \
+           "discs 1-1 of group 1) into one directory, up to 512.0 KiB of scratch space, e.g. under " \
+           f"{tmp_path}, which has" in text.replace("\r\n", " ").replace("\n", " "), text
+
+    # Doing what it says: the rest of group 1 copied into a directory, the next disc in the drive.
+    scratch.mkdir()
+    for name in ("image.001", "image.parity-001-1"):
+        for suffix in ("", manifests.SUFFIX):
+            shutil.copy(out / f"{name}{suffix}", scratch)
+    insert("image.003")
+    term = terminal(f"exec reassemble {scratch} {drive} > {tmp_path}/stream")
+    term.read_until("insert disc 4 of set 'image' and press Enter")
+    insert("image.004")
+    term.send("")
+    assert term.wait() == 0, term.output.decode()
+    assert "rebuilt volume 2 (256.0 KiB) from parity" in term.output.decode()
+    assert (tmp_path / "stream").read_bytes() == stream
