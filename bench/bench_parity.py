@@ -2,24 +2,18 @@
 """Benchmark parity volumes (issue 6): the cost of building them while splitting, the cost of
 rebuilding a lost volume while reassembling, and peak memory.
 
-  split:    cat STREAM | split-span --size V A/      vs  the same with 2 parity volumes (B/)
-  rebuild:  reassemble A/ > /dev/null                vs  reading B/ with data volume 3 (file and
-                                                         manifest) gone, rebuilt from parity
-  memory:   peak RSS, summed over the process and its parity workers, of both B/ runs
+  split:    cat STREAM | split-span --size V A/      vs  cat STREAM | split-span --size V --parity K B/
+  rebuild:  reassemble A/ > /dev/null                vs  reassemble B/ > /dev/null with data volume 3
+                                                         (file and manifest) gone, rebuilt from parity
+  memory:   peak RSS, summed over split-span and its parity worker processes, and of the rebuild
 
-The parity side runs split-span's engine (volumes.VolumeSetWriter) with a
-parity.ParallelParityAccumulator fed from the writer's appends and told of each finished volume:
-the calls the integration plan gives split-span. The rebuild side streams every data volume
-chunk by chunk through parity.Rebuilder, checking each chunk's hash (and the stream hash at the
-end) as reassemble does. Until split-span and reassemble take --parity, these in-script drivers
-stand in for them (`bench_parity.py split|rebuild ...`). The stream is random bytes. Ratios are
-medians of alternating runs; targets: split >= 0.5, rebuild >= 0.4, memory <= 300 MB.
+The stream is random bytes. Ratios are medians of alternating runs; targets: split >= 0.5,
+rebuild >= 0.4, memory <= 300 MB.
 
 Run with a Python that has mirrorpipe's dependencies: .venv/bin/python bench/bench_parity.py
 """
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -31,84 +25,13 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 from bench_core import CHECKOUT, MB, BenchError, sh, time_side_by_side  # noqa: E402
 from bench_volumes import make_stream  # noqa: E402
-from mirrorpipe import manifests, parity, volumes  # noqa: E402 - bench_core put the checkout on sys.path
+from mirrorpipe import manifests, volumes  # noqa: E402 - bench_core put the checkout on sys.path
 from mirrorpipe.cli import format_size, parse_size  # noqa: E402
-from mirrorpipe.streams import write_all  # noqa: E402
 
 MIN_SPLIT_RATIO = 0.5
 MIN_REBUILD_RATIO = 0.4
 MAX_RSS = 300e6
 LOST_VOLUME = 3
-SIDECAR = "parity.json"     # the bench's own record of the parity volumes (manifests are the plan's)
-
-
-# ---------------------------------------------------------------------------------------------
-# Drivers: split-span and reassemble with parity, as the integration plan wires them
-
-class ParityFedWriter(volumes.VolumeSetWriter):
-    """split-span's writer feeding every appended piece to the parity accumulator and telling it
-    when each volume is finished."""
-
-    def __init__(self, accumulator, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.accumulator = accumulator
-
-    def _append(self, volume, data):
-        taken = super()._append(volume, data)
-        self.accumulator.add(data[:taken])
-        return taken
-
-    def _finish(self, volume, last):
-        self.accumulator.end_data_volume()
-        super()._finish(volume, last)
-
-
-def drive_split(args):
-    os.makedirs(args.outdir, exist_ok=True)
-    paths = [os.path.join(args.outdir, f"image.parity{p + 1}") for p in range(args.parity)]
-    accumulator = parity.ParallelParityAccumulator(paths, manifests.DEFAULT_CHUNK_SIZE, workers=args.workers)
-    writer = ParityFedWriter(accumulator, args.outdir, "image", args.volume_size)
-    try:
-        finished = writer.write(0)
-        parity_volumes = accumulator.finish()
-    except BaseException:
-        accumulator.discard()
-        raise
-    record = {"stream_hash": finished[-1].stream_digest.hex(),
-              "parity": [{"path": v.path, "length": v.length, "chunk_hashes": v.chunk_digests.hex(),
-                          "data_lengths": v.data_lengths} for v in parity_volumes]}
-    with open(os.path.join(args.outdir, SIDECAR), "w") as f:
-        json.dump(record, f)
-
-
-def drive_rebuild(args):
-    with open(os.path.join(args.indir, SIDECAR)) as f:
-        record = json.load(f)
-    volume_set = volumes.gather(volumes.scan([args.indir]))
-    chunk_size = volume_set.reference.chunk_size
-    data = []
-    for index, length in enumerate(record["parity"][0]["data_lengths"], 1):
-        found = volume_set.by_index.get(index)
-        data.append(parity.Member(
-            name=f"volume {index}", length=length,
-            file=open(found.path, "rb", buffering=0) if found else None,
-            chunk_digests=found.manifest.chunk_digests if found else None))
-    parity_members = [parity.Member(name=f"parity volume {p + 1}", length=v["length"],
-                                    file=open(v["path"], "rb", buffering=0),
-                                    chunk_digests=bytes.fromhex(v["chunk_hashes"]))
-                      for p, v in enumerate(record["parity"])]
-    rebuilder = parity.Rebuilder(data, parity_members, chunk_size)
-    rebuilder.check()
-    stream_hash = manifests.new_hash()
-
-    def emit(piece):
-        stream_hash.update(piece)
-        write_all(1, piece)
-
-    for row in range(len(data)):
-        rebuilder.rebuild_volume(row, emit)
-    if stream_hash.hexdigest() != record["stream_hash"]:
-        raise BenchError("the rebuilt stream does not match the stream hash")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,8 +98,7 @@ def bench(args):
     plain, with_parity = os.path.join(args.workdir, "plain"), os.path.join(args.workdir, "parity")
     env = dict(os.environ, PATH=os.path.join(CHECKOUT, "bin") + os.pathsep + os.path.dirname(sys.executable)
                + os.pathsep + os.environ["PATH"])
-    me = f"{sh(sys.executable)} {sh(os.path.realpath(__file__))}"
-    split_parity = (f"cat {sh(stream)} | {me} split --volume-size {args.volume_size} --parity {args.parity} "
+    split_parity = (f"cat {sh(stream)} | split-span --size {args.volume_size} --parity {args.parity} "
                     f"{sh(with_parity)}")
     rows = []
 
@@ -201,7 +123,7 @@ def bench(args):
     print(f"bench: rebuild, {args.runs} runs each", file=sys.stderr)
     timed = time_side_by_side({
         "reassemble": f"reassemble {sh(plain)} > /dev/null",
-        "rebuild": f"{me} rebuild {sh(with_parity)} > /dev/null",
+        "rebuild": f"reassemble {sh(with_parity)} > /dev/null 2>&1",
     }, args.runs, env, before=cpu.start, after=cpu.stop)
     rows.append((f"reassemble, volume {LOST_VOLUME} rebuilt", timed["rebuild"][0], timed["reassemble"][0],
                  MIN_REBUILD_RATIO, cpu.median("rebuild"), cpu.median("reassemble")))
@@ -210,7 +132,7 @@ def bench(args):
     shutil.rmtree(with_parity)
     split_rss = peak_rss(split_parity, env)
     rebuild_rss = peak_rss(f"rm {sh(lost)} {sh(manifests.manifest_path(lost))} && "
-                           f"{me} rebuild {sh(with_parity)} > /dev/null", env)
+                           f"reassemble {sh(with_parity)} > /dev/null 2>&1", env)
 
     volume_count = -(-args.size // args.volume_size)
     print(f"\n{format_size(args.size)} of random data, {volume_count} volumes of {format_size(args.volume_size)}, "
@@ -234,26 +156,13 @@ def bench(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command")
-    split = commands.add_parser("split", help="driver: split stdin into OUTDIR with parity")
-    split.add_argument("outdir")
-    split.add_argument("--volume-size", type=parse_size, required=True)
-    split.add_argument("--parity", type=int, default=2)
-    split.add_argument("--workers", type=int, default=None)
-    rebuild = commands.add_parser("rebuild", help="driver: write the stream of INDIR, rebuilding what is lost")
-    rebuild.add_argument("indir")
     parser.add_argument("--size", type=parse_size, default=1 << 30, help="stream size (default 1G)")
     parser.add_argument("--volume-size", type=parse_size, default=128 << 20, help="volume size (default 128M)")
     parser.add_argument("--parity", type=int, default=2, help="parity volumes (default 2)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions per side (default 3)")
     parser.add_argument("--workdir", default="/var/tmp/mirrorpipe-bench-parity",
                         help="where the stream and the volumes go (needs 3.5x the stream size)")
-    args = parser.parse_args()
-    if args.command == "split":
-        return drive_split(args)
-    if args.command == "rebuild":
-        return drive_rebuild(args)
-    return bench(args)
+    return bench(parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mirrorpipe import manifests
+from mirrorpipe import erasure, manifests
 from mirrorpipe.errors import Error
 
 CHUNK = 1 << 20
@@ -227,3 +227,79 @@ def test_fuzz_byte_flips_of_a_valid_manifest(data):
     for _ in range(data.draw(st.integers(1, 4))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
     parse_or_error(bytes(raw))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parity manifests
+
+def make_parity_manifest(group=2, group_size=3, parity_index=2, parity_count=2, last_group=False,
+                         lengths=None):
+    lengths = lengths or [4 * CHUNK] * group_size
+    first = (group - 1) * group_size + 1
+    length = max(lengths)
+    manifest = manifests.ParityManifest(
+        set_id="0123456789abcdef0123456789abcdef", set_name="pc1", group=group, group_size=group_size,
+        parity_index=parity_index, parity_count=parity_count,
+        coefficients=[erasure.coefficient(parity_index - 1, i) for i in range(len(lengths))],
+        data_volumes=[manifests.DataVolumeEntry(first + i, n, bytes([i]) * 16) for i, n in enumerate(lengths)],
+        length=length, chunk_size=CHUNK, volume_size=4 * CHUNK,
+        chunk_digests=b"\x03" * 16 * manifests.chunk_count(length, CHUNK), volume_digest=b"\x04" * 16,
+        created="2026-11-25T09:00:00Z", host="vm", last_group=last_group)
+    if last_group:
+        manifest.total_length = (first + len(lengths) - 2) * 4 * CHUNK + lengths[-1]
+        manifest.volume_count = first + len(lengths) - 1
+        manifest.stream_digest = b"\x05" * 16
+    return manifest
+
+
+def test_parity_manifests_round_trip():
+    for manifest in (make_parity_manifest(),
+                     make_parity_manifest(group=3, last_group=True, lengths=[4 * CHUNK, 5])):
+        parsed = manifests.parse(manifest.to_json())
+        assert isinstance(parsed, manifests.ParityManifest)
+        assert parsed.to_json() == manifest.to_json()
+        assert parsed.scheme == manifests.ParityScheme(2, 3)
+    data = make_manifest()
+    data.parity = manifests.ParityScheme(2, 3)
+    assert manifests.parse(data.to_json()).parity == manifests.ParityScheme(2, 3)
+
+
+def parity_document(**changes):
+    doc = json.loads(make_parity_manifest().to_json())
+    doc.update(changes)
+    return doc
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"code": "rs-vandermonde"}, "parity code 'rs-vandermonde', which this mirrorpipe does not know"),
+    ({"coefficients": [1, 2, 3]}, "its coefficients are not those of its code"),
+    ({"parity_index": 3}, "field 'parity_index' is 3, outside 1-2"),
+    ({"parity_count": 17}, "field 'parity_count' is 17, outside 1-16"),
+    ({"group_size": 241}, "field 'group_size' is 241, outside 1-240"),
+    ({"data_volumes": []}, "0 data volumes in a group of 3"),
+    ({"data_volumes": "all"}, "field 'data_volumes' has the wrong type"),
+    ({"data_volumes": [1, 2, 3]}, "a data volume entry is not a JSON object"),
+    ({"length": 5}, "its length is not its group's longest data volume's"),
+    ({"last_group": True}, "field 'total_length' is missing"),
+])
+def test_hostile_parity_manifests_are_refused(changes, reason):
+    with pytest.raises(Error) as caught:
+        manifests.parse(encode(parity_document(**changes)), "p.manifest")
+    assert reason in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_parity_manifest_data_volumes_must_be_the_group_in_order():
+    doc = parity_document()
+    doc["data_volumes"][1]["index"] = 7
+    assert "field 'index' is 7, outside 5-5" in _error_of(manifests.parse, encode(doc))
+    doc = parity_document()
+    doc["data_volumes"][0]["length"] = 5    # not the last: must be full
+    assert "a data volume other than the set's last is not full" in _error_of(manifests.parse, encode(doc))
+    doc = json.loads(make_parity_manifest(last_group=True, lengths=[4 * CHUNK, 5]).to_json())
+    doc["volume_count"] = 9
+    assert "total_length or volume_count does not match" in _error_of(manifests.parse, encode(doc))
+
+
+def test_a_data_manifest_parity_scheme_is_checked():
+    doc = document(parity={"count": 0, "group_size": 3})
+    assert "field 'count' is 0, outside 1-16" in _error_of(manifests.parse, encode(doc))
