@@ -20,8 +20,6 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-import numpy
-
 from . import cli, erasure, manifests
 from .errors import Error
 
@@ -195,7 +193,7 @@ def _fold(files, data, index, offset, held):
     ParityAccumulator's paths, targets, fds and coefficient); `held` bytes from offset hold
     earlier sums, the rest is still zeros."""
     if files.scratch is None:
-        files.scratch = numpy.empty(files.block_size, numpy.uint8)
+        files.scratch = _zeros(files.block_size)
     total = files.scratch[:len(data)]
     try:
         for path, target, fd in zip(files.paths, files.targets, files.fds):
@@ -486,7 +484,7 @@ class Rebuilder:
         sums = {}
         for row in plans:
             if row not in self._sums:
-                self._sums[row] = numpy.empty(self.chunk_size, numpy.uint8)
+                self._sums[row] = _zeros(self.chunk_size)
             sums[row] = self._sums[row]
             sums[row][:] = 0
         for source in sources:
@@ -536,6 +534,13 @@ class Rebuilder:
                 lost_chunks.setdefault(row, []).append(number)
             worst = max(worst, len(lost_rows))
         return GroupHealth(self.code.parity_count, lost_chunks, worst)
+
+
+def _zeros(size):
+    """A numpy byte array for sums. numpy is imported here, at the first sum, not with the
+    module: reading a healthy set with parity volumes never needs it (the import takes ~90 ms)."""
+    import numpy
+    return numpy.zeros(size, numpy.uint8)
 
 
 def _digest_of(data):
