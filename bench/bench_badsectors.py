@@ -12,7 +12,12 @@ fail with EIO from the kernel), optionally through a loop device over it (a bloc
 
 Each case runs `read-disk --map MAP SOURCE > /dev/null` --runs times; the table gives the median
 time, the ratio to the healthy median, the read requests (and failed ones) faultfs answered per
-run, and for the 1 % cases the read requests per bad sector beyond those of the healthy source.
+run, for the 1 % cases the read requests per bad sector beyond those of the healthy source, and
+the time per read request beyond those of the healthy source. Set that beside the round trip of
+one bare 512-byte read, measured on the healthy source and printed under its row: the rest is
+mostly read-disk's own work per read (reads of many sectors take a little longer too), and no
+reader can beat its reads times the round trip (with 1 % of the sectors bad alone, at least about
+8 reads per bad sector: each read answers yes or no).
 Needs root, /dev/fuse, gcc, pkg-config and the Debian packages fuse3 and libfuse3-dev.
 
 With --baseline DIR (another checkout of mirrorpipe, e.g. `git archive HEAD | tar -x -C DIR`),
@@ -28,6 +33,7 @@ Run it with a Python that has mirrorpipe's dependencies: bin/read-disk runs with
 """
 
 import argparse
+import mmap
 import os
 import random
 import shutil
@@ -45,6 +51,7 @@ from mirrorpipe.cli import format_size, parse_size  # noqa: E402
 
 READ_DISK = os.path.join(CHECKOUT, "bin", "read-disk")
 BAD_FRACTION = 0.01
+ROUND_TRIP_READS = 2000
 
 
 def scattered_bad_sectors(sectors, run_length, rng):
@@ -59,6 +66,24 @@ def make_image(path, size):
         for _ in range(size // (16 << 20)):
             f.write(os.urandom(16 << 20))
         f.write(os.urandom(size % (16 << 20)))
+
+
+def read_round_trip(source, sectors, rng):
+    """Median microseconds of a bare one-sector O_DIRECT read of source at random sectors: what
+    every read of the narrowing costs at least."""
+    fd = os.open(source, os.O_RDONLY | os.O_DIRECT)
+    buffer = mmap.mmap(-1, SECTOR)  # page-aligned, as O_DIRECT wants
+    times = []
+    try:
+        for _ in range(ROUND_TRIP_READS):
+            offset = rng.randrange(sectors) * SECTOR
+            began = time.perf_counter()
+            os.preadv(fd, [buffer], offset)
+            times.append(time.perf_counter() - began)
+    finally:
+        os.close(fd)
+        buffer.close()
+    return statistics.median(times) * 1e6
 
 
 def time_read_disk(read_disk, source, options, map_path):
@@ -111,7 +136,7 @@ def main():
               f"{args.error_delay_us} us per failing read, {args.runs} runs per case, medians; "
               f"load average {os.getloadavg()[0]:.1f}")
         print(f"{'case':42} {'time s':>8} {'MB/s':>8} {'ratio':>7} {'reads/run':>10} {'failed/run':>10} "
-              f"{'reads/bad':>9}  exit")
+              f"{'reads/bad':>9} {'us/read':>8}  exit")
         healthy = {}
         for name, faults, options in cases:
             disk = fs.mount(image, error_delay_us=args.error_delay_us, **faults)
@@ -133,6 +158,7 @@ def main():
                         statuses[label] = status
                         counts[label][0] += after["reads"] - before["reads"]
                         counts[label][1] += after["failed"] - before["failed"]
+                round_trip = None if faults else read_round_trip(source, sectors, random.Random(args.seed))
             finally:
                 if source_context:
                     source_context.__exit__(None, None, None)
@@ -141,11 +167,16 @@ def main():
                 median = statistics.median(times[label])
                 reads, failed = (n // args.runs for n in counts[label])
                 healthy.setdefault(label, (median, reads))
-                per_bad = (f"{(reads - healthy[label][1]) / bad_sectors:9.2f}" if bad_sectors
-                           else f"{'':9}")
+                extra_reads = reads - healthy[label][1]
+                per_bad = f"{extra_reads / bad_sectors:9.2f}" if bad_sectors else f"{'':9}"
+                per_read = (f"{(median - healthy[label][0]) / extra_reads * 1e6:8.1f}" if extra_reads > 0
+                            else f"{'':8}")
                 print(f"{label + name:42} {median:8.2f} {size / median / 1e6:8.0f} "
-                      f"{median / healthy[label][0]:7.1f} {reads:>10} {failed:>10} {per_bad}  {statuses[label]}",
-                      flush=True)
+                      f"{median / healthy[label][0]:7.1f} {reads:>10} {failed:>10} {per_bad} {per_read}"
+                      f"  {statuses[label]}", flush=True)
+            if round_trip is not None:
+                print(f"  (a bare 512-byte read of this source: {round_trip:.1f} us, median of "
+                      f"{ROUND_TRIP_READS})", flush=True)
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         fs.close()
