@@ -1110,11 +1110,16 @@ class SetReader:
                 if self.set.problems:
                     raise Error(self.set.problems[-1])
                 return self.set.by_index[index]
-            if found.volumes:
+            # Name what is new since the set was gathered (the disc just inserted, not a directory
+            # of copies given beside the drive), else all (the same disc inserted again).
+            known = {v.path for v in [*self.set.by_index.values(), *self.set.parity.values()]}
+            new = [v for v in found.volumes + found.parity if v.path not in known] or \
+                found.volumes + found.parity
+            if new:
                 seen = ", ".join(
-                    f"disc {m.index} of set '{m.set_name}'" if m.set_id == self.set.reference.set_id
-                    else f"disc {m.index} of another set {_set_label(m)}"
-                    for m in (v.manifest for v in found.volumes[:3]))
+                    f"{m.disc_title} of set '{m.set_name}'" if m.set_id == self.set.reference.set_id
+                    else f"{m.disc_title} of another set {_set_label(m)}"
+                    for m in (v.manifest for v in new[:3]))
                 note = f"reassemble: this is {seen}, not disc {index} of set '{name}'\n"
             else:
                 note = f"reassemble: no volume found in {', '.join(self.directories)}\n"

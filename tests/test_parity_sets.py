@@ -52,6 +52,7 @@ def restore(sources):
 
 @pytest.mark.parametrize("data_count, parity, group", [
     (1, 1, None), (3, 1, None), (2, 2, None), (4, 2, None), (3, 3, None), (5, 3, None), (5, 2, 2),
+    (4, 4, None),
 ])
 def test_every_combination_of_up_to_k_lost_volumes_is_rebuilt(tmp_path, data_count, parity, group):
     options = ["--group", str(group)] if group else []
@@ -316,6 +317,9 @@ def test_disc_by_disc_says_how_to_rebuild_a_lost_disc_and_then_does(tmp_path, te
     insert("image.003")
     term = terminal(f"exec reassemble {scratch} {drive} > {tmp_path}/stream")
     term.read_until("insert disc 4 of set 'image' and press Enter")
+    insert("image.parity-002-1")
+    term.send("")
+    term.read_until("this is parity disc 1 of group 2 of set 'image', not disc 4 of set 'image'")
     insert("image.004")
     term.send("")
     assert term.wait() == 0, term.output.decode()
