@@ -786,13 +786,9 @@ def _what(manifest):
 def gather(found):
     """The one set the scanned sources hold, as a VolumeSet (its problems recorded in it)."""
     if not found.volumes and not found.parity:
-        hint = ""
-        if found.unfinished:
-            hint = f" ({found.unfinished[0]} is unfinished: split-span was interrupted)"
-        elif found.orphans:
-            hint = f" ({found.orphans[0]} has no manifest beside it)"
-        raise Error(f"no finished volume found{hint}; give the directories or files of a set "
-                    "split-span made")
+        note = leftovers_note(found)
+        raise Error(f"no finished volume found{f' ({note})' if note else ''}; give the directories or "
+                    "files of a set split-span made")
     # The set most volumes belong to is the one wanted; the others are intruders.
     every = found.volumes + found.parity
     counts = {}

@@ -122,15 +122,17 @@ def test_disk_to_volumes_and_back_on_loop_devices(tmp_path, ext4_image, loop_dev
 # ---------------------------------------------------------------------------------------------
 # Killed at any moment
 
-def test_sigkill_at_random_moments_never_leaves_an_acceptable_set(tmp_path):
+@pytest.mark.parametrize("parity", [[], ["--parity", "2", "--group", "2"]], ids=["plain", "parity"])
+def test_sigkill_at_random_moments_never_leaves_an_acceptable_set(tmp_path, parity):
     """SIGKILL split-span while it writes, at random points (mid-volume, around the renames of a
-    finishing volume); reassemble must refuse what is left, and name any .part leftover."""
+    finishing volume); reassemble must refuse what is left, and name any .part leftover. With
+    parity, its worker processes end with it."""
     rng = random.Random(20261125)
     data = os.urandom(6 * MIB)
     seen_part = False
     for attempt in range(8):
         outdir = tmp_path / f"out{attempt}"
-        proc = subprocess.Popen([BIN / "split-span", "-q", "--size", "1M", "--chunk-size", "64K", outdir],
+        proc = subprocess.Popen([BIN / "split-span", "-q", "--size", "1M", "--chunk-size", "64K", *parity, outdir],
                                 stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         # Feed a random share of the stream (a volume boundary or not), then kill after a random
         # moment, with the stream still open so split-span never sees its end.
@@ -150,4 +152,21 @@ def test_sigkill_at_random_moments_never_leaves_an_acceptable_set(tmp_path):
         for name in left:
             if name.endswith(".part"):
                 assert name in message, message
+        deadline = time.monotonic() + 5
+        while _processes_naming(outdir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _processes_naming(outdir), "a process of the killed split-span lives on"
     assert seen_part, "no kill landed while a volume was being written; the test proves little"
+
+
+def _processes_naming(path):
+    """Pids of processes whose command line holds path (split-span's forked workers share its)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if str(path).encode() in f.read():
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
