@@ -189,7 +189,8 @@ class ParityManifest:
     chunk_digest = Manifest.chunk_digest
 
     @property
-    def scheme(self):
+    def parity(self):
+        """The set's ParityScheme, as a data volume's manifest gives it."""
         return ParityScheme(self.parity_count, self.group_size)
 
     def describe(self):

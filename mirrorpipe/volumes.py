@@ -449,11 +449,21 @@ def confirm_stdin_end(wait=0.05):
 # ---------------------------------------------------------------------------------------------
 # Finding a set
 
+def volume_key(manifest):
+    """How a set knows a volume: its index, or (group, parity index) for a parity volume."""
+    if isinstance(manifest, manifests.ParityManifest):
+        return manifest.group, manifest.parity_index
+    return manifest.index
+
+
+def name_of(key):
+    """'volume 3' or 'parity volume 1 of group 2', from a volume_key()."""
+    return f"parity volume {key[1]} of group {key[0]}" if isinstance(key, tuple) else f"volume {key}"
+
+
 def describe_volume(manifest, path):
     """'volume 3 (out/image.003)' or 'parity volume 1 of group 2 (out/image.parity-002-1)'."""
-    if isinstance(manifest, manifests.ParityManifest):
-        return f"parity volume {manifest.parity_index} of group {manifest.group} ({path})"
-    return f"volume {manifest.index} ({path})"
+    return f"{name_of(volume_key(manifest))} ({path})"
 
 
 @dataclass
@@ -599,7 +609,7 @@ class VolumeSet:
         self.parity = {}          # (group, parity index) -> parity volume
         self.last = None          # the last data volume's manifest
         self.last_group = None    # a parity manifest of the last group (knows the end too)
-        self.scheme = getattr(first, "parity", None) or getattr(first, "scheme", None)
+        self.scheme = first.parity  # manifests.ParityScheme, or None for a set without parity
         self.lost = {}            # index or (group, parity index) -> why a found volume is unusable
         self.problems = []
 
@@ -618,10 +628,10 @@ class VolumeSet:
         mine, theirs = self.reference, volume.manifest
         if theirs.set_id != mine.set_id:
             self.problems.append(
-                f"{volume.path} is {_what(theirs)} of another set {_set_label(theirs)}, not of "
+                f"{volume.path} is {name_of(volume_key(theirs))} of another set {_set_label(theirs)}, not of "
                 f"the set {_set_label(mine)}; remove it")
             return
-        scheme = getattr(theirs, "parity", None) or getattr(theirs, "scheme", None)
+        scheme = theirs.parity
         if (theirs.volume_size, theirs.chunk_size, theirs.set_name) != \
                 (mine.volume_size, mine.chunk_size, mine.set_name) or \
                 (scheme and self.scheme and scheme != self.scheme):
@@ -646,6 +656,16 @@ class VolumeSet:
                 self.problems.append(f"two last volumes ({self.last.index} and {theirs.index}) in set "
                                      f"'{mine.set_name}'; the manifests were altered")
             self.last = theirs
+            self._check_end()
+
+    def _check_end(self):
+        """The last data volume and the last group's parity volumes must agree on the end."""
+        if self.last and self.last_group and \
+                (self.last.total_length, self.last.volume_count, self.last.stream_digest) != \
+                (self.last_group.total_length, self.last_group.volume_count, self.last_group.stream_digest):
+            self.problems.append(f"the last volume {self.last.index} and the parity volumes of the last "
+                                 f"group of set '{self.reference.set_name}' disagree on the stream's "
+                                 "length, volume count or hash; the manifests were altered")
 
     def _add_parity(self, volume):
         manifest = volume.manifest
@@ -660,6 +680,7 @@ class VolumeSet:
         self.parity[key] = volume
         if manifest.last_group:
             self.last_group = manifest
+        self._check_end()
 
     def missing(self):
         """Indices absent below the last volume (or below the highest found without it)."""
@@ -777,12 +798,6 @@ class VolumeSet:
                 self.lost[key] = str(exc)
 
 
-def _what(manifest):
-    if isinstance(manifest, manifests.ParityManifest):
-        return f"parity volume {manifest.parity_index} of group {manifest.group}"
-    return f"volume {manifest.index}"
-
-
 def gather(found):
     """The one set the scanned sources hold, as a VolumeSet (its problems recorded in it)."""
     if not found.volumes and not found.parity:
@@ -823,13 +838,6 @@ class VolumeReport:
     def __init__(self, index, path=None, length=None, chunks=None, status="missing"):
         self.index, self.path, self.length, self.chunks, self.status = index, path, length, chunks, status
         self.rebuilt = False      # lost or damaged, and rebuilt from parity
-
-
-def _key_label(key):
-    """How messages name a volume not at hand: by index, or (group, parity index)."""
-    if isinstance(key, tuple):
-        return f"parity volume {key[1]} of group {key[0]}"
-    return f"volume {key}"
 
 
 class SetReader:
@@ -966,7 +974,7 @@ class SetReader:
     def _member(self, volume, key, length):
         from . import parity
         if volume is None:
-            return parity.Member(name=_key_label(key), length=length)
+            return parity.Member(name=name_of(key), length=length)
         file = None
         if key not in self.set.lost:
             try:
@@ -1012,11 +1020,11 @@ class SetReader:
             report.rebuilt, report.status = True, "missing: rebuilt from parity"
             self.say(f"rebuilt volume {index} ({cli.format_size(member.length)}) from parity")
         elif member.bad_chunks:
-            offsets = ", ".join(str(n * rebuilder.chunk_size) for n in sorted(member.bad_chunks)[:5])
             report.rebuilt = True
-            report.status = f"damaged chunks at offset {offsets}: rebuilt from parity"
+            report.status = f"damaged chunks at offset {_offsets(rebuilder, member)}: rebuilt from parity"
             self.say(f"{volume.label}: {len(member.bad_chunks)} damaged chunk"
-                     f"{'s' if len(member.bad_chunks) > 1 else ''} (at offset {offsets}) rebuilt from parity")
+                     f"{'s' if len(member.bad_chunks) > 1 else ''} (at offset {_offsets(rebuilder, member)}) "
+                     "rebuilt from parity")
 
     def _check_parity_volumes(self, rebuilder, group):
         """--verify: read every chunk of the group's parity volumes; a report for each."""
@@ -1036,8 +1044,7 @@ class SetReader:
             if member.file is None:
                 report.status = self.set.lost.get((group, parity_index), "unreadable")
             elif member.bad_chunks:
-                report.status = (f"damaged chunks at offset "
-                                 f"{', '.join(str(n * rebuilder.chunk_size) for n in sorted(member.bad_chunks)[:5])}")
+                report.status = f"damaged chunks at offset {_offsets(rebuilder, member)}"
 
     def _read(self, volume):
         manifest = volume.manifest
@@ -1124,6 +1131,11 @@ class SetReader:
         missing = self.set.describe_missing() or f"missing volume {index}"
         note = leftovers_note(self.found)
         return f"{missing}{'; ' + note if note else ''}; give all volumes of the set"
+
+
+def _offsets(rebuilder, member):
+    """'0, 16777216': where the first few damaged chunks of a group member start."""
+    return ", ".join(str(n * rebuilder.chunk_size) for n in sorted(member.bad_chunks)[:5])
 
 
 def _load_chunk(fd, buffer, size, hashes):

@@ -258,7 +258,7 @@ def test_parity_manifests_round_trip():
         parsed = manifests.parse(manifest.to_json())
         assert isinstance(parsed, manifests.ParityManifest)
         assert parsed.to_json() == manifest.to_json()
-        assert parsed.scheme == manifests.ParityScheme(2, 3)
+        assert parsed.parity == manifests.ParityScheme(2, 3)
     data = make_manifest()
     data.parity = manifests.ParityScheme(2, 3)
     assert manifests.parse(data.to_json()).parity == manifests.ParityScheme(2, 3)
