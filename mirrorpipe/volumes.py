@@ -29,8 +29,10 @@ import os
 import re
 import secrets
 import select
+import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -737,24 +739,23 @@ class VolumeSet:
         return len(lost) <= len(self.usable_parity(group))
 
     def rebuild_hint(self, index):
-        """Disc by disc, volume `index` is lost or damaged: how to rebuild it from parity (what to
-        copy, how much scratch space, where), or '' for a set without parity."""
+        """Disc by disc, volume `index` is lost or damaged: how to rebuild it from parity (which
+        discs, how much scratch space, where), or '' for a set without parity."""
         if not self.scheme:
             return ""
         group = self.scheme.group_of(index)
         indices = self.group_indices(group) or self.scheme.data_indices(group)
-        scratch = (len(indices) - 1 + self.scheme.count) * self.reference.volume_size
         where = os.environ.get("TMPDIR") or "/var/tmp"
         try:
             info = os.statvfs(where)
             free = f", which has {cli.format_size(info.f_bavail * info.f_frsize)} free"
         except OSError:
             free = ""
-        return (f". The set has parity: to rebuild volume {index}, copy the volumes (or ISO images) "
-                f"of the other discs of its group {group} (data discs {indices[0]}-{indices[-1]} and "
-                f"parity discs 1-{self.scheme.count} of group {group}) into one directory, up to "
-                f"{cli.format_size(scratch)} of scratch space, e.g. under {where}{free}; then run "
-                f"reassemble on that directory and the drive or mount point together")
+        return (f". The set has parity: run reassemble again and answer l when it asks for disc "
+                f"{index}; it rebuilds volume {index} from the other discs of group {group} (data discs "
+                f"{indices[0]}-{indices[-1]} and a parity disc of group {group}), which it asks for, in "
+                f"{cli.format_size(self.reference.volume_size)} of scratch space in {where} (TMPDIR)"
+                f"{free}. Or copy those discs' volumes into one directory and give it with the drive")
 
     def usable_data(self, group):
         return [i for i in self.scheme.data_indices(group, self.count)
@@ -832,6 +833,22 @@ def leftovers_note(found):
 # ---------------------------------------------------------------------------------------------
 # Reading a set
 
+class DamagedChunk(Error):
+    """A chunk of a volume does not match its manifest; volume_offset is where it starts."""
+
+    def __init__(self, message, volume_offset):
+        super().__init__(message)
+        self.volume_offset = volume_offset
+
+
+class _AlsoLost(Exception):
+    """Disc by disc, while rebuilding: the disc of this key is lost or damaged too."""
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
 class VolumeReport:
     """How one volume fared: a row of the --verify table."""
 
@@ -863,6 +880,8 @@ class SetReader:
         self.health = {}              # group -> parity.GroupHealth (with parity, --verify)
         self.stream_hash = manifests.new_hash()
         self.buffer = bytearray(volume_set.reference.chunk_size)
+        self.rebuilt = {}             # index -> (scratch file, length, volume digest)
+        self.scratch_dirs = []
 
     def run(self):
         """Read the set from volume 1 to the last, asking for discs not at hand; the reports."""
@@ -879,14 +898,32 @@ class SetReader:
                 if self.set.count and index > self.set.count:
                     break
                 continue
-            volume = self.set.by_index.get(index) or self._ask_for(index)
-            self._read(volume)
-            if volume.manifest.last:
+            if index in self.rebuilt:
+                self._emit_rebuilt(index)
+            else:
+                volume = self.set.by_index.get(index) or self._ask_for(index)
+                try:
+                    if volume is None:      # the user says the disc is lost
+                        self._rebuild_from_discs(index, 0)
+                    else:
+                        self._read(volume)
+                except DamagedChunk as exc:
+                    if not self.repairs_from_discs():
+                        raise Error(f"{exc}; nothing of it was written. Copy the volume again from a "
+                                    "good disc or source" + self.set.rebuild_hint(index)) from None
+                    self.say(f"{exc}: rebuilding volume {index} from the other discs of its group")
+                    self._rebuild_from_discs(index, exc.volume_offset)
+            if index == self.set.count:
                 break
             index += 1
         if self.verify_only:
             self._check_stream()
         return self.reports
+
+    def repairs_from_discs(self):
+        """Disc by disc, a set with parity: a lost disc or a damaged chunk is rebuilt from the
+        group's other discs, asked for one at a time."""
+        return bool(self.set.scheme and self.directories and self.tty is not None)
 
     def verify_present(self):
         """Check every volume found, without asking for the others (--verify of a local set)."""
@@ -1070,8 +1107,7 @@ class SetReader:
                                f"{start} (stream offset {manifest.offset + start}): the "
                                f"{cli.format_size(want)} chunk there does not match its manifest")
                     if not self.verify_only:
-                        raise Error(problem + "; nothing of it was written. Copy the volume again "
-                                    "from a good disc or source" + self.set.rebuild_hint(manifest.index))
+                        raise DamagedChunk(problem, start)
                     if report.status == "ok":
                         report.status = problem
                     continue
@@ -1084,35 +1120,53 @@ class SetReader:
             report.status = (f"volume {manifest.index} ({volume.path}) does not match its manifest's "
                              "volume hash although every chunk does; the manifest was altered")
 
-    def _ask_for(self, index):
-        """Disc by disc: ask on the terminal until a disc holding volume `index` is in place."""
+    def _ask_for(self, key, lost_allowed=True):
+        """Disc by disc: ask on the terminal until a disc holding volume `key` (an index, or
+        (group, parity index) for a parity disc) is in place; None when the user says the disc is
+        lost and the set's parity can stand in for it."""
         name = self.set.reference.set_name
-        of = f" (of {self.set.count})" if self.set.count else ""
-        question = f"insert disc {index}{of} of set '{name}' and press Enter (q to give up): "
+        if isinstance(key, tuple):
+            title = f"parity disc {key[1]} of group {key[0]}"
+        else:
+            title = f"disc {key}" + (f" (of {self.set.count})" if self.set.count else "")
+        lost_allowed = lost_allowed and self.repairs_from_discs()
+        question = (f"insert {title} of set '{name}' and press Enter "
+                    f"({'l if it is lost or unreadable, ' if lost_allowed else ''}q to give up): ")
         note = ""     # what the last disc was, said before asking again
         while True:
             if not self.directories or self.tty is None:
-                raise Error(self._missing_message(index))
+                raise Error(self._missing_message(key))
             answer = cli.ask(note + question, tty=self.tty)
-            if answer is None or answer.strip().lower() in ("q", "quit"):
-                raise Error(f"gave up waiting for disc {index}{of} of set '{name}'"
-                            + self.set.rebuild_hint(index))
+            answer = answer.strip().lower() if answer is not None else "q"
+            if answer in ("q", "quit"):
+                raise Error(f"gave up waiting for {title} of set '{name}'"
+                            + ("" if isinstance(key, tuple) else self.set.rebuild_hint(key)))
+            if answer in ("l", "lost") and lost_allowed:
+                return None
             try:
                 found = scan(self.directories)
             except Error as exc:
                 note = f"reassemble: {exc}\n"
                 continue
-            mine = [v for v in found.volumes if v.manifest.set_id == self.set.reference.set_id]
-            if any(v.manifest.index == index for v in mine):
+            mine = [v for v in found.volumes + found.parity
+                    if v.manifest.set_id == self.set.reference.set_id]
+            if isinstance(key, tuple):
+                for volume in mine:
+                    if isinstance(volume.manifest, manifests.ParityManifest):
+                        self.set.parity.pop(volume_key(volume.manifest), None)   # this disc's copy counts
+                        self.set.add(volume)
+            elif any(volume_key(v.manifest) == key for v in mine):
                 # What the earlier disc held from here on is gone with it; this disc's volumes count.
-                for stale in [i for i in self.set.by_index if i >= index]:
+                for stale in [i for i in self.set.by_index if i >= key]:
                     del self.set.by_index[stale]
                 for volume in mine:
-                    if volume.manifest.index >= index:
+                    if volume in found.volumes and volume.manifest.index >= key:
                         self.set.add(volume)
-                if self.set.problems:
-                    raise Error(self.set.problems[-1])
-                return self.set.by_index[index]
+            if self.set.problems:
+                raise Error(self.set.problems[-1])
+            held = self.set.parity if isinstance(key, tuple) else self.set.by_index
+            if any(volume_key(v.manifest) == key for v in mine):
+                return held[key]
             # Name what is new since the set was gathered (the disc just inserted, not a directory
             # of copies given beside the drive), else all (the same disc inserted again).
             known = {v.path for v in [*self.set.by_index.values(), *self.set.parity.values()]}
@@ -1123,14 +1177,184 @@ class SetReader:
                     f"{m.disc_title} of set '{m.set_name}'" if m.set_id == self.set.reference.set_id
                     else f"{m.disc_title} of another set {_set_label(m)}"
                     for m in (v.manifest for v in new[:3]))
-                note = f"reassemble: this is {seen}, not disc {index} of set '{name}'\n"
+                note = f"reassemble: this is {seen}, not {title} of set '{name}'\n"
             else:
                 note = f"reassemble: no volume found in {', '.join(self.directories)}\n"
 
-    def _missing_message(self, index):
-        missing = self.set.describe_missing() or f"missing volume {index}"
+    # Disc by disc with parity: a lost or damaged disc is rebuilt from the other discs of its
+    # group, inserted one at a time and folded into the rebuilt volume in a scratch file.
+
+    def _rebuild_from_discs(self, index, skip):
+        """Rebuild volume `index` (and any other volume of its group found lost on the way) from
+        the group's other discs, then write it from byte `skip` on (what came before was
+        written already)."""
+        from . import parity   # imports numpy: only for sets with parity
+        group = self.set.scheme.group_of(index)
+        lost = {index}
+        while True:
+            try:
+                self._fold_group(parity, group, lost)
+                break
+            except _AlsoLost as exc:
+                lost.add(exc.key)
+                self.say(f"{name_of(exc.key)} of set '{self.set.reference.set_name}' is lost too: "
+                         f"starting over to rebuild {len(lost)} volumes of group {group}")
+        self._emit_rebuilt(index, skip)
+
+    def _fold_group(self, parity, group, lost):
+        """Fold the discs the rebuild of the `lost` keys of a group needs into scratch files
+        (self.rebuilt: index -> (path, length, expected volume digest)), asking for each disc;
+        _AlsoLost when another disc turns out lost or damaged."""
+        scheme = self.set.scheme
+        # Parity discs first: their manifests tell the group's data volumes, and the one asked
+        # for last is still in the drive when folding starts.
+        wanted = len([key for key in lost if not isinstance(key, tuple)])
+        chosen, entries = [], None
+        for parity_index in range(1, scheme.count + 1):
+            key = (group, parity_index)
+            if len(chosen) == wanted:
+                break
+            if key not in lost:
+                volume = self._at_hand(key)
+                entries = {entry.index: entry for entry in volume.manifest.data_volumes}
+                chosen.append(key)
+        if len(chosen) < wanted:
+            raise Error(f"cannot rebuild group {group} of set '{self.set.reference.set_name}': "
+                        f"{_join_names(lost)} are lost, more than its {scheme.count} parity "
+                        f"volume{'s' if scheme.count > 1 else ''} can rebuild")
+        indices = sorted(entries)
+        row = {index: r for r, index in enumerate(indices)}
+        row.update({(group, p): len(indices) + p - 1 for p in range(1, scheme.count + 1)})
+        sources = list(reversed(chosen)) + [index for index in indices if index not in lost]
+        targets = sorted(key for key in lost if not isinstance(key, tuple))
+        scratch = self._scratch(group, [entries[index].length for index in targets])
+        accumulator = parity.ParityAccumulator(
+            [os.path.join(scratch, volume_name(self.set.reference.set_name, index)) for index in targets],
+            self.set.reference.chunk_size, parities=[row[index] for index in targets],
+            coefficient=parity.rebuild_coefficient(parity.erasure.Code(len(indices), scheme.count),
+                                                   [row[index] for index in targets],
+                                                   [row[key] for key in sources]))
+        try:
+            for key in sources:
+                self._fold_disc(accumulator, key)
+            accumulator.finish()
+        except BaseException:
+            accumulator.discard()
+            raise
+        for index, path in zip(targets, accumulator.paths):
+            self.rebuilt[index] = (path, entries[index].length, entries[index].volume_digest)
+
+    def _at_hand(self, key):
+        """The volume of `key` if the sources hold it now (the disc in the drive, a directory of
+        copies), else the one the user inserts when asked; _AlsoLost when the user says it is
+        lost."""
+        try:
+            found = scan(self.directories)
+        except Error:
+            found = Scan()
+        for volume in found.volumes + found.parity:
+            if volume.manifest.set_id == self.set.reference.set_id and volume_key(volume.manifest) == key:
+                self.set.add(volume)
+                return volume
+        volume = self._ask_for(key)
+        if volume is None:
+            raise _AlsoLost(key)
+        return volume
+
+    def _fold_disc(self, accumulator, key):
+        """Read the volume of `key` from its disc, checking every chunk, and fold it in."""
+        volume = self._at_hand(key)
+        manifest = volume.manifest
+        self.progress.set_detail(f"rebuilding: reading {name_of(key)}")
+        view = memoryview(self.buffer)
+        try:
+            with volume.open_file() as file:
+                for number in range(manifest.chunks):
+                    size = min(manifest.chunk_size, manifest.length - number * manifest.chunk_size)
+                    got = file.readinto(view[:size])
+                    if got != size or _digest_of(view[:size]) != manifest.chunk_digest(number):
+                        raise _AlsoLost(key)
+                    accumulator.add(view[:size])
+        except Error:
+            raise _AlsoLost(key) from None
+        accumulator.end_data_volume()
+
+    def _scratch(self, group, lengths):
+        """A new scratch directory for rebuilt volumes of these lengths, after saying how much
+        space they take and where; errors.Error when there is not enough."""
+        where = os.environ.get("TMPDIR") or "/var/tmp"
+        need = max(lengths) * len(lengths)
+        try:
+            info = os.statvfs(where)
+            free = info.f_bavail * info.f_frsize
+            path = tempfile.mkdtemp(prefix="mirrorpipe-rebuild-", dir=where)
+        except OSError as exc:
+            raise Error(f"cannot use {where} for the scratch space of a rebuild: {exc.strerror}; set "
+                        "TMPDIR to a directory with room") from None
+        if free < need:
+            os.rmdir(path)
+            raise Error(f"rebuilding needs {cli.format_size(need)} of scratch space, and {where} has only "
+                        f"{cli.format_size(free)} free; set TMPDIR to a directory with more room and run again")
+        self.scratch_dirs.append(path)
+        self.say(f"rebuilding {len(lengths)} volume{'s' if len(lengths) > 1 else ''} of group {group} from "
+                 f"its other discs, in {cli.format_size(need)} of scratch space in {path} ({where} has "
+                 f"{cli.format_size(free)} free); discs after the lost one are asked for twice")
+        return path
+
+    def _emit_rebuilt(self, index, skip=0):
+        """Write the rebuilt volume `index` from its scratch file, from byte `skip` on, once its
+        whole content matches the volume hash the parity manifests give."""
+        path, length, expected = self.rebuilt.pop(index)
+        report = self.reports[index] = VolumeReport(
+            index, path, length, manifests.chunk_count(length, self.set.reference.chunk_size),
+            "rebuilt from parity")
+        report.rebuilt = True
+        fd = os.open(path, os.O_RDONLY)
+        view = memoryview(self.buffer)
+
+        def pieces(start):
+            os.lseek(fd, start, os.SEEK_SET)
+            for offset in range(start, length, len(view)):
+                yield view[:read_full(fd, view[:min(len(view), length - offset)])]
+
+        try:
+            digest = manifests.new_hash()
+            for piece in pieces(0):
+                digest.update(piece)
+            if digest.digest() != expected:
+                raise Error(f"volume {index} as rebuilt does not match the volume hash its parity volumes "
+                            "give; their manifests were altered")
+            for piece in pieces(skip):
+                if self.verify_only:
+                    self.stream_hash.update(piece)
+                if self.out_fd is not None:
+                    write_all(self.out_fd, piece)
+                self.progress.advance(len(piece))
+        finally:
+            os.close(fd)
+        os.unlink(path)
+        self.say(f"rebuilt volume {index} ({cli.format_size(length)}) from parity")
+
+    def close(self):
+        """Remove the scratch space of rebuilds."""
+        for path in self.scratch_dirs:
+            shutil.rmtree(path, ignore_errors=True)
+        self.scratch_dirs = []
+
+    def _missing_message(self, key):
+        missing = self.set.describe_missing() or f"missing {name_of(key)}"
         note = leftovers_note(self.found)
         return f"{missing}{'; ' + note if note else ''}; give all volumes of the set"
+
+
+def _join_names(keys):
+    return ", ".join(name_of(key) for key in sorted(keys, key=str))
+
+
+def _digest_of(data):
+    digest = manifests.new_hash()
+    digest.update(data)
+    return digest.digest()
 
 
 def _offsets(rebuilder, member):

@@ -298,7 +298,7 @@ def test_a_set_given_without_its_parity_volumes_says_they_exist(tmp_path):
                           "the set has 2 parity volumes per group of 240", "give them too")
 
 
-def test_disc_by_disc_says_how_to_rebuild_a_lost_disc_and_then_does(tmp_path, terminal):
+def test_disc_by_disc_giving_up_says_how_to_rebuild_and_a_directory_of_copies_works(tmp_path, terminal):
     stream = make_set(tmp_path / "out", 4, 1, "--group", "2")
     out, drive, scratch = tmp_path / "out", tmp_path / "drive", tmp_path / "scratch"
     drive.mkdir()
@@ -316,10 +316,10 @@ def test_disc_by_disc_says_how_to_rebuild_a_lost_disc_and_then_does(tmp_path, te
     term.send("q")          # disc 2 is lost
     assert term.wait() == 1
     text = term.output.decode()
-    assert "gave up waiting for disc 2 of set 'image'. The set has parity: to rebuild volume 2, copy " \
-           "the volumes (or ISO images) of the other discs of its group 1 (data discs 1-2 and parity " \
-           "discs 1-1 of group 1) into one directory, up to 512.0 KiB of scratch space, e.g. under " \
-           f"{tmp_path}, which has" in text.replace("\r\n", " ").replace("\n", " "), text
+    assert "gave up waiting for disc 2 of set 'image'. The set has parity: run reassemble again and " \
+           "answer l when it asks for disc 2; it rebuilds volume 2 from the other discs of group 1 (data " \
+           "discs 1-2 and a parity disc of group 1), which it asks for, in 256.0 KiB of scratch space in " \
+           f"{tmp_path} (TMPDIR), which has" in text.replace("\r\n", " ").replace("\n", " "), text
 
     # Doing what it says: the rest of group 1 copied into a directory, the next disc in the drive.
     scratch.mkdir()
@@ -337,3 +337,60 @@ def test_disc_by_disc_says_how_to_rebuild_a_lost_disc_and_then_does(tmp_path, te
     assert term.wait() == 0, term.output.decode()
     assert "rebuilt volume 2 (256.0 KiB) from parity" in term.output.decode()
     assert (tmp_path / "stream").read_bytes() == stream
+
+
+def test_disc_by_disc_rebuilds_a_lost_disc_and_a_damaged_one_from_the_other_discs(tmp_path, terminal):
+    stream = make_set(tmp_path / "out", 4, 1, "--group", "2")
+    out, drive = tmp_path / "out", tmp_path / "drive"
+    drive.mkdir()
+    flip(out / "image.003", 2 * CHUNK + 17)      # disc 3 is scratched in its third chunk
+
+    def insert(name):
+        for old in os.listdir(drive):
+            os.unlink(drive / old)
+        for suffix in ("", manifests.SUFFIX):
+            shutil.copy(out / f"{name}{suffix}", drive)
+
+    insert("image.001")
+    term = terminal(f"TMPDIR={tmp_path} exec reassemble {drive} > {tmp_path}/stream")
+    term.read_until("insert disc 2 of set 'image' and press Enter (l if it is lost or unreadable, q to give up)")
+    term.send("l")
+    # Rebuilding volume 2 takes parity disc 1 of group 1 and disc 1 again.
+    for wanted, name in (("parity disc 1 of group 1", "image.parity-001-1"), ("disc 1", "image.001"),
+                         ("disc 3", "image.003"),
+                         # disc 3 is damaged: its group's parity disc and disc 4 rebuild it...
+                         ("parity disc 1 of group 2", "image.parity-002-1"), ("disc 4", "image.004"),
+                         # ...then disc 4 is read in its turn.
+                         ("disc 4", "image.004")):
+        term.read_until(f"insert {wanted} ")     # (disc 4 is 'disc 4 (of 4)' once the end is known)
+        insert(name)
+        term.send("")
+    assert term.wait() == 0, term.output.decode()
+    text = term.output.decode()
+    assert re.search(rf"rebuilding 1 volume of group 1 from its other discs, in 256\.0 KiB of scratch space "
+                     rf"in {re.escape(str(tmp_path))}/mirrorpipe-rebuild-\w+ \({re.escape(str(tmp_path))} has "
+                     r"[\d.]+ \w+ free\)", text), text
+    assert "rebuilt volume 2 (256.0 KiB) from parity" in text
+    assert f"corrupt data in volume 3 ({drive}/image.003) at offset {2 * CHUNK}" in text
+    assert "rebuilt volume 3 (256.0 KiB) from parity" in text
+    assert (tmp_path / "stream").read_bytes() == stream
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("mirrorpipe-rebuild-")]
+
+
+def test_disc_by_disc_more_lost_discs_than_parity_is_refused_naming_them(tmp_path, terminal):
+    make_set(tmp_path / "out", 4, 1, "--group", "2")
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    for suffix in ("", manifests.SUFFIX):
+        shutil.copy(tmp_path / "out" / f"image.001{suffix}", drive)
+    term = terminal(f"TMPDIR={tmp_path} exec reassemble {drive} > {tmp_path}/stream")
+    term.read_until("insert disc 2 of set 'image'")
+    term.send("l")
+    term.read_until("insert parity disc 1 of group 1 of set 'image'")
+    term.send("l")
+    assert term.wait() == 1
+    text = term.output.decode()
+    assert "parity volume 1 of group 1 of set 'image' is lost too" in text
+    assert "reassemble: error: cannot rebuild group 1 of set 'image': parity volume 1 of group 1, volume 2 " \
+           "are lost, more than its 1 parity volume can rebuild" in text, text
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("mirrorpipe-rebuild-")]

@@ -21,6 +21,8 @@ class Reassemble(cli.Command):
         "\n"
         "Disc by disc: given a directory (a mounted disc) or a drive that holds only part of the\n"
         "set, it reads what is there, then asks on the terminal for the next disc and reads again.\n"
+        "For a set with parity, answer l for a disc that is lost or unreadable: the other discs of\n"
+        "its group rebuild it, in scratch space (one volume per lost volume) under TMPDIR or /var/tmp.\n"
         "\n"
         "Parity (split-span --parity K): give the parity volumes with the data volumes. Up to K\n"
         "volumes of each group that are missing, truncated or damaged (whole volumes, or damaged\n"
@@ -68,9 +70,12 @@ class Reassemble(cli.Command):
         reader = volumes.SetReader(volume_set, found, out_fd=out_fd, progress=progress,
                                    directories=directories, tty=tty, verify_only=args.verify,
                                    say=None if args.verify else self.messages.warn)
-        if args.verify:
-            return self.verify(reader, volume_set, found, disc_by_disc)
-        reader.run()
+        try:
+            if args.verify:
+                return self.verify(reader, volume_set, found, disc_by_disc)
+            reader.run()
+        finally:
+            reader.close()
         cli.finish_output(out_fd)
         last = volume_set.end
         progress.finish(f"{cli.format_size(last.total_length)} from {last.volume_count} "
