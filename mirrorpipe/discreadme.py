@@ -103,10 +103,12 @@ def _parity_paragraph(scheme, set_name):
     return [
         f"PARITY DISCS: this set has {scheme.count} parity disc{'s' if scheme.count > 1 else ''} for every "
         f"{scheme.group_size} data discs",
-        f"(labelled 'parity', holding {set_name}.parity-GGG-P). If discs of the set are lost or",
-        f"unreadable, up to {scheme.count} per group can be rebuilt: copy the volume and manifest of",
-        "every disc you have, data and parity discs, into one directory (each ISO image or the two",
-        "files on the disc), then run reassemble on that directory:",
+        f"(labelled 'parity', holding {set_name}.parity-GGG-P). Up to {scheme.count} lost or unreadable "
+        "discs of each group",
+        "can be rebuilt from them. Restoring disc by disc as above, answer l when reassemble asks",
+        "for a disc that is lost or unreadable: it asks for the discs that rebuild it and says how",
+        "much scratch space it needs and where. Or copy the volume and manifest of every disc you",
+        "have, data and parity discs, into one directory DIR and run:",
         "",
         f"    reassemble DIR | compress -d | write-disk {TARGET_PLACEHOLDER}",
         "",
@@ -129,9 +131,13 @@ def _parity_readme_text(manifest, volume_name, compressed):
         "",
         "TO RESTORE A SET THAT LOST DISCS (with mirrorpipe)",
         "",
-        "Copy the volume and manifest of every disc you have, data and parity discs, into one",
-        f"directory DIR (it needs room for the whole set), then replace {TARGET_PLACEHOLDER} with the disk "
-        "to restore to",
+        "Restore disc by disc as the README.TXT of any data disc says, and answer l when reassemble",
+        "asks for a disc that is lost or unreadable: it asks for the discs that rebuild it, this one",
+        "among them, and says how much scratch space it needs and where.",
+        "",
+        "Or copy the volume and manifest of every disc you have, data and parity discs, into one",
+        "directory DIR (it needs room for the whole set), replace "
+        f"{TARGET_PLACEHOLDER} with the disk to restore to",
         f"(EVERYTHING ON {TARGET_PLACEHOLDER} IS OVERWRITTEN) and run:",
         "",
     ]
