@@ -107,31 +107,37 @@ class Manifest:
 
     def to_json(self):
         """The manifest file's bytes: readable JSON, one chunk digest per line."""
-        document = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "hash_algorithm": HASH_ALGORITHM,
-            "set_id": self.set_id,
-            "set_name": self.set_name,
-            "index": self.index,
-            "last": self.last,
-            "offset": self.offset,
-            "length": self.length,
-            "volume_size": self.volume_size,
-            "media": self.media,
-            "chunk_size": self.chunk_size,
-            "volume_hash": self.volume_digest.hex(),
-            "chunk_hashes": [self.chunk_digest(i).hex() for i in range(self.chunks)],
-            "created": self.created,
-            "host": self.host,
-        }
-        if self.last:
-            document["total_length"] = self.total_length
-            document["volume_count"] = self.volume_count
-            document["stream_hash"] = self.stream_digest.hex()
+        document = _document(self, FORMAT, {"index": self.index, "last": self.last, "offset": self.offset},
+                             self.last)
         if self.parity:
             document["parity"] = {"count": self.parity.count, "group_size": self.parity.group_size}
         return (json.dumps(document, indent=1) + "\n").encode("ascii")
+
+
+def _document(manifest, format_name, own_fields, stream_end):
+    """The JSON object of a manifest of either format: its identity, `own_fields`, its length and
+    hashes, and with `stream_end` the stream's total length, volume count and hash."""
+    document = {
+        "format": format_name,
+        "format_version": FORMAT_VERSION,
+        "hash_algorithm": HASH_ALGORITHM,
+        "set_id": manifest.set_id,
+        "set_name": manifest.set_name,
+        **own_fields,
+        "length": manifest.length,
+        "volume_size": manifest.volume_size,
+        "media": manifest.media,
+        "chunk_size": manifest.chunk_size,
+        "volume_hash": manifest.volume_digest.hex(),
+        "chunk_hashes": [manifest.chunk_digest(i).hex() for i in range(manifest.chunks)],
+        "created": manifest.created,
+        "host": manifest.host,
+    }
+    if stream_end:
+        document["total_length"] = manifest.total_length
+        document["volume_count"] = manifest.volume_count
+        document["stream_hash"] = manifest.stream_digest.hex()
+    return document
 
 
 @dataclass(frozen=True)
@@ -201,12 +207,7 @@ class ParityManifest:
         return f"parity disc {self.parity_index} of group {self.group}"
 
     def to_json(self):
-        document = {
-            "format": PARITY_FORMAT,
-            "format_version": FORMAT_VERSION,
-            "hash_algorithm": HASH_ALGORITHM,
-            "set_id": self.set_id,
-            "set_name": self.set_name,
+        document = _document(self, PARITY_FORMAT, {
             "group": self.group,
             "group_size": self.group_size,
             "parity_index": self.parity_index,
@@ -216,19 +217,7 @@ class ParityManifest:
             "coefficients": self.coefficients,
             "data_volumes": [{"index": entry.index, "length": entry.length,
                               "volume_hash": entry.volume_digest.hex()} for entry in self.data_volumes],
-            "length": self.length,
-            "volume_size": self.volume_size,
-            "media": self.media,
-            "chunk_size": self.chunk_size,
-            "volume_hash": self.volume_digest.hex(),
-            "chunk_hashes": [self.chunk_digest(i).hex() for i in range(self.chunks)],
-            "created": self.created,
-            "host": self.host,
-        }
-        if self.last_group:
-            document["total_length"] = self.total_length
-            document["volume_count"] = self.volume_count
-            document["stream_hash"] = self.stream_digest.hex()
+        }, self.last_group)
         return (json.dumps(document, indent=1) + "\n").encode("ascii")
 
 

@@ -940,6 +940,14 @@ class SetReader:
             self._check_stream()
         return self.reports
 
+    def _pass_on(self, piece):
+        """A verified or rebuilt piece of the stream: out, counted, and with --verify hashed."""
+        if self.verify_only:
+            self.stream_hash.update(piece)
+        if self.out_fd is not None:
+            write_all(self.out_fd, piece)
+        self.progress.advance(len(piece))
+
     def _check_stream(self):
         """--verify: the whole stream, read or rebuilt, against the stream hash of the manifests."""
         if all(r.status == "ok" or r.rebuilt for r in self.reports.values()) and \
@@ -1036,11 +1044,7 @@ class SetReader:
 
         def emit(piece):
             volume_hash.update(piece)
-            if self.verify_only:
-                self.stream_hash.update(piece)
-            if self.out_fd is not None:
-                write_all(self.out_fd, piece)
-            self.progress.advance(len(piece))
+            self._pass_on(piece)
 
         try:
             rebuilder.rebuild_volume(row, emit)
@@ -1325,11 +1329,7 @@ class SetReader:
                 raise Error(f"volume {index} as rebuilt does not match the volume hash its parity volumes "
                             "give; their manifests were altered")
             for piece in pieces(skip):
-                if self.verify_only:
-                    self.stream_hash.update(piece)
-                if self.out_fd is not None:
-                    write_all(self.out_fd, piece)
-                self.progress.advance(len(piece))
+                self._pass_on(piece)
         finally:
             os.close(fd)
         os.unlink(path)
