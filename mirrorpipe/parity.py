@@ -459,9 +459,20 @@ class Rebuilder:
                 raise Error(self._beyond_repair(number, lost)) from None
             sums = self._sum_sources(plans, number)
             if sums is not None:
-                return {row: memoryview(sums[row])[:self.chunk_length(row, number)] for row in rows}
+                rebuilt = {row: memoryview(sums[row])[:self.chunk_length(row, number)] for row in rows}
+                for row, data in rebuilt.items():
+                    self._check_rebuilt(row, number, data)
+                return rebuilt
             # A source turned out damaged while being read: plan again without it.
             lost |= {r for r in known if number in self.members[r].bad_chunks}
+
+    def _check_rebuilt(self, row, number, data):
+        """A rebuilt chunk of a member whose digests are known must match its digest: the sources
+        were all checked, so a mismatch means manifests that disagree with one another."""
+        digests = self.members[row].chunk_digests
+        if digests is not None and _digest_of(data) != _digest(digests, number):
+            raise Error(f"chunk {number} of {self.members[row].name} as rebuilt from {self.group_name} "
+                        "does not match its manifest: the manifests of the group disagree (altered)")
 
     def _known_rows(self, number, lost):
         """Rows that may serve as sources at chunk `number`: not lost, not known bad; a row that

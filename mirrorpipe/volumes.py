@@ -1040,18 +1040,20 @@ class SetReader:
         if member.file is None:
             why = self.set.lost.get(index, f"volume {index} of set '{self.set.reference.set_name}' is missing")
             self.say(f"{why}; rebuilding it from parity")
-        volume_hash = manifests.new_hash()
+        # Chunks rebuilt for a volume at hand are checked against its chunk digests (by the
+        # Rebuilder); a volume rebuilt whole has only the volume hash its parity manifests give.
+        volume_hash = manifests.new_hash() if member.file is None else None
 
         def emit(piece):
-            volume_hash.update(piece)
+            if volume_hash:
+                volume_hash.update(piece)
             self._pass_on(piece)
 
         try:
             rebuilder.rebuild_volume(row, emit)
-            expected_digest = volume.manifest.volume_digest if volume else expected_digest
-            if volume_hash.digest() != expected_digest:
-                raise Error(f"volume {index} as read and rebuilt does not match the volume hash of its "
-                            "manifests; the manifests were altered")
+            if volume_hash and volume_hash.digest() != expected_digest:
+                raise Error(f"volume {index} as rebuilt does not match the volume hash its parity "
+                            "volumes give; their manifests were altered")
         except Error as exc:
             if not self.verify_only:
                 raise
