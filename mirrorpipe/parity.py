@@ -325,6 +325,7 @@ def _parity_worker(connection, callers_ends, files):
     parity files it inherited. It ends when its caller does (end of file on the connection)."""
     for end in callers_ends:
         end.close()
+    _close_descriptors_but(connection.fileno(), *files.fds)
     # ^C reaches the whole process group: the caller handles it and the worker ends with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     block = bytearray(files.block_size)
@@ -343,6 +344,18 @@ def _parity_worker(connection, callers_ends, files):
         connection.send(("error", str(exc)))
     except EOFError:
         pass    # the caller is gone or discarded the group
+
+
+def _close_descriptors_but(*keep):
+    """Close what a forked worker inherited beyond stdin, stdout, stderr and `keep`: a file lock
+    the caller's progress thread held at the moment of the fork would stay held by the worker's
+    copy of its descriptor, and the caller's next message would wait for the worker to end."""
+    start = 3
+    for fd in sorted(keep):
+        if fd >= start:
+            os.closerange(start, fd)
+            start = fd + 1
+    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
 
 
 def _hash_file(fd, length, chunk_size):
