@@ -111,7 +111,7 @@ class Reassemble(cli.Command):
             verdict = f", {len(problems)} problem(s)"
         elif rebuildable:
             verdict = (f", {len(rebuildable)} volume(s) lost or damaged: reassemble rebuilds them from "
-                       "parity; copy or burn them again while it still can")
+                       "parity, but the set can take less damage now (see the group lines)")
         else:
             verdict = ", all verified"
         lines.append(f"set '{reference.set_name}' (set id {reference.set_id}): "
