@@ -329,26 +329,12 @@ class VolumeSetWriter:
         os.fsync(volume.fd)
         os.close(volume.fd)
         volume.fd = -1
-        self._publish(volume.path, manifest)
+        publish(volume.path, manifest)
         self.finished.append(manifest)
         if self.on_finished:
             self.on_finished(manifest, _argument_path(volume.path))
         if self.group_parity and (last or volume.index % self.parity.group_size == 0):
             self._finish_group(last)
-
-    def _publish(self, path, manifest):
-        """Give the volume at path.part (written and fsync'ed) its manifest and its final name."""
-        manifest_file = manifests.manifest_path(path)
-        fd = os.open(manifest_file + PART_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        try:
-            write_all(fd, manifest.to_json())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # Volume first, manifest last: the manifest's arrival is what makes the volume finished.
-        os.rename(path + PART_SUFFIX, path)
-        os.rename(manifest_file + PART_SUFFIX, manifest_file)
-        fsync_directory(self.directory)
 
     def _parity_path(self, group, parity_index):
         return os.path.join(self.directory, parity_name(self.set_name, group, parity_index))
@@ -376,7 +362,7 @@ class VolumeSetWriter:
                 manifest.volume_count = self.finished[-1].volume_count
                 manifest.stream_digest = self.finished[-1].stream_digest
             path = self._parity_path(group, manifest.parity_index)
-            self._publish(path, manifest)
+            publish(path, manifest)
             finished.append((manifest, path))
         for manifest, path in finished:
             self.finished_parity.append(manifest)
@@ -410,6 +396,21 @@ class VolumeSetWriter:
                     "volumes away with --exec) and run the pipeline again")
         return (f"cannot write {where}: {cli.describe_os_error(exc)}; {kept}, the unfinished volume "
                 "was removed and the set is incomplete")
+
+
+def publish(path, manifest):
+    """Give the volume at path.part (written and fsync'ed) its manifest and its final name."""
+    manifest_file = manifests.manifest_path(path)
+    fd = os.open(manifest_file + PART_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        write_all(fd, manifest.to_json())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    # Volume first, manifest last: the manifest's arrival is what makes the volume finished.
+    os.rename(path + PART_SUFFIX, path)
+    os.rename(manifest_file + PART_SUFFIX, manifest_file)
+    fsync_directory(os.path.dirname(path) or ".")
 
 
 def _now():
@@ -865,8 +866,10 @@ class SetReader:
     """
 
     def __init__(self, volume_set, found, out_fd=None, progress=None, directories=None, tty=None,
-                 verify_only=False, say=None):
-        """say(text): tells the user what was rebuilt from parity (a warning line)."""
+                 verify_only=False, say=None, replace=None):
+        """say(text): tells the user what was rebuilt from parity (a warning line). replace(group,
+        rebuilder, health): with verify_only, called for each group with parity once checked
+        (reassemble --rebuild-into writes replacements for its lost volumes)."""
         self.set = volume_set
         self.found = found
         self.out_fd = out_fd
@@ -875,6 +878,7 @@ class SetReader:
         self.tty = tty
         self.verify_only = verify_only
         self.say = say or (lambda text: None)
+        self.replace = replace
         self.reports = {}
         self.parity_reports = {}      # (group, parity index) -> VolumeReport
         self.health = {}              # group -> parity.GroupHealth (with parity, --verify)
@@ -979,6 +983,8 @@ class SetReader:
             if self.verify_only and first is None:
                 self._check_parity_volumes(rebuilder, group)
                 self.health[group] = rebuilder.health()
+                if self.replace:
+                    self.replace(group, rebuilder, self.health[group])
         finally:
             for member in rebuilder.members:
                 if member.file is not None:

@@ -394,3 +394,39 @@ def test_disc_by_disc_more_lost_discs_than_parity_is_refused_naming_them(tmp_pat
     assert "reassemble: error: cannot rebuild group 1 of set 'image': parity volume 1 of group 1, volume 2 " \
            "are lost, more than its 1 parity volume can rebuild" in text, text
     assert not [name for name in os.listdir(tmp_path) if name.startswith("mirrorpipe-rebuild-")]
+
+
+def test_rebuild_into_writes_replacements_that_make_the_set_whole(tmp_path):
+    make_set(tmp_path / "out", 5, 1, "--group", "2")
+    out, new = tmp_path / "out", tmp_path / "new"
+    original = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    # Group 1 loses data volume 2 with its manifest, group 2 its only parity volume (its
+    # manifest is made anew from the data manifests), group 3 has a damaged last volume.
+    for name in ("image.002", "image.002.manifest", "image.parity-002-1", "image.parity-002-1.manifest"):
+        os.unlink(out / name)
+    flip(out / "image.005", 40_000)
+    result = command("reassemble", "--verify", "--rebuild-into", new, out)
+    assert result.returncode == 0, result.stderr.decode()
+    assert sorted(os.listdir(new)) == ["image.002", "image.002.manifest", "image.005", "image.005.manifest",
+                                       "image.parity-002-1", "image.parity-002-1.manifest"]
+    for name in ("image.002", "image.005", "image.parity-002-1"):
+        assert (new / name).read_bytes() == original[name]
+        assert f"wrote {new}/{name} (" in result.stderr.decode()
+        # The manifests say the same as the originals (the made ones may differ in their time).
+        made = manifests.parse((new / f"{name}.manifest").read_bytes())
+        kept = manifests.parse(original[f"{name}.manifest"])
+        made.created = kept.created
+        assert made.to_json() == kept.to_json()
+    for name in os.listdir(new):
+        shutil.copy(new / name, out)
+    result = command("reassemble", "--verify", out)
+    assert result.returncode == 0 and result.stdout.decode().rstrip().endswith("all verified")
+
+
+def test_rebuild_into_needs_verify_and_parity(tmp_path):
+    split(os.urandom(1000), tmp_path / "plain", "--size", "64K")
+    result = command("reassemble", "--rebuild-into", tmp_path / "new", tmp_path / "plain")
+    assert result.returncode == 2
+    assert_one_line_error(result, "reassemble", "--rebuild-into needs --verify")
+    result = command("reassemble", "--verify", "--rebuild-into", tmp_path / "new", tmp_path / "plain")
+    assert_one_line_error(result, "reassemble", "--rebuild-into rebuilds from parity volumes")

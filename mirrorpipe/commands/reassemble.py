@@ -2,8 +2,8 @@
 
 import sys
 
-from .. import cli, volumes
-from ..errors import Error
+from .. import cli, replacements, volumes
+from ..errors import Error, UsageError
 
 # --verify: the set is damaged or incomplete, but its parity volumes can rebuild what is lost.
 EXIT_REBUILDABLE = 3
@@ -35,6 +35,7 @@ class Reassemble(cli.Command):
         "  reassemble /dev/sr0 | compress -d | write-disk /dev/sdb         # reads the disc unmounted\n"
         "  reassemble out/*.iso | compress -d | write-disk /dev/sdb\n"
         "  reassemble --verify out/\n"
+        "  reassemble --verify --rebuild-into new/ out/    # replacements for lost volumes\n"
         "  ssh backup-host 'reassemble /srv/pc1' | compress -d | write-disk /dev/sdb\n"
         "\n"
         "exit status: 0 the whole set was written (or verified intact), 1 any problem (the message\n"
@@ -49,10 +50,22 @@ class Reassemble(cli.Command):
         parser.add_argument("--verify", action="store_true",
                             help="check the whole set without writing the stream; print a table of "
                                  "the volumes on standard output")
+        parser.add_argument("--rebuild-into", metavar="DIR",
+                            help="with --verify, for a set with parity: write each lost or damaged "
+                                 "volume, data or parity, rebuilt, with its manifest into DIR, to "
+                                 "take the lost disc's place")
 
     def run(self, args):
+        if args.rebuild_into and not args.verify:
+            raise UsageError("--rebuild-into needs --verify (it writes replacement volumes, not the stream)")
         found = volumes.scan(args.sources)
         volume_set = volumes.gather(found)
+        replace = None
+        if args.rebuild_into:
+            if not volume_set.has_parity():
+                raise Error("--rebuild-into rebuilds from parity volumes, and none of this set's were "
+                            "found (or its last volume is missing too)")
+            replace = replacements.ReplacementWriter(args.rebuild_into, volume_set, say=self.messages.note)
         # Disc by disc only for directories and drives (they can be read again) and with a terminal
         # to ask on.
         tty = None
@@ -69,10 +82,13 @@ class Reassemble(cli.Command):
         progress = self.messages.progress()
         reader = volumes.SetReader(volume_set, found, out_fd=out_fd, progress=progress,
                                    directories=directories, tty=tty, verify_only=args.verify,
-                                   say=None if args.verify else self.messages.warn)
+                                   say=None if args.verify else self.messages.warn,
+                                   replace=replace)
         try:
             if args.verify:
-                return self.verify(reader, volume_set, found, disc_by_disc)
+                status = self.verify(reader, volume_set, found, disc_by_disc)
+                # Replacements written for every lost volume make the set whole again.
+                return None if replace and replace.written else status
             reader.run()
         finally:
             reader.close()
