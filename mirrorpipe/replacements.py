@@ -101,15 +101,13 @@ class ReplacementWriter:
         raise Error(f"no manifest of group {group} records volume {index}")
 
     def _data_manifest(self, index, group, length, chunk_digests, volume_digest):
-        reference, end = self.set.reference, self.set.end
-        last = index == self.set.count
+        reference, last = self.set.reference, index == self.set.count
         return manifests.Manifest(
             set_id=reference.set_id, set_name=reference.set_name, index=index,
             offset=(index - 1) * reference.volume_size, length=length, chunk_size=reference.chunk_size,
             volume_size=reference.volume_size, chunk_digests=chunk_digests, volume_digest=volume_digest,
             media=reference.media, created=reference.created, host=reference.host, last=last,
-            total_length=end.total_length if last else None, volume_count=end.volume_count if last else None,
-            stream_digest=end.stream_digest if last else None, parity=self.set.scheme)
+            parity=self.set.scheme, **self._stream_end(last))
 
     def _parity_manifest(self, key, indices, length, chunk_digests, volume_digest):
         group, parity_index = key
@@ -120,7 +118,7 @@ class ReplacementWriter:
                                        coefficients=coefficients, chunk_digests=chunk_digests,
                                        volume_digest=volume_digest)
         data = [self.set.by_index[index].manifest for index in indices]
-        reference, end, last = self.set.reference, self.set.end, indices[-1] == self.set.count
+        reference, last = self.set.reference, indices[-1] == self.set.count
         return manifests.ParityManifest(
             set_id=reference.set_id, set_name=reference.set_name, group=group,
             group_size=self.set.scheme.group_size, parity_index=parity_index,
@@ -128,10 +126,13 @@ class ReplacementWriter:
             data_volumes=[manifests.DataVolumeEntry(m.index, m.length, m.volume_digest) for m in data],
             length=length, chunk_size=reference.chunk_size, volume_size=reference.volume_size,
             chunk_digests=chunk_digests, volume_digest=volume_digest, media=reference.media,
-            created=reference.created, host=reference.host, last_group=last,
-            total_length=end.total_length if last else None,
-            volume_count=end.volume_count if last else None,
-            stream_digest=end.stream_digest if last else None)
+            created=reference.created, host=reference.host, last_group=last, **self._stream_end(last))
+
+    def _stream_end(self, last):
+        """The stream-end fields of the manifest of the last volume or group, else none."""
+        end = self.set.end
+        return dict(total_length=end.total_length, volume_count=end.volume_count,
+                    stream_digest=end.stream_digest) if last else {}
 
     def _parity_of(self, group):
         return [volume for (g, _), volume in sorted(self.set.parity.items()) if g == group]
