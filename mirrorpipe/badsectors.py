@@ -33,7 +33,11 @@ readable is read again when the stream gets there.
 Narrowing reads go through a second, O_DIRECT descriptor where the source allows one: buffered
 reads of a block device fail a whole 4 KiB page (the page cache's unit) around one bad 512-byte
 sector, direct reads fail only the sector. After an error the stream's own reads use it too,
-until CAREFUL_BLOCKS blocks in a row have read cleanly.
+until CAREFUL_BLOCKS blocks in a row have read cleanly. A block device is read through it from
+the start (direct=True): the first buffered read that meets a bad area would otherwise make the
+kernel retry the whole block, and the read-ahead window before it, one 4 KiB page per request,
+hundreds of failed requests where a failing disk takes seconds for each (measured on a loop
+device over faultfs: 550 failed requests against 31 for a dead second half).
 """
 
 import errno
@@ -152,7 +156,7 @@ class BadSectorReader:
 
     def __init__(self, fd, start, end, sector_size=512, retries=DEFAULT_RETRIES, fill=b"\0",
                  max_retry_time=DEFAULT_MAX_RETRY_TIME, map=None, block_size=1 << 20,
-                 name="the source", progress=None):
+                 name="the source", progress=None, direct=False):
         if block_size % sector_size:
             raise Error(f"block size {block_size} is not a multiple of the sector size {sector_size}")
         self.fd = fd
@@ -182,6 +186,11 @@ class BadSectorReader:
         self._plans = {}          # _search_plan's plans, and its tables per cost ratio
         self._search_costs = {}
         self._saved_at = time.monotonic()
+        # direct: every read bypasses the page cache, not only those after an error (block
+        # devices: see the module's docstring).
+        self._always_direct = direct
+        if direct:
+            self._open_direct()
 
     def close(self, finished=True):
         """Save the map a last time and release the direct descriptor."""
@@ -207,7 +216,7 @@ class BadSectorReader:
             start = min(end, self._run_end)
             self._settle_run(offset, start, view, offset)
         if start < end:
-            if self._careful_blocks:
+            if self._careful_blocks or self._always_direct:
                 readable_to = self._read_sectors(start, end, view, offset)
                 count, failed = max(readable_to - start, 0), readable_to < end
             else:

@@ -98,7 +98,7 @@ def bad_sector_reader(source, args, fill, progress):
     return badsectors.BadSectorReader(
         source.fd, source.offset, source.offset + source.length, sector_size=sector,
         retries=args.retries, fill=fill, max_retry_time=args.max_retry_time, map=bad_map,
-        name=args.source, progress=progress)
+        name=args.source, progress=progress, direct=source.rdev is not None)
 
 
 main = cli.entry_point(ReadDisk)
