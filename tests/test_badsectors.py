@@ -199,6 +199,22 @@ def test_loop_device_saves_the_readable_sectors_of_a_failing_page(image, tmp_pat
     assert listed_bad_sectors(map_path) == sectors_of(bad)
 
 
+def test_a_block_device_meets_a_dead_area_with_few_failed_requests(tmp_path, faultfs, faulty_loop_device):
+    """Buffered reads of a block device would make the kernel retry a failing 1 MiB block and the
+    read-ahead before it page by page (about 550 failed requests here); read-disk reads block
+    devices with O_DIRECT, so the dead half costs about what it costs on the file itself."""
+    big = tmp_path / "big"
+    size = 64 * MIB     # long enough a healthy stretch for the read-ahead window to open fully
+    with open(big, "wb") as f:
+        f.truncate(size)
+    disk = faultfs.mount(str(big), fail_from=size // 2)
+    device = faulty_loop_device(disk.path)
+    result, out, _ = read_disk(device, tmp_path, "--max-retry-time 0")
+    assert result.returncode == EXIT_UNREADABLE, result.stderr_text
+    assert len(out) == size and out == bytes(size)
+    assert disk.stats()["failed"] < 80
+
+
 def read_through_engine(path, size, **options):
     """The engine over the file at path, from Python; (image bytes, reader)."""
     fd = os.open(path, os.O_RDONLY)
