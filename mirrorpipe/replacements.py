@@ -20,7 +20,7 @@ from .volumes import PART_SUFFIX
 
 
 class ReplacementWriter:
-    """The `replace` hook of a volumes.SetReader run with verify_only."""
+    """The `replace` hook of a setreader.SetReader run with verify_only."""
 
     def __init__(self, directory, volume_set, say=None):
         self.directory = directory

@@ -15,7 +15,7 @@ import tempfile
 import pytest
 
 from conftest import assert_one_line_error, need_tools, sh
-from mirrorpipe import erasure, manifests, volumes
+from mirrorpipe import erasure, manifests, setreader, volumes
 from mirrorpipe.errors import Error
 from test_split_span import command, split
 
@@ -41,11 +41,11 @@ def restore(sources):
     """What `reassemble SOURCES` writes, run in-process; errors.Error as the command would say it."""
     found = volumes.scan(sources)
     volume_set = volumes.gather(found)
-    problem = volumes.check_before_reading(volume_set, found, disc_by_disc=False)
+    problem = setreader.check_before_reading(volume_set, found, disc_by_disc=False)
     if problem:
         raise Error(problem)
     with tempfile.TemporaryFile() as out:
-        volumes.SetReader(volume_set, found, out_fd=out.fileno()).run()
+        setreader.SetReader(volume_set, found, out_fd=out.fileno()).run()
         out.seek(0)
         return out.read()
 

@@ -13,7 +13,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirrorpipe import manifests, volumes
+from mirrorpipe import manifests, setreader, volumes
 from mirrorpipe.errors import Error
 
 KIB = 1 << 10
@@ -33,7 +33,7 @@ def write_set(directory, data, volume_size, chunk_size=64 * KIB, name="image", *
 def read_set(*sources):
     found = volumes.scan([str(s) for s in sources])
     volume_set = volumes.gather(found)
-    problem = volumes.check_before_reading(volume_set, found, disc_by_disc=False)
+    problem = setreader.check_before_reading(volume_set, found, disc_by_disc=False)
     if problem:
         raise Error(problem)
     read_end, write_end = os.pipe()
@@ -41,7 +41,7 @@ def read_set(*sources):
     collector = threading.Thread(target=lambda: _drain(read_end, out))
     collector.start()
     try:
-        volumes.SetReader(volume_set, found, out_fd=write_end).run()
+        setreader.SetReader(volume_set, found, out_fd=write_end).run()
     finally:
         os.close(write_end)
         collector.join()

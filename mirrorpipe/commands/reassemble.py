@@ -2,7 +2,7 @@
 
 import sys
 
-from .. import cli, replacements, volumes
+from .. import cli, replacements, setreader, volumes
 from ..errors import Error, UsageError
 
 # --verify: the set is damaged or incomplete, but its parity volumes can rebuild what is lost.
@@ -75,12 +75,12 @@ class Reassemble(cli.Command):
         disc_by_disc = tty is not None
         out_fd = None
         if not args.verify:
-            problem = volumes.check_before_reading(volume_set, found, disc_by_disc)
+            problem = setreader.check_before_reading(volume_set, found, disc_by_disc)
             if problem:
                 raise Error(problem)
             out_fd = cli.open_output(args.output)
         progress = self.messages.progress()
-        reader = volumes.SetReader(volume_set, found, out_fd=out_fd, progress=progress,
+        reader = setreader.SetReader(volume_set, found, out_fd=out_fd, progress=progress,
                                    directories=directories, tty=tty, verify_only=args.verify,
                                    say=None if args.verify else self.messages.warn,
                                    replace=replace)
