@@ -595,7 +595,7 @@ def rereadable(source):
 
 
 def set_label(manifest):
-    """"'pc1' (set id 0123...)": how messages name a set."""
+    """How messages name a set: 'pc1' (set id 0123...)."""
     return f"'{manifest.set_name}' (set id {manifest.set_id})"
 
 
