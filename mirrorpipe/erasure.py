@@ -78,12 +78,9 @@ def add_scaled(total, constant, buffer):
     if not constant:
         return
     import numpy    # here, not at the top: importing it takes ~90 ms, and only parity work needs it
-    if constant != 1:
-        # translate is a method of bytes and bytearray only: copy a memoryview first (cheap).
-        if not isinstance(buffer, (bytes, bytearray)):
-            buffer = bytes(buffer)
-        buffer = buffer.translate(multiplication_table(constant))
-    values = numpy.frombuffer(buffer, numpy.uint8)
+    if constant != 1 and not isinstance(buffer, (bytes, bytearray)):
+        buffer = bytes(buffer)   # translate is a method of bytes and bytearray only (copy: cheap)
+    values = numpy.frombuffer(scale(constant, buffer), numpy.uint8)
     part = total[:len(values)]
     numpy.bitwise_xor(part, values, out=part)
 

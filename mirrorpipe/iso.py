@@ -137,7 +137,7 @@ class _HoleWriter(io.RawIOBase):
     def write(self, data):
         length = len(data)
         if not streams.is_zero(data):
-            _pwrite_all(self.fd, data, self.position)
+            streams.pwrite_all(self.fd, data, self.position)
         self.position += length
         self.end = max(self.end, self.position)
         return length
@@ -357,15 +357,8 @@ def _copy_piece(source, target, source_offset, target_offset, count):
             raise
         # Across file systems on old kernels, or where the file system cannot: copy by hand.
     data = os.pread(source, min(count, streams.BLOCK_SIZE), source_offset)
-    _pwrite_all(target, data, target_offset)
+    streams.pwrite_all(target, data, target_offset)
     return len(data)
-
-
-def _pwrite_all(fd, data, offset):
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 # ---------------------------------------------------------------------------------------------

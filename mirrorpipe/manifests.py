@@ -65,6 +65,11 @@ def new_hash():
     return xxhash.xxh3_128()
 
 
+def digest_of(data):
+    """The digest of data as manifests record it (a chunk's, a volume's)."""
+    return xxhash.xxh3_128_digest(data)
+
+
 def chunk_count(length, chunk_size):
     return math.ceil(length / chunk_size)
 

@@ -20,7 +20,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-from . import cli, erasure, manifests
+from . import cli, erasure, manifests, streams
 from .errors import Error
 
 # Bytes folded per step: large enough for few Python-level steps, small enough that a block and
@@ -50,14 +50,6 @@ def _pread_into(fd, view, offset):
             break
         got += count
     return got
-
-
-def _pwrite_all(fd, data, offset):
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +194,7 @@ def _fold(files, data, index, offset, held):
                             "volumes of this group are incomplete")
             total[held:] = 0
             erasure.add_scaled(total, files.coefficient(target, index), data)
-            _pwrite_all(fd, total, offset)
+            streams.pwrite_all(fd, total, offset)
     except OSError as exc:
         raise Error(f"cannot write parity volume {path}: {cli.describe_os_error(exc)}; "
                     "the parity volumes of this group are incomplete") from None
@@ -438,7 +430,7 @@ class Rebuilder:
         except (OSError, Error):
             got = None      # an unreadable sector of a scratched disc: the chunk is lost
         if got == size and (member.chunk_digests is None or
-                            _digest_of(view) == _digest(member.chunk_digests, number)):
+                            manifests.digest_of(view) == _digest(member.chunk_digests, number)):
             self.checked.add((row, number))
             return view
         member.bad_chunks.add(number)
@@ -483,7 +475,7 @@ class Rebuilder:
         """A rebuilt chunk of a member whose digests are known must match its digest: the sources
         were all checked, so a mismatch means manifests that disagree with one another."""
         digests = self.members[row].chunk_digests
-        if digests is not None and _digest_of(data) != _digest(digests, number):
+        if digests is not None and manifests.digest_of(data) != _digest(digests, number):
             raise Error(f"chunk {number} of {self.members[row].name} as rebuilt from {self.group_name} "
                         "does not match its manifest: the manifests of the group disagree (altered)")
 
@@ -565,12 +557,6 @@ def _zeros(size):
     module: reading a healthy set with parity volumes never needs it (the import takes ~90 ms)."""
     import numpy
     return numpy.zeros(size, numpy.uint8)
-
-
-def _digest_of(data):
-    digest = manifests.new_hash()
-    digest.update(data)
-    return digest.digest()
 
 
 def _digest(digests, number):

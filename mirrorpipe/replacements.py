@@ -51,9 +51,7 @@ class ReplacementWriter:
 
         def write(chunk):      # rebuild_volume hands over one whole chunk per call
             volume_hash.update(chunk)
-            chunk_hash = manifests.new_hash()
-            chunk_hash.update(chunk)
-            chunk_digests.extend(chunk_hash.digest())
+            chunk_digests.extend(manifests.digest_of(chunk))
             write_all(fd, chunk)
 
         try:

@@ -474,7 +474,7 @@ class SetReader:
                 for number in range(manifest.chunks):
                     size = min(manifest.chunk_size, manifest.length - number * manifest.chunk_size)
                     got = file.readinto(view[:size])
-                    if got != size or _digest_of(view[:size]) != manifest.chunk_digest(number):
+                    if got != size or manifests.digest_of(view[:size]) != manifest.chunk_digest(number):
                         raise _AlsoLost(key)
                     accumulator.add(view[:size])
         except Error:
@@ -547,12 +547,6 @@ class SetReader:
 
 def _join_names(keys):
     return ", ".join(name_of(key) for key in sorted(keys, key=str))
-
-
-def _digest_of(data):
-    digest = manifests.new_hash()
-    digest.update(data)
-    return digest.digest()
 
 
 def _offsets(rebuilder, member):

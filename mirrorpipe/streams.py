@@ -52,6 +52,14 @@ def write_all(fd, data):
         view = view[n:]
 
 
+def pwrite_all(fd, data, offset):
+    """Write all of data at offset (positional writes may be partial)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def write_zeros(fd, count):
     """Write count zero bytes to fd."""
     while count > 0:
