@@ -6,19 +6,20 @@ Windows and macOS read the disc without mirrorpipe.
 
 pycdlib lays the image out. The volume's bytes do not pass through Python: pycdlib is handed a
 placeholder of zeros, which the writer turns into a hole, and the volume is then copied into its
-extent with copy_file_range (only the data segments of a sparse volume). Reading back goes
-through the UDF allocation descriptors with pread, so neither direction holds more than one
-buffer of the volume in memory.
+extent with copy_file_range (only the data segments of a sparse volume). Reading back finds the
+volume's extents through the first file system of the disc that gives them (UDF, ISO 9660,
+Joliet: a damaged one is passed over) and reads them with pread, so neither direction holds
+more than one buffer of the volume in memory.
 """
 
 import errno
 import io
 import os
 import re
+import struct
 from dataclasses import dataclass
 
 import pycdlib
-from pycdlib.pycdlibexception import PyCdlibException
 
 from . import discreadme, manifests, streams, volumes
 from .errors import Error
@@ -365,6 +366,14 @@ def _copy_piece(source, target, source_offset, target_offset, count):
 # Reading back, without mounting
 
 MAX_SMALL_MEMBER = 64 << 20   # manifest and README: read whole, but never an absurd amount
+MAX_DIRECTORY = 1 << 20       # a disc's root directory holds three entries: a few hundred bytes
+
+UDF_ANCHOR_SECTOR = 256
+UDF_ANCHOR, UDF_PARTITION, UDF_LOGICAL_VOLUME, UDF_TERMINATOR = 2, 5, 6, 8
+UDF_FILE_SET, UDF_FILE_IDENTIFIER, UDF_FILE_ENTRY, UDF_EXTENDED_FILE_ENTRY = 256, 257, 261, 266
+ISO_FIRST_DESCRIPTOR = 16
+ISO_MAX_DESCRIPTORS = 16      # burn-iso writes 3 (primary, Joliet, terminator)
+JOLIET_ESCAPES = (b"%/@", b"%/C", b"%/E")
 
 
 def device_path(device):
@@ -372,13 +381,203 @@ def device_path(device):
     return device[len("stdio:"):] if device.startswith("stdio:") else device
 
 
-class Disc:
-    """An ISO image file or an optical drive's medium holding one volume, read through UDF.
+class _Unreadable(Exception):
+    """One file system of a disc cannot give its files (the others may)."""
 
-    disc.volume_name, disc.volume_length, disc.manifest (parsed), disc.manifest_bytes and
-    disc.readme_text; open_volume() gives the volume as a file object reading straight from the
-    image with pread. (ISO 9660's multi-extent records would do as well; pycdlib's Rock Ridge
-    reader would not: it truncates files over 4 GiB.)
+
+def _read_at(fd, offset, length):
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as exc:
+        raise _Unreadable(f"read error at byte {offset}: {exc.strerror}") from None
+    if len(data) < length:
+        raise _Unreadable(f"the disc ends at byte {offset + len(data)}, before its structures do")
+    return data
+
+
+def _sector(fd, number):
+    return _read_at(fd, number * SECTOR_SIZE, SECTOR_SIZE)
+
+
+def _read_extents(fd, extents, limit):
+    if sum(length for _, length in extents) > limit:
+        raise _Unreadable("a directory or file is implausibly large")
+    return b"".join(_read_at(fd, offset, length) for offset, length in extents)
+
+
+def _udf_descriptor(data, identifier, location=None):
+    """DATA when it holds a UDF descriptor IDENTIFIER (recorded for LOCATION, when given), its
+    tag checksum right (ECMA-167 3/7.2), else _Unreadable."""
+    tag, _, checksum = struct.unpack_from("<HHB", data)
+    if (tag != identifier or (sum(data[:4]) + sum(data[5:16])) & 0xFF != checksum
+            or location is not None and struct.unpack_from("<I", data, 12)[0] != location):
+        raise _Unreadable(f"no valid descriptor {identifier} at block {location}")
+    return data
+
+
+def _udf_files(fd):
+    """{name: [(byte offset, length)]} of the root directory through UDF, from the first anchor,
+    volume descriptor sequence (main, then reserve) and file set that read."""
+    last_sector = os.lseek(fd, 0, os.SEEK_END) // SECTOR_SIZE - 1
+    reasons = []
+    for anchor in (UDF_ANCHOR_SECTOR, last_sector):
+        try:
+            data = _udf_descriptor(_sector(fd, anchor), UDF_ANCHOR, anchor)
+        except _Unreadable as exc:
+            reasons.append(f"anchor: {exc}")
+            continue
+        for length, location in (struct.unpack_from("<II", data, 16), struct.unpack_from("<II", data, 24)):
+            try:
+                return _udf_root(fd, location, length // SECTOR_SIZE)
+            except _Unreadable as exc:
+                reasons.append(str(exc))
+    raise _Unreadable("; ".join(dict.fromkeys(reasons)))
+
+
+def _udf_root(fd, sequence_start, sequence_sectors):
+    partition_start = file_set = None
+    for number in range(sequence_start, sequence_start + min(sequence_sectors, 64)):
+        data = _sector(fd, number)
+        tag = struct.unpack_from("<H", data)[0]
+        if tag == UDF_TERMINATOR:
+            break
+        if tag == UDF_PARTITION:
+            partition_start = struct.unpack_from("<I", _udf_descriptor(data, tag, number), 188)[0]
+        elif tag == UDF_LOGICAL_VOLUME:
+            data = _udf_descriptor(data, tag, number)
+            if struct.unpack_from("<I", data, 212)[0] != SECTOR_SIZE:
+                raise _Unreadable("the logical block size is not 2048")
+            file_set = struct.unpack_from("<I", data, 252)[0]
+    if partition_start is None or file_set is None:
+        raise _Unreadable("no partition or logical volume descriptor")
+    data = _udf_descriptor(_sector(fd, partition_start + file_set), UDF_FILE_SET, file_set)
+    root = struct.unpack_from("<I", data, 404)[0]
+    directory = _read_extents(fd, _udf_file(fd, partition_start, root), MAX_DIRECTORY)
+    files = {}
+    position = 0
+    while position + 38 <= len(directory):
+        _udf_descriptor(directory[position:position + 16], UDF_FILE_IDENTIFIER)
+        characteristics, name_length = directory[position + 18], directory[position + 19]
+        entry = struct.unpack_from("<I", directory, position + 24)[0]
+        use_length = struct.unpack_from("<H", directory, position + 36)[0]
+        name = directory[position + 38 + use_length:position + 38 + use_length + name_length]
+        if not characteristics & 0x0E and name:   # not a directory, deleted or the parent
+            files[_udf_name(name)] = _udf_file(fd, partition_start, entry)
+        position += (38 + use_length + name_length + 3) // 4 * 4
+    return files
+
+
+def _udf_name(identifier):
+    """A file identifier: compression id 8 (one byte a character) or 16 (UTF-16BE)."""
+    if identifier[0] == 16:
+        return identifier[1:].decode("utf-16-be", "replace")
+    return identifier[1:].decode("latin-1")
+
+
+def _udf_file(fd, partition_start, block):
+    """[(byte offset, length)] of the file whose (extended) file entry is at BLOCK."""
+    data = _sector(fd, partition_start + block)
+    tag = struct.unpack_from("<H", data)[0]
+    if tag not in (UDF_FILE_ENTRY, UDF_EXTENDED_FILE_ENTRY):
+        raise _Unreadable(f"no file entry at block {block}")
+    _udf_descriptor(data, tag, block)
+    length = struct.unpack_from("<Q", data, 56)[0]
+    attributes_at = 168 if tag == UDF_FILE_ENTRY else 208
+    attributes_length, descriptors_length = struct.unpack_from("<II", data, attributes_at)
+    start = attributes_at + 8 + attributes_length
+    descriptors = data[start:start + descriptors_length]
+    kind = struct.unpack_from("<H", data, 34)[0] & 7
+    if kind == 3:   # the data is in the entry itself
+        return [((partition_start + block) * SECTOR_SIZE + start, length)]
+    if kind not in (0, 1):
+        raise _Unreadable(f"the file entry at block {block} has extended allocation descriptors")
+    size = 8 if kind == 0 else 16
+    extents = []
+    for at in range(0, len(descriptors) - size + 1, size):
+        extent_length, position = struct.unpack_from("<II", descriptors, at)
+        if extent_length & 0x3FFFFFFF and extent_length >> 30 == 0:   # recorded and allocated
+            extents.append(((partition_start + position) * SECTOR_SIZE, extent_length & 0x3FFFFFFF))
+    if sum(extent_length for _, extent_length in extents) != length:
+        raise _Unreadable(f"the extents of the file at block {block} do not add up to its length")
+    return extents
+
+
+def _iso9660_files(fd, joliet):
+    """{name: [(byte offset, length)]} of the root directory through the primary volume
+    descriptor (names from Rock Ridge) or the Joliet one; a damaged descriptor before it in the
+    set is skipped."""
+    for number in range(ISO_FIRST_DESCRIPTOR, ISO_FIRST_DESCRIPTOR + ISO_MAX_DESCRIPTORS):
+        data = _sector(fd, number)
+        if data[1:6] != b"CD001":
+            continue
+        if data[0] == 255:
+            break
+        if (data[0], data[88:91] in JOLIET_ESCAPES) == ((2, True) if joliet else (1, False)):
+            # The root directory record (at 156): extent at +2, length at +10, both little-endian.
+            location, length = struct.unpack_from("<I", data, 158)[0], struct.unpack_from("<I", data, 166)[0]
+            directory = _read_extents(fd, [(location * SECTOR_SIZE, length)], MAX_DIRECTORY)
+            return _iso9660_directory(directory, joliet)
+    raise _Unreadable(f"no {'Joliet' if joliet else 'primary'} volume descriptor")
+
+
+def _iso9660_directory(directory, joliet):
+    files = {}
+    position = 0
+    while position < len(directory):
+        record_length = directory[position]
+        if record_length == 0:   # records do not cross sectors: the rest of this one is padding
+            position = (position // SECTOR_SIZE + 1) * SECTOR_SIZE
+            continue
+        record = directory[position:position + record_length]
+        position += record_length
+        if len(record) < 34 or record[32] + 33 > len(record):
+            raise _Unreadable("a damaged directory record")
+        flags, name_length = record[25], record[32]
+        identifier = record[33:33 + name_length]
+        if flags & 0x02 or identifier in (b"\x00", b"\x01"):   # a directory, itself or its parent
+            continue
+        if joliet:
+            name = identifier.decode("utf-16-be", "replace")
+        else:
+            system_use = record[33 + name_length + (1 - name_length % 2):]   # after a padding byte
+            name = _rock_ridge_name(system_use) or identifier.decode("ascii", "replace")
+        name = name.rsplit(";", 1)[0]
+        # A file over 4 GiB is several records of one name (multi-extent), one after the other.
+        files.setdefault(name, []).append(
+            (struct.unpack_from("<I", record, 2)[0] * SECTOR_SIZE, struct.unpack_from("<I", record, 10)[0]))
+    return files
+
+
+def _rock_ridge_name(system_use):
+    """The name in the Rock Ridge NM entries of a record's system use area, or None."""
+    name = b""
+    position = 0
+    while position + 4 <= len(system_use):
+        signature, length = system_use[position:position + 2], system_use[position + 2]
+        if length < 4:
+            break
+        if signature == b"NM":
+            name += system_use[position + 5:position + length]
+        position += length
+    return name.decode("utf-8", "replace") if name else None
+
+
+# The file systems of a disc, in the order they are tried: UDF first (burn-iso's own choice),
+# then the ISO 9660 trees that any disc reader falls back to, as 7z and the kernel do.
+FILE_SYSTEMS = (("UDF", _udf_files),
+                ("ISO 9660", lambda fd: _iso9660_files(fd, joliet=False)),
+                ("Joliet", lambda fd: _iso9660_files(fd, joliet=True)))
+
+
+class Disc:
+    """An ISO image file or an optical drive's medium holding one volume, read without mounting
+    through the first of its file systems (UDF, ISO 9660 with Rock Ridge, Joliet) that gives the
+    volume and its manifest: damage to one leaves the others.
+
+    disc.volume_name, disc.volume_length, disc.extents, disc.manifest (parsed),
+    disc.manifest_bytes and disc.readme_text; disc.file_system names the file system read,
+    disc.damage what is wrong with the others. open_volume() gives the volume as a file object
+    reading straight from the image with pread.
     """
 
     def __init__(self, path):
@@ -394,53 +593,51 @@ class Disc:
             raise
 
     def _read_directory(self):
-        self._image = pycdlib.PyCdlib()
-        try:
-            self._image.open_fp(self._file)
-        except OSError as exc:
-            raise Error(f"cannot read {self.path}: {exc.strerror}") from None
-        except Exception as exc:  # noqa: BLE001 - on a damaged image pycdlib fails in many ways
-            reason = str(exc) if isinstance(exc, PyCdlibException) else "damaged or truncated"
-            raise Error(f"{self.path} is not a readable ISO image ({reason}); "
-                        "is it a disc made by burn-iso?") from None
-        if not self._image.has_udf():
-            raise Error(f"{self.path} has no UDF file system; is it a disc made by burn-iso?")
-        entries = {}
-        for entry in self._image.list_children(udf_path="/"):
-            if entry is not None and entry.is_file():
-                entries[entry.file_identifier().decode("utf-8", "replace")] = entry
-        manifest_names = [name for name in entries if name.endswith(manifests.SUFFIX)]
-        if len(manifest_names) != 1 or manifests.volume_path(manifest_names[0]) not in entries:
-            raise Error(f"{self.path} does not hold exactly one volume with its manifest "
-                        f"(found: {', '.join(sorted(entries)) or 'nothing'})")
-        self.volume_name = manifests.volume_path(manifest_names[0])
-        volume = entries[self.volume_name]
-        self.volume_length = volume.get_data_length()
-        partition_start = self._image.udf_main_descs.partitions[0].part_start_location
-        self.extents = [((partition_start + descriptor.log_block_num) * SECTOR_SIZE, descriptor.extent_length)
-                        for descriptor in volume.alloc_descs]
-        if sum(length for _, length in self.extents) != self.volume_length:
-            raise Error(f"{self.path}: the UDF extents of {self.volume_name} do not add up to its length")
-        self.manifest_bytes = self._small_member(manifest_names[0], entries[manifest_names[0]])
-        self.manifest = manifests.parse(self.manifest_bytes, f"{self.path}: {manifest_names[0]}")
-        if self.manifest.length != self.volume_length:
-            raise Error(f"{self.path}: {self.volume_name} is {self.volume_length} bytes, its manifest "
-                        f"says {self.manifest.length}")
-        self.readme_text = (self._small_member(README_NAME, entries[README_NAME]).decode("utf-8", "replace")
-                            if README_NAME in entries else None)
+        fd = self._file.fileno()
+        self.file_system = None
+        self.damage = []
+        for name, read_files in FILE_SYSTEMS:
+            try:
+                found = self._volume_of(read_files(fd))
+            except (_Unreadable, Error) as exc:
+                self.damage.append(f"{name}: {exc}")
+                continue
+            if self.file_system is None:
+                self.file_system = name
+                (self.volume_name, self.extents, self.manifest_bytes, self.manifest,
+                 self.readme_text) = found
+            elif found[:3] != (self.volume_name, self.extents, self.manifest_bytes):
+                self.damage.append(f"{name}: gives another volume than {self.file_system}")
+        if self.file_system is None:
+            raise Error(f"{self.path} is not a readable ISO image (no file system on it gives a "
+                        f"volume: {'; '.join(self.damage)}); is it a disc made by burn-iso?")
+        self.volume_length = self.manifest.length
 
-    def _small_member(self, name, entry):
-        if entry.get_data_length() > MAX_SMALL_MEMBER:
-            raise Error(f"{self.path}: {name} is implausibly large ({entry.get_data_length()} bytes)")
-        data = io.BytesIO()
-        self._image.get_file_from_iso_fp(data, udf_path="/" + name)
-        return data.getvalue()
+    def _volume_of(self, files):
+        """(volume name, extents, manifest bytes, manifest, README text) of a root directory."""
+        manifest_names = [name for name in files if name.endswith(manifests.SUFFIX)]
+        if len(manifest_names) != 1 or manifests.volume_path(manifest_names[0]) not in files:
+            raise Error(f"it does not hold exactly one volume with its manifest "
+                        f"(found: {', '.join(sorted(files)) or 'nothing'})")
+        volume_name = manifests.volume_path(manifest_names[0])
+        extents = files[volume_name]
+        fd = self._file.fileno()
+        try:
+            manifest_bytes = _read_extents(fd, files[manifest_names[0]], MAX_SMALL_MEMBER)
+            readme = _read_extents(fd, files[README_NAME], MAX_SMALL_MEMBER) if README_NAME in files else None
+        except _Unreadable as exc:
+            raise Error(str(exc)) from None
+        manifest = manifests.parse(manifest_bytes, f"{self.path}: {manifest_names[0]}")
+        volume_length = sum(length for _, length in extents)
+        if manifest.length != volume_length:
+            raise Error(f"{volume_name} is {volume_length} bytes, its manifest says {manifest.length}")
+        return (volume_name, extents, manifest_bytes, manifest,
+                readme.decode("utf-8", "replace") if readme is not None else None)
 
     def open_volume(self):
         return ExtentReader(self._file.fileno(), self.extents, self.path)
 
     def close(self):
-        self._image.close()
         self._file.close()
 
     def __enter__(self):
@@ -564,7 +761,11 @@ class ExtentReader(io.RawIOBase):
 
 def verify(disc, progress=None):
     """Check the volume on DISC against the hashes of its manifest, chunk by chunk; errors.Error
-    naming the first bad chunk's offset."""
+    naming the first bad chunk's offset. A file system of the disc that does not give the volume
+    fails the check too: burn-iso promises a disc that every reader can read."""
+    if disc.damage:
+        raise Error(f"{disc.path}: a file system of the disc is damaged ({'; '.join(disc.damage)}); "
+                    f"its volume reads through {disc.file_system}, other readers may fail")
     manifest = disc.manifest
     reader = disc.open_volume()
     buffer = bytearray(manifest.chunk_size)
@@ -587,10 +788,20 @@ def verify(disc, progress=None):
 
 
 def is_image(path):
-    """Whether PATH starts like an ISO 9660 image: a volume descriptor 'CD001' at sector 16."""
+    """Whether PATH looks like an ISO image: an ISO 9660 volume descriptor 'CD001' at sector 16
+    or 17 (primary or Joliet), or a UDF anchor at sector 256, so that one damaged descriptor
+    does not hide a readable disc."""
     try:
-        with open(device_path(path), "rb") as stream:
-            stream.seek(16 * SECTOR_SIZE + 1)
-            return stream.read(5) == b"CD001"
+        fd = os.open(device_path(path), os.O_RDONLY)
     except OSError:
         return False
+    try:
+        descriptors = (ISO_FIRST_DESCRIPTOR, ISO_FIRST_DESCRIPTOR + 1)
+        if any(_sector(fd, number)[1:6] == b"CD001" for number in descriptors):
+            return True
+        _udf_descriptor(_sector(fd, UDF_ANCHOR_SECTOR), UDF_ANCHOR, UDF_ANCHOR_SECTOR)
+        return True
+    except _Unreadable:
+        return False
+    finally:
+        os.close(fd)

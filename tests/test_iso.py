@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import xxhash
 
-from conftest import need_tools
+from conftest import need_tools, sh
 from mirrorpipe import discreadme, iso, manifests, media
 from mirrorpipe.errors import Error
 
@@ -215,6 +215,67 @@ def test_verify_names_the_corrupt_offset(small_image):
         stream.write(b"\xff")
     with iso.Disc(str(image)) as disc, pytest.raises(Error, match=r"corrupt at offset 0: "):
         iso.verify(disc)
+
+
+def zero_sectors(image, *numbers):
+    with open(image, "r+b") as stream:
+        for number in numbers:
+            stream.seek(number * iso.SECTOR_SIZE)
+            stream.write(bytes(iso.SECTOR_SIZE))
+
+
+def last_sector(image):
+    return image.stat().st_size // iso.SECTOR_SIZE - 1
+
+
+def test_damaged_iso9660_descriptor_is_read_through_udf(tmp_path):
+    """Sector 16 (the primary volume descriptor) zeroed: 7z still gives the volume through UDF,
+    and so does reassemble, whether the image is found in a directory or given by a name that
+    does not end in .iso (a disc copied off with dd)."""
+    need_tools("7z")
+    raw = os.urandom(300_000)
+    out = tmp_path / "out"
+    sh(f"split-span --size 100K --iso --name d {out}", input=raw, check=True)
+    images = sorted(out.iterdir())
+    zero_sectors(images[1], 16)
+    extract_with("7z", images[1], tmp_path / "7z")
+    assert (tmp_path / "7z" / "d.002").read_bytes() == raw[100 * 1024:200 * 1024]
+    with iso.Disc(str(images[1])) as disc:
+        assert disc.file_system == "UDF" and disc.damage == ["ISO 9660: no primary volume descriptor"]
+        assert disc.open_volume().read() == raw[100 * 1024:200 * 1024]
+    assert sh(f"reassemble {out}", check=True).stdout == raw
+    copied = tmp_path / "disc2.img"
+    copied.write_bytes(images[1].read_bytes())
+    given = " ".join([str(images[0]), str(copied), str(images[2])])
+    assert sh(f"reassemble {given}", check=True).stdout == raw
+
+
+@pytest.mark.parametrize("damaged, read_through", [
+    ("udf", "ISO 9660"),          # both UDF anchors
+    ("iso9660", "UDF"),           # the primary volume descriptor
+    ("udf+iso9660", "Joliet"),    # only the Joliet tree is left
+])
+def test_disc_is_read_through_whichever_file_system_is_left(small_image, damaged, read_through):
+    volume, image = small_image
+    sectors = {"udf": [iso.UDF_ANCHOR_SECTOR, last_sector(image)], "iso9660": [16]}
+    zero_sectors(image, *[number for name in damaged.split("+") for number in sectors[name]])
+    with iso.Disc(str(image)) as disc:
+        assert disc.file_system == read_through
+        assert disc.open_volume().read() == volume.read_bytes()
+        # A fresh burn with a damaged file system is a failed burn, even though the data is whole.
+        with pytest.raises(Error, match=r"\.iso: a file system of the disc is damaged \(.*; its volume reads "
+                                                    f"through {read_through}"):
+            iso.verify(disc)
+    assert iso.is_image(str(image))
+
+
+def test_disc_without_any_readable_file_system_is_refused(small_image):
+    _, image = small_image
+    zero_sectors(image, 16, 17, iso.UDF_ANCHOR_SECTOR, last_sector(image))
+    with pytest.raises(Error, match=r"not a readable ISO image \(no file system on it gives a volume: "
+                                    r"UDF: .*; ISO 9660: .*; Joliet: .*\); is it a disc made by burn-iso\?"):
+        iso.Disc(str(image))
+    assert not iso.is_image(str(image))
 
 
 def test_truncated_image_and_non_images_are_refused(small_image, tmp_path):
