@@ -322,6 +322,9 @@ class DecompressStats:
         self.compressed_bytes = 0
         self.raw_bytes = 0
         self.frames = 0
+        # Seek table entries found damaged although the frames they list were read whole (each
+        # checked by its own checksum): one message per entry. The output is complete.
+        self.seek_table_damage = []
 
 
 def _frame_header_size(descriptor):
@@ -429,13 +432,17 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
                 length = _frame_length(src, frame_offset, header_size, has_checksum)
                 frame_buf = frame_buffers.acquire(length)
                 src.take_into(length, frame_buf)
+                checksum = bytes(frame_buf[length - 4:length]) if has_checksum else None
                 writer.submit(decode_job, frame_buf, length, frame_offset, content_size)
             else:
-                _stream_frame(src, frame_offset, header_size, has_checksum, writer)
-            stream.frame_read(src.offset - frame_offset)
+                content_size, checksum = _stream_frame(src, frame_offset, header_size, has_checksum, writer)
+            # The frame's own checksum is what its seek table entry lists (the low 32 bits of the
+            # XXH64 of its content); the decoder checks it against the content.
+            stream.frame_read(frame_offset, src.offset - frame_offset, content_size, checksum)
         stream.end(src.offset)
     finally:
         stats.compressed_bytes = src.offset
+        stats.seek_table_damage = stream.damage
         writer.close()
     return stats
 
@@ -456,13 +463,22 @@ class _BufferPool:
         self.free.put(buf)
 
 
+_ENTRY_FIELDS = ("compressed size", "decompressed size", "checksum")
+
+
 class _StreamCheck:
-    """Follows the compress streams in the input: from a stream header on, the compressed size of
-    every frame, until the seek table that must close the stream and must list those frames."""
+    """Follows the compress streams in the input: from a stream header on, every frame read (its
+    compressed size, decompressed size and checksum), until the seek table that must close the
+    stream and must list those frames.
+
+    A frame is the one its entry lists when at least two of the three fields agree: one field
+    that differs is a damaged entry (a flipped bit in the table), kept in `damage` while decoding
+    goes on; two or more mean another frame (one missing, repeated or out of order), an error."""
 
     def __init__(self):
         self.start = None      # offset of the open stream's header; None outside a stream
-        self.sizes = []        # compressed sizes of its header and frames so far
+        self.frames = []       # (offset, compressed, decompressed, checksum) of its header and frames
+        self.damage = []
 
     def enter(self, payload, offset):
         if payload != STREAM_HEADER_PAYLOAD:
@@ -470,24 +486,41 @@ class _StreamCheck:
         if self.start is not None:
             raise Error(f"the compress stream starting at compressed offset {self.start} has no seek "
                         f"table before the next stream starts at offset {offset}: its end is missing")
-        self.start, self.sizes = offset, [8 + len(payload)]
+        self.start, self.frames = offset, [(offset, 8 + len(payload), 0, bytes(4))]
         return self
 
-    def frame_read(self, compressed_size):
+    def frame_read(self, offset, compressed_size, decompressed_size, checksum):
         if self.start is not None:
-            self.sizes.append(compressed_size)
+            self.frames.append((offset, compressed_size, decompressed_size, checksum))
 
     def close(self, payload, offset):
         if self.start is None:
             return self  # a seek table after stock zstd frames: nothing to hold it against
-        listed = _seek_table_sizes(payload)
-        if listed is None:
+        entries, footer_damage = _seek_table_entries(payload, len(self.frames))
+        if entries is None:
             raise Error(f"corrupt seek table at compressed offset {offset}")
-        if listed != self.sizes:
-            raise Error(f"the seek table at compressed offset {offset} lists {len(listed) - 1} frames "
-                        f"but {len(self.sizes) - 1} were read since the stream began at offset "
+        if len(entries) != len(self.frames):
+            raise Error(f"the seek table at compressed offset {offset} lists {len(entries) - 1} frames "
+                        f"but {len(self.frames) - 1} were read since the stream began at offset "
                         f"{self.start}: part of the stream is missing or repeated")
-        self.start, self.sizes = None, []
+        where = f"the seek table at compressed offset {offset}"
+        if footer_damage:
+            self.damage.append(f"{where}: {footer_damage}")
+        for number, (entry, (frame_offset, *read)) in enumerate(zip(entries, self.frames)):
+            differ = [(field, listed, got) for field, listed, got in zip(_ENTRY_FIELDS, entry, read)
+                      if None not in (listed, got) and listed != got]
+            if len(differ) == 1:
+                field, listed, got = differ[0]
+                if field == "checksum":
+                    listed, got = listed.hex(), got.hex()
+                self.damage.append(f"{where}: the entry of frame {number} (compressed offset "
+                                   f"{frame_offset}) is damaged: it gives {field} {listed}, the "
+                                   f"frame has {got}")
+            elif differ:
+                raise Error(f"frame {number} at compressed offset {frame_offset} is not the frame "
+                            f"{where} lists there ({', '.join(field for field, _, _ in differ)} "
+                            "differ): part of the stream is missing, repeated or out of order")
+        self.start, self.frames = None, []
         return self
 
     def end(self, offset):
@@ -495,19 +528,38 @@ class _StreamCheck:
             raise Error("no compressed data on input (the stream is empty)")
         if self.start is not None:
             raise Error(f"truncated input: the stream ends at compressed offset {offset} after "
-                        f"{len(self.sizes) - 1} complete frames, without the seek table that ends "
+                        f"{len(self.frames) - 1} complete frames, without the seek table that ends "
                         "every compress stream: its end is missing")
 
 
-def _seek_table_sizes(payload):
-    """Compressed sizes listed in a seek table's payload, or None when it is malformed."""
+def _seek_table_entries(payload, frames_read):
+    """([(compressed, decompressed, checksum or None)], footer damage or None) of a seek table's
+    payload; (None, None) when it is malformed. A table of FRAMES_READ entries with checksums
+    whose footer alone is damaged still gives its entries, the damage described."""
+    parsed = _seek_table_sizes(payload, entries=True)
+    if parsed is not None:
+        return parsed, None
+    if len(payload) != 9 + 12 * frames_read:
+        return None, None
+    footer = struct.pack("<IBI", frames_read, SEEK_TABLE_CHECKSUM_FLAG, SEEKABLE_FOOTER_MAGIC)
+    return (_seek_table_sizes(payload[:-9] + footer, entries=True),
+            f"its footer is damaged (bytes {payload[-9:].hex()}, expected {footer.hex()})")
+
+
+def _seek_table_sizes(payload, entries=False):
+    """Compressed sizes listed in a seek table's payload (with entries=True, whole entries:
+    (compressed, decompressed, checksum or None)), or None when it is malformed."""
     if len(payload) < 9:
         return None
     count, descriptor, magic = struct.unpack("<IBI", payload[-9:])
     entry = 12 if descriptor & SEEK_TABLE_CHECKSUM_FLAG else 8
-    if magic != SEEKABLE_FOOTER_MAGIC or len(payload) != 9 + count * entry:
+    # The descriptor's other bits are reserved, zero in every valid table.
+    if magic != SEEKABLE_FOOTER_MAGIC or descriptor & ~SEEK_TABLE_CHECKSUM_FLAG or len(payload) != 9 + count * entry:
         return None
-    return [struct.unpack_from("<I", payload, i * entry)[0] for i in range(count)]
+    if not entries:
+        return [struct.unpack_from("<I", payload, i * entry)[0] for i in range(count)]
+    return [struct.unpack_from("<II", payload, i * entry)
+            + ((payload[i * entry + 8:i * entry + 12],) if entry == 12 else (None,)) for i in range(count)]
 
 
 def _block_ends(src, frame_offset, header_size, has_checksum):
@@ -551,11 +603,14 @@ def _frame_length(src, frame_offset, header_size, has_checksum):
 
 
 def _stream_frame(src, frame_offset, header_size, has_checksum, writer):
-    """Decode one frame of unknown or large size a block at a time, in order with the pool."""
+    """Decode one frame of unknown or large size a block at a time, in order with the pool.
+    Returns (its decoded size, its checksum field or None)."""
     dobj = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE).decompressobj()
     pending = []
     pending_size = 0
+    decoded = 0
     consumed = 0
+    piece = b""
     for end in _block_ends(src, frame_offset, header_size, has_checksum):
         piece = src.take(end - consumed)
         try:
@@ -571,11 +626,13 @@ def _stream_frame(src, frame_offset, header_size, has_checksum, writer):
         if out:
             pending.append(out)
             pending_size += len(out)
+            decoded += len(out)
             if pending_size >= BLOCK_SIZE:
                 writer.put_result((b"".join(pending), None))
                 pending, pending_size = [], 0
     if pending:
         writer.put_result((b"".join(pending), None))
+    return decoded, piece[-4:] if has_checksum else None   # the last piece is the checksum
 
 
 def _truncated(src, frame_offset, what):

@@ -261,6 +261,75 @@ def test_a_stream_cut_between_frames_is_truncated_not_short(tmp_path):
     assert sh(f"zstd -d -q < {tmp_path}/cut > /dev/null").returncode == 0  # what we guard against
 
 
+def flipped(data, offset, mask=0x10):
+    damaged = bytearray(data)
+    damaged[offset] ^= mask
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize("field, at, shown", [
+    ("compressed size", 0, "compressed size"),
+    ("decompressed size", 4, "decompressed size"),
+    ("checksum", 9, "checksum"),
+])
+def test_a_damaged_seek_table_entry_names_its_frame_and_the_data_is_delivered(tmp_path, field, at, shown):
+    """A flipped byte in the seek table: compress -d names the frame whose entry is damaged and
+    which field, delivers every byte (each frame checked by its own checksum) and exits 3."""
+    data = sample(5 * MiB)
+    packed, _ = compress_bytes(data, frame_size=MiB)
+    table_offset, table_length = parse_frames(packed)[-1][1:]
+    frame = 3
+    frame_offset = parse_frames(packed)[frame][1]
+    (tmp_path / "damaged.zst").write_bytes(flipped(packed, table_offset + 8 + 12 * frame + at))
+    result = sh(f"compress -d < {tmp_path}/damaged.zst")
+    assert result.returncode == 3, result.stderr_text
+    assert result.stdout == data
+    assert "Traceback" not in result.stderr_text
+    assert (f"compress: warning: the seek table at compressed offset {table_offset}: the entry of frame "
+            f"{frame} (compressed offset {frame_offset}) is damaged: it gives {shown} ") in result.stderr_text
+    assert "compress: error" not in result.stderr_text
+    assert decompress_bytes(packed) == data   # the undamaged stream: no warning, exit 0 below
+    (tmp_path / "good.zst").write_bytes(packed)
+    good = sh(f"compress -d < {tmp_path}/good.zst > /dev/null")
+    assert good.returncode == 0 and good.stderr_text == ""
+
+
+def test_a_damaged_seek_table_footer_still_checks_every_entry(tmp_path):
+    data = sample(3 * MiB)
+    packed, _ = compress_bytes(data, frame_size=MiB)
+    for offset in (len(packed) - 9, len(packed) - 5, len(packed) - 1):   # count, descriptor, magic
+        (tmp_path / "damaged.zst").write_bytes(flipped(packed, offset))
+        result = sh(f"compress -d < {tmp_path}/damaged.zst")
+        assert result.returncode == 3 and result.stdout == data, result.stderr_text
+        assert "its footer is damaged" in result.stderr_text
+
+
+def test_a_frame_that_differs_from_its_entry_in_two_fields_is_another_frame(tmp_path):
+    """Two frames swapped: sizes and checksums both differ from what the table lists there; this
+    is no flipped bit but a stream out of order, an error (exit 1)."""
+    data = sample(MiB) + sample(MiB // 2, seed=7) + sample(MiB, seed=8)
+    packed, _ = compress_bytes(data, frame_size=MiB)
+    parts = parse_frames(packed)
+    one, two = (packed[offset:offset + length] for _, offset, length in parts[1:3])
+    swapped = packed[:parts[1][1]] + two + one + packed[parts[3][1]:]
+    (tmp_path / "swapped.zst").write_bytes(swapped)
+    result = sh(f"compress -d < {tmp_path}/swapped.zst > /dev/null")
+    assert result.returncode == 1
+    assert_one_line_error(result, "compress", f"frame 1 at compressed offset {parts[1][1]} is not the frame",
+                          "part of the stream is missing, repeated or out of order")
+
+
+def test_frame_size_out_of_range_is_a_usage_error():
+    for size in ("1K", "2G"):
+        result = sh(f"compress --frame-size {size} < /dev/null > /dev/null")
+        assert result.returncode == 2, result.stderr_text
+        assert_one_line_error(result, "compress", f"--frame-size {cli_size(size)} is out of range: give 64K to 1G")
+
+
+def cli_size(text):
+    return int(text[:-1]) << {"K": 10, "G": 30}[text[-1]]
+
+
 def test_our_streams_concatenate_like_zstd_streams(tmp_path):
     a, b = sample(MiB + 5), sample(2 * MiB, seed=4)
     (tmp_path / "ab").write_bytes(compress_bytes(a, frame_size=MiB)[0] + compress_bytes(b)[0])

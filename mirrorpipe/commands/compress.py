@@ -7,9 +7,14 @@ from ..errors import UsageError
 
 _LEVEL_FLAG = re.compile(r"^-(\d{1,2})$")
 
+# compress -d: the output is complete and every frame checked by its own checksum, but entries
+# of the seek table do not match the frames they list. The image is good; the file is damaged.
+EXIT_SEEK_TABLE_DAMAGED = 3
+
 
 class Compress(cli.Command):
     name = "compress"
+    complete_statuses = (EXIT_SEEK_TABLE_DAMAGED,)
     description = (
         "Compress a raw stream into independent zstd frames (each with its content size and checksum)\n"
         "followed by a seek table, using every core. The output is standard zstd: `zstd -d` reads it.\n"
@@ -21,7 +26,10 @@ class Compress(cli.Command):
         "  zstd -d < sda.img.zst > sda.img      # stock zstd reads it too\n"
         "\n"
         "exit status: 0 success, 1 failure (corrupt or truncated input: the message names the\n"
-        "compressed offset), 2 usage error.")
+        f"compressed offset), 2 usage error, {EXIT_SEEK_TABLE_DAMAGED} (-d) the output is complete and every frame\n"
+        "matched its own checksum, but the seek table is damaged (each damaged entry is named):\n"
+        "the restored data is good; copy the compressed file again from a good copy, or rewrite it\n"
+        "with `compress -d < FILE | compress > NEW`.")
 
     def add_arguments(self, parser):
         parser.add_argument("input", nargs="?", default="-", metavar="FILE",
@@ -52,6 +60,9 @@ class Compress(cli.Command):
             raise UsageError(f"level {args.level} is out of range 1-{frames.MAX_LEVEL}")
         if args.threads < 0:
             raise UsageError("--threads must be 0 (one per core) or more")
+        if not frames.MIN_FRAME_SIZE <= args.frame_size <= frames.MAX_FRAME_SIZE:
+            raise UsageError(f"--frame-size {args.frame_size} is out of range: give "
+                             f"{frames.MIN_FRAME_SIZE >> 10}K to {frames.MAX_FRAME_SIZE >> 30}G")
         src = cli.open_input(args.input)
         dst = cli.open_output(args.output)
         total = cli.input_size(src)
@@ -66,6 +77,14 @@ class Compress(cli.Command):
         cli.finish_output(dst)
         ratio = f"{100 * packed / raw:.1f}%" if raw else "-"
         progress.finish(f"{cli.format_size(raw)} raw, {cli.format_size(packed)} compressed ({ratio})")
+        if args.decompress and stats.seek_table_damage:
+            for problem in stats.seek_table_damage:
+                self.messages.warn(problem)
+            self.messages.warn("all the data was written, every frame matching its own checksum; only "
+                               "the seek table is damaged: copy the compressed stream again from a "
+                               "good copy, or rewrite it with compress -d | compress")
+            return EXIT_SEEK_TABLE_DAMAGED
+        return None
 
 
 main = cli.entry_point(Compress)
