@@ -2,10 +2,13 @@
 what is lost rebuilt from parity volumes, discs asked for one at a time.
 
 check_before_reading() says what must stop reassemble before the first byte (missing, foreign,
-truncated volumes; losses beyond what parity can rebuild). SetReader streams the set:
+truncated volumes; losses beyond what parity can rebuild) and files volume files that hold
+another volume's data under that volume. SetReader streams the set, checking every chunk before
+it is written, then each volume's hash at the volume's end and the stream hash at the stream's:
 
-- without parity, volume after volume, chunk by chunk; with --verify, every volume to its end,
-  collecting the problems instead of stopping at the first;
+- without parity, volume after volume, chunk by chunk, each chunk from a copy of the volume that
+  holds it intact (VolumeCopies); with --verify, every volume (and copy) to its end, collecting
+  the problems instead of stopping at the first;
 - with the parity volumes at hand, group by group through a parity.Rebuilder, which rebuilds
   the chunks of missing or damaged volumes from the group's other volumes;
 - disc by disc, asking on /dev/tty for the next disc when the sources (a mount point, a drive)
@@ -13,6 +16,7 @@ truncated volumes; losses beyond what parity can rebuild). SetReader streams the
   other discs of its group, folded one at a time into a scratch file.
 """
 
+import io
 import os
 import shutil
 import tempfile
@@ -46,6 +50,164 @@ class VolumeReport:
     def __init__(self, index, path=None, length=None, chunks=None, status="missing"):
         self.index, self.path, self.length, self.chunks, self.status = index, path, length, chunks, status
         self.rebuilt = False      # lost or damaged, and rebuilt from parity
+        self.damaged_copies = []  # what is damaged in a copy and intact in another (VolumeCopies.damage)
+
+
+class VolumeCopies(io.RawIOBase):
+    """Every copy at hand of one volume (in two directories, an ISO image and the volume file,
+    ...), read chunk by chunk: each chunk from the first copy whose chunk matches the manifest.
+    As a file (seek, then readinto of one whole chunk) it stands for the volume in a
+    parity.Rebuilder; readinto gives nothing for a chunk no copy holds intact."""
+
+    def __init__(self, copies, check_every_copy=False):
+        """check_every_copy (--verify): read every copy of every chunk, to find damaged copies
+        whose chunks another copy holds intact, not only the damage a restore meets."""
+        super().__init__()
+        self.copies = copies
+        self.manifest = copies[0].manifest
+        self.check_every_copy = check_every_copy
+        self.files = []
+        self.unusable = []          # why copies could not be opened
+        self.damaged = {}           # chunk number -> the copies (positions) damaged there
+        self.source = {}            # chunk number -> the copy it came from, when another was damaged
+        self.read_errors = {}       # (copy, chunk number) -> the read error
+        self.opened = []            # whether each copy could be opened
+        self.position = 0
+        self._spare = None          # check_every_copy: where the other copies' chunks are read
+
+    def open(self):
+        """Open every copy; errors.Error when none can be (truncated, missing, unreadable)."""
+        for volume in self.copies:
+            try:
+                self.files.append(volume.open_file())
+            except Error as exc:
+                self.files.append(None)
+                self.unusable.append(str(exc))
+        if not any(self.files):
+            self.close()
+            raise Error("; ".join(self.unusable))
+        for file in self.files:
+            if isinstance(file, io.FileIO):
+                os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        self.opened = [file is not None for file in self.files]
+        return self
+
+    def read_chunk(self, number, view, hashes=()):
+        """Fill view (as long as chunk `number`) from the first copy whose chunk is intact, and
+        feed it to `hashes` (a list of hashes, replaced in place by their updated copies); False
+        when no copy holds the chunk intact (view then holds damaged bytes, hashes are unchanged)."""
+        start = number * self.manifest.chunk_size
+        digest = self.manifest.chunk_digest(number)
+        found = None
+        for position, file in enumerate(self.files):
+            if file is None:
+                continue
+            if found is not None:
+                if not self.check_every_copy:
+                    break
+                if self._spare is None:
+                    self._spare = bytearray(self.manifest.chunk_size)
+                if self._load(position, number, memoryview(self._spare)[:len(view)], ()) != digest:
+                    self.damaged.setdefault(number, []).append(position)
+                continue
+            trial = [hash_.copy() for hash_ in hashes]
+            if self._load(position, number, view, trial) == digest:
+                found = position
+                hashes[:] = trial
+            else:
+                self.damaged.setdefault(number, []).append(position)
+        if found is not None and number in self.damaged:
+            self.source[number] = found
+        return found is not None
+
+    def _load(self, position, number, view, hashes):
+        """Read chunk `number` of a copy into view, feeding each piece to `hashes` and to the
+        chunk's own hash while the piece is still in the CPU cache; the chunk's digest, or None
+        when the copy is short or cannot be read there."""
+        file = self.files[position]
+        chunk_hash = manifests.new_hash()
+        got = 0
+        try:
+            file.seek(number * self.manifest.chunk_size)
+            while got < len(view):
+                count = file.readinto(view[got:got + IO_BUFFER_SIZE])
+                if not count:
+                    return None
+                piece = view[got:got + count]
+                chunk_hash.update(piece)
+                for hash_ in hashes:
+                    hash_.update(piece)
+                got += count
+        except OSError as exc:
+            self.read_errors[position, number] = f"cannot read {self.copies[position].path}: {exc.strerror}"
+            return None
+        except Error as exc:
+            self.read_errors[position, number] = str(exc)
+            return None
+        return chunk_hash.digest()
+
+    def describe_damaged(self, number):
+        """Why chunk `number` cannot be read from any copy: one sentence naming the volume, each
+        copy and the offset."""
+        manifest = self.manifest
+        start = number * manifest.chunk_size
+        size = min(manifest.chunk_size, manifest.length - start)
+        damaged = self.damaged.get(number, [])
+        first = damaged[0] if damaged else 0
+        what = self.read_errors.get((first, number)) or (
+            f"corrupt data in {self.copies[first].label} at offset {start} (stream offset "
+            f"{manifest.offset + start}): the {cli.format_size(size)} chunk there does not match "
+            "its manifest")
+        others = [self.copies[p].path for p in damaged[1:]]
+        return what + (f"; no other copy holds it intact ({', '.join(others)} damaged there too)"
+                       if others else "")
+
+    def damage(self):
+        """What the copies make up for, one line each: chunks damaged in a copy (or a copy that
+        could not be used) and the copy that holds them intact."""
+        read = [volume.path for volume, file in zip(self.copies, self.opened) if file]
+        lines = [f"{reason}; {', '.join(read)} was read instead" for reason in self.unusable]
+        taken = {}      # (damaged copy, intact copy) -> offsets
+        for number, source in sorted(self.source.items()):
+            for position in self.damaged[number]:
+                taken.setdefault((position, source), []).append(number * self.manifest.chunk_size)
+        for (position, source), offsets in sorted(taken.items()):
+            lines.append(f"{name_of(volume_key(self.manifest))}: the chunk{'s' if len(offsets) > 1 else ''} "
+                         f"at offset {', '.join(map(str, offsets[:5]))}{' ...' if len(offsets) > 5 else ''} "
+                         f"{'are' if len(offsets) > 1 else 'is'} damaged in {self.copies[position].path} "
+                         f"and intact in {self.copies[source].path}, which gave {'them' if len(offsets) > 1 else 'it'}")
+        return lines
+
+    # As a file, for parity.Rebuilder.
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        if whence != os.SEEK_SET or offset % self.manifest.chunk_size:
+            raise ValueError("VolumeCopies reads whole chunks only")
+        self.position = offset
+        return offset
+
+    def readinto(self, buffer):
+        number = self.position // self.manifest.chunk_size
+        if number >= self.manifest.chunks:
+            return 0
+        size = min(self.manifest.chunk_size, self.manifest.length - self.position)
+        if len(buffer) < size or not self.read_chunk(number, memoryview(buffer).cast("B")[:size]):
+            return 0
+        self.position += size
+        return size
+
+    def close(self):
+        for file in self.files:
+            if file is not None:
+                file.close()
+        self.files = [None] * len(self.files)
+        super().close()
 
 
 class SetReader:
@@ -110,8 +272,7 @@ class SetReader:
             if index == self.set.count:
                 break
             index += 1
-        if self.verify_only:
-            self._check_stream()
+        self._check_stream()
         return self.reports
 
     def repairs_from_discs(self):
@@ -121,6 +282,7 @@ class SetReader:
 
     def verify_present(self):
         """Check every volume found, without asking for the others (--verify of a local set)."""
+        self.set.place_data()
         if self.set.has_parity():
             return self._run_with_parity()
         top = self.set.count or max(self.set.by_index, default=0)
@@ -135,19 +297,21 @@ class SetReader:
         return self.reports
 
     def _pass_on(self, piece):
-        """A verified or rebuilt piece of the stream: out, counted, and with --verify hashed."""
-        if self.verify_only:
-            self.stream_hash.update(piece)
+        """A verified or rebuilt piece of the stream: hashed, out and counted."""
+        self.stream_hash.update(piece)
         if self.out_fd is not None:
             write_all(self.out_fd, piece)
         self.progress.advance(len(piece))
 
     def _check_stream(self):
-        """--verify: the whole stream, read or rebuilt, against the stream hash of the manifests."""
+        """The whole stream, read or rebuilt, against the stream hash of the manifests. Its bytes
+        are out already: failing is what tells the rest of the pipeline."""
         if all(r.status == "ok" or r.rebuilt for r in self.reports.values()) and \
                 self.stream_hash.digest() != self.set.end.stream_digest:
-            raise Error("the reassembled stream does not match the stream hash of the last manifest; "
-                        "the manifests were altered")
+            raise Error(f"the reassembled stream ({self.set.end.total_length} bytes) does not match the "
+                        f"stream hash in the manifests of set '{self.set.reference.set_name}' although every "
+                        "volume matches its own: the manifests were altered"
+                        + ("" if self.verify_only else "; the stream written is not a good image: do not use it"))
 
     # With parity: each group read through a parity.Rebuilder, which checks every chunk and
     # rebuilds what is lost.
@@ -157,8 +321,7 @@ class SetReader:
             self.progress.set_total(self.set.end.total_length)
         for group in self.set.groups():
             self._emit_group(group)
-        if self.verify_only:
-            self._check_stream()
+        self._check_stream()
         return self.reports
 
     def _emit_group(self, group, first=None):
@@ -175,6 +338,10 @@ class SetReader:
                 self.health[group] = rebuilder.health()
                 if self.replace:
                     self.replace(group, rebuilder, self.health[group])
+            else:
+                for member in rebuilder.members[len(indices):]:
+                    if isinstance(member.file, VolumeCopies):
+                        self._tell_copies(member.file, None)
         finally:
             for member in rebuilder.members:
                 if member.file is not None:
@@ -218,8 +385,11 @@ class SetReader:
             return parity.Member(name=name_of(key), length=length)
         file = None
         if key not in self.set.lost:
+            copies = self.set.copies_of(key) or [volume]
             try:
-                file = volume.open_file()
+                # One copy is read as it is (the Rebuilder checks its chunks); several through
+                # VolumeCopies, which takes each chunk from a copy that holds it intact.
+                file = VolumeCopies(copies, self.verify_only).open() if len(copies) > 1 else volume.open_file()
             except Error as exc:
                 self.set.lost[key] = str(exc)
         return parity.Member(name=volume.label, length=length, file=file,
@@ -236,25 +406,29 @@ class SetReader:
         if member.file is None:
             why = self.set.lost.get(index, f"volume {index} of set '{self.set.reference.set_name}' is missing")
             self.say(f"{why}; rebuilding it from parity")
-        # Chunks rebuilt for a volume at hand are checked against its chunk digests (by the
-        # Rebuilder); a volume rebuilt whole has only the volume hash its parity manifests give.
-        volume_hash = manifests.new_hash() if member.file is None else None
+        # Every chunk is checked (read, or rebuilt: by the Rebuilder) against the chunk digests of
+        # a volume at hand; the volume hash is checked too, as the last check of its manifest. A
+        # volume rebuilt whole has only the volume hash its parity manifests give.
+        volume_hash = manifests.new_hash()
 
         def emit(piece):
-            if volume_hash:
-                volume_hash.update(piece)
+            volume_hash.update(piece)
             self._pass_on(piece)
 
         try:
             rebuilder.rebuild_volume(row, emit)
-            if volume_hash and volume_hash.digest() != expected_digest:
-                raise Error(f"volume {index} as rebuilt does not match the volume hash its parity "
+            if volume_hash.digest() != (volume.manifest.volume_digest if volume else expected_digest):
+                raise Error(f"{volume.label} does not match its manifest's volume hash although every chunk "
+                            "does: the manifest was altered" if volume else
+                            f"volume {index} as rebuilt does not match the volume hash its parity "
                             "volumes give; their manifests were altered")
         except Error as exc:
             if not self.verify_only:
                 raise
             report.status = str(exc)
             return
+        if isinstance(member.file, VolumeCopies):
+            self._tell_copies(member.file, report)
         if member.file is None:
             report.rebuilt, report.status = True, "missing: rebuilt from parity"
             self.say(f"rebuilt volume {index} ({cli.format_size(member.length)}) from parity")
@@ -280,47 +454,63 @@ class SetReader:
                 continue
             for number in range(manifests.chunk_count(member.length, rebuilder.chunk_size)):
                 rebuilder.read_chunk(row, number)
+            if isinstance(member.file, VolumeCopies):
+                self._tell_copies(member.file, report)
             if member.file is None:
                 report.status = self.set.lost.get((group, parity_index), "unreadable")
             elif member.bad_chunks:
                 report.status = f"damaged chunks at offset {_offsets(rebuilder, member)}"
 
     def _read(self, volume):
+        """Write a volume at hand (every copy of it found) chunk by chunk, each chunk checked
+        before it is written, and check the volume hash at its end."""
         manifest = volume.manifest
         report = self.reports[manifest.index] = VolumeReport(
             manifest.index, volume.path, manifest.length, manifest.chunks, "ok")
         self.progress.set_detail(f"volume {manifest.index}" + (f"/{self.set.count}" if self.set.count else ""))
         try:
-            fd = volume.open_checked()
+            if manifest.index in self.set.lost:    # its data is not at hand (VolumeSet.place_data)
+                raise Error(self.set.lost[manifest.index])
+            copies = VolumeCopies(self.set.copies_of(manifest.index) or [volume], self.verify_only).open()
         except Error as exc:
             if not self.verify_only:
                 raise
             report.status = str(exc)
             return
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        # The stream and volume hashes repeat what the chunk hashes prove; only --verify checks them.
-        hashes = [self.stream_hash, manifests.new_hash()] if self.verify_only else []
+        # The stream and volume hashes take each chunk once it is found intact, while it is in
+        # the CPU cache: they cost no second read.
+        hashes = [self.stream_hash, manifests.new_hash()]
+        view = memoryview(self.buffer)
         try:
             for number, start in enumerate(range(0, manifest.length, manifest.chunk_size)):
-                want = min(manifest.chunk_size, manifest.length - start)
-                got, digest = _load_chunk(fd, self.buffer, want, hashes)
-                if got != want or digest != manifest.chunk_digest(number):
-                    problem = (f"corrupt data in volume {manifest.index} ({volume.path}) at offset "
-                               f"{start} (stream offset {manifest.offset + start}): the "
-                               f"{cli.format_size(want)} chunk there does not match its manifest")
+                chunk = view[:min(manifest.chunk_size, manifest.length - start)]
+                if not copies.read_chunk(number, chunk, hashes):
+                    problem = copies.describe_damaged(number)
                     if not self.verify_only:
                         raise DamagedChunk(problem, start)
                     if report.status == "ok":
                         report.status = problem
                     continue
                 if self.out_fd is not None:
-                    write_all(self.out_fd, memoryview(self.buffer)[:got])
-                self.progress.advance(got)
+                    write_all(self.out_fd, chunk)
+                self.progress.advance(len(chunk))
         finally:
-            os.close(fd)
-        if self.verify_only and report.status == "ok" and hashes[1].digest() != manifest.volume_digest:
-            report.status = (f"volume {manifest.index} ({volume.path}) does not match its manifest's "
-                             "volume hash although every chunk does; the manifest was altered")
+            self.stream_hash = hashes[0]
+            copies.close()
+        self._tell_copies(copies, report)
+        if report.status == "ok" and hashes[1].digest() != manifest.volume_digest:
+            problem = (f"{volume.label} does not match its manifest's volume hash although every chunk "
+                       "does: the manifest was altered")
+            if not self.verify_only:
+                raise Error(f"{problem}; the stream written up to its end cannot be trusted")
+            report.status = problem
+
+    def _tell_copies(self, copies, report):
+        """Say what the other copies of a volume made up for; with --verify, note it in its report."""
+        for line in copies.damage():
+            if report is not None:
+                report.damaged_copies.append(line)
+            self.say(line)
 
     def _ask_for(self, key, lost_allowed=True):
         """Disc by disc: ask on the terminal until a disc holding volume `key` (an index, or
@@ -355,12 +545,12 @@ class SetReader:
             if isinstance(key, tuple):
                 for volume in mine:
                     if isinstance(volume.manifest, manifests.ParityManifest):
-                        self.set.parity.pop(volume_key(volume.manifest), None)   # this disc's copy counts
+                        self.set.forget(volume_key(volume.manifest))   # this disc's copy counts
                         self.set.add(volume)
             elif any(volume_key(v.manifest) == key for v in mine):
                 # What the earlier disc held from here on is gone with it; this disc's volumes count.
                 for stale in [i for i in self.set.by_index if i >= key]:
-                    del self.set.by_index[stale]
+                    self.set.forget(stale)
                 for volume in mine:
                     if volume in found.volumes and volume.manifest.index >= key:
                         self.set.add(volume)
@@ -554,27 +744,6 @@ def _offsets(rebuilder, member):
     return ", ".join(str(n * rebuilder.chunk_size) for n in sorted(member.bad_chunks)[:5])
 
 
-def _load_chunk(fd, buffer, size, hashes):
-    """Read a chunk into buffer, feeding each piece to `hashes` and to the chunk's own hash while
-    the piece is still in the CPU cache; (bytes read, chunk digest).
-
-    With --verify, the stream and volume hashes (in `hashes`) take every chunk, good or bad; they
-    are compared only when every chunk was good."""
-    view = memoryview(buffer)
-    chunk_hash = manifests.new_hash()
-    got = 0
-    while got < size:
-        n = read_full(fd, view[got:min(size, got + IO_BUFFER_SIZE)])
-        if n == 0:
-            break
-        piece = view[got:got + n]
-        chunk_hash.update(piece)
-        for hash_ in hashes:
-            hash_.update(piece)
-        got += n
-    return got, chunk_hash.digest()
-
-
 def check_before_reading(volume_set, found, disc_by_disc):
     """Problems that must stop reassemble before the first byte, as one message, or None.
 
@@ -589,7 +758,9 @@ def check_before_reading(volume_set, found, disc_by_disc):
                 note = "; ".join(filter(None, [note, parity_note(volume_set)]))
             problems.append(missing + (f" ({note})" if note else ""))
         else:
-            # Check every file up front, so a truncated last volume is reported in seconds.
+            # Check every file up front, so that a truncated last volume or swapped volume files
+            # are reported (or set right) in seconds.
+            volume_set.place_data()
             volume_set.open_all()
             unrebuildable = volume_set.unrebuildable() if volume_set.has_parity() else []
             if unrebuildable or not volume_set.has_parity():

@@ -467,13 +467,15 @@ def describe_volume(manifest, path):
 
 @dataclass
 class VolumeFile:
-    """A manifest and the volume file beside it."""
+    """A manifest and the volume file beside it, or data_path: the file found to hold this
+    manifest's volume under another volume's name (VolumeSet.place_data)."""
     manifest: Manifest
     manifest_path: str
+    data_path: str = None
 
     @property
     def path(self):
-        return manifests.volume_path(self.manifest_path)
+        return self.data_path or manifests.volume_path(self.manifest_path)
 
     @property
     def label(self):
@@ -612,6 +614,8 @@ class VolumeSet:
         self.scheme = first.parity  # manifests.ParityScheme, or None for a set without parity
         self.lost = {}            # index or (group, parity index) -> why a found volume is unusable
         self.problems = []
+        self.copies = {}          # key -> other copies of its volume (same manifest, another file)
+        self.notes = []           # what the user should know but need not stop for (place_data)
 
     @property
     def end(self):
@@ -644,12 +648,13 @@ class VolumeSet:
             return
         known = self.by_index.get(theirs.index)
         if known:
-            if (known.manifest.volume_digest, known.manifest.length, known.manifest.last) != \
-                    (theirs.volume_digest, theirs.length, theirs.last):
+            if _content(known.manifest) != _content(theirs):
                 self.problems.append(
                     f"two different volumes {theirs.index} of set '{mine.set_name}': {known.path} and "
                     f"{volume.path} (different content); keep the right one and remove the other")
-            return   # an identical copy (the same disc twice) is harmless
+                return
+            self._add_copy(theirs.index, volume)
+            return
         self.by_index[theirs.index] = volume
         if theirs.last:
             if self.last and self.last.index != theirs.index:
@@ -657,6 +662,22 @@ class VolumeSet:
                                      f"'{mine.set_name}'; the manifests were altered")
             self.last = theirs
             self._check_end()
+
+    def _add_copy(self, key, volume):
+        """Another copy of a volume already found (a second directory, its ISO image): reading
+        takes each chunk from a copy whose chunk is intact. The same file found twice is no copy."""
+        if all(os.path.realpath(volume.path) != os.path.realpath(known.path) for known in self.copies_of(key)):
+            self.copies.setdefault(key, []).append(volume)
+
+    def copies_of(self, key):
+        """Every copy found of the volume of `key`, the first found first."""
+        known = self.parity.get(key) if isinstance(key, tuple) else self.by_index.get(key)
+        return ([known] if known else []) + self.copies.get(key, [])
+
+    def forget(self, key):
+        """Disc by disc: the volume of `key` and its copies are no longer at hand."""
+        (self.parity if isinstance(key, tuple) else self.by_index).pop(key, None)
+        self.copies.pop(key, None)
 
     def _check_end(self):
         """The last data volume and the last group's parity volumes must agree on the end."""
@@ -672,10 +693,12 @@ class VolumeSet:
         key = (manifest.group, manifest.parity_index)
         known = self.parity.get(key)
         if known:
-            if known.manifest.volume_digest != manifest.volume_digest:
+            if _content(known.manifest) != _content(manifest):
                 self.problems.append(
                     f"two different parity volumes {manifest.parity_index} of group {manifest.group}: "
                     f"{known.path} and {volume.path}; keep the right one and remove the other")
+                return
+            self._add_copy(key, volume)
             return
         self.parity[key] = volume
         if manifest.last_group:
@@ -787,14 +810,59 @@ class VolumeSet:
             return not self.missing() and not self.lost
         return not self.unrebuildable()
 
+    def keys(self):
+        """The keys of the volumes found: data volumes in order, then parity volumes."""
+        return [*sorted(self.by_index), *sorted(self.parity)]
+
     def open_all(self):
-        """Check that every volume found can be opened and has its length; a volume that cannot
-        is set aside in self.lost, with the reason."""
-        for key, volume in [*sorted(self.by_index.items()), *sorted(self.parity.items())]:
-            try:
-                os.close(volume.open_checked())
-            except Error as exc:
-                self.lost[key] = str(exc)
+        """Check that every volume found can be opened and has its length (one copy of it at
+        least); a volume that cannot is set aside in self.lost, with the reason."""
+        for key in self.keys():
+            reasons = []
+            for volume in self.copies_of(key):
+                try:
+                    os.close(volume.open_checked())
+                    break
+                except Error as exc:
+                    reasons.append(str(exc))
+            else:
+                self.lost.setdefault(key, "; ".join(reasons))
+
+    def place_data(self):
+        """Find volume files that hold another volume's data (files renamed or swapped, a volume
+        beside the wrong manifest), name each in self.notes and file it under the volume whose
+        data it holds; a volume whose data no file holds is set aside in self.lost.
+
+        A file holds the data of the volume whose manifest gives its length and the digest of
+        its first chunk: one chunk read per volume file, before the first byte is written. A first
+        chunk that several volumes share (zeros in a raw stream) tells nothing: such a file stays
+        where it is, checked chunk by chunk as it is read."""
+        first = {}     # (length, digest of the first chunk) -> keys of the manifests that give them
+        for key in self.keys():
+            manifest = self.copies_of(key)[0].manifest
+            if manifest.length:
+                first.setdefault((manifest.length, manifest.chunk_digest(0)), []).append(key)
+        own, moved, misplaced = {}, {}, {}
+        buffer = bytearray(self.reference.chunk_size)
+        for key in self.keys():
+            for volume in self.copies_of(key):
+                held = _held_by(volume, first, buffer)
+                if held is None or held == key:
+                    own.setdefault(key, []).append(volume)
+                    continue
+                note = (f"{volume.path} holds the data of {name_of(held)} (its manifest says "
+                        f"{name_of(key)}): the files were renamed or swapped")
+                self.notes.append(note)
+                misplaced.setdefault(key, note)
+                right = self.copies_of(held)[0]
+                moved.setdefault(held, []).append(VolumeFile(right.manifest, right.manifest_path, volume.path))
+        for key in self.keys():
+            holders = own.get(key, []) + moved.get(key, [])
+            if not holders:
+                self.lost[key] = f"{misplaced[key]}; no file given holds the data of {name_of(key)}: give it"
+                continue
+            (self.parity if isinstance(key, tuple) else self.by_index)[key] = holders[0]
+            self.copies[key] = holders[1:]
 
 
 def gather(found):
@@ -826,3 +894,34 @@ def leftovers_note(found):
     if found.orphans:
         notes.append(f"{', '.join(found.orphans)} without manifest")
     return "; ".join(notes)
+
+
+def _content(manifest):
+    """What two manifests of the same volume must agree on to be copies of one volume."""
+    return manifest.length, manifest.volume_digest, manifest.chunk_digests, getattr(manifest, "last", None)
+
+
+def _held_by(volume, first, buffer):
+    """The key of the volume whose data the file of `volume` holds, by its length and the digest
+    of its first chunk (`first`: see VolumeSet.place_data); None when that tells nothing: an ISO
+    image or disc (its manifest comes with it), a file that cannot be read, a first chunk that no
+    manifest or several give."""
+    if not isinstance(volume, VolumeFile):
+        return None
+    try:
+        fd = os.open(volume.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        view = memoryview(buffer)[:min(len(buffer), info.st_size)]
+        got = read_full(fd, view)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    keys = first.get((info.st_size, manifests.digest_of(view[:got])), [])
+    own = volume_key(volume.manifest)
+    return own if own in keys else keys[0] if len(keys) == 1 else None

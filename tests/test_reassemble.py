@@ -11,7 +11,7 @@ import time
 import pytest
 import xxhash
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, sh
 from mirrorpipe import manifests
 from test_split_span import MIB, command, split
 
@@ -162,8 +162,158 @@ def test_verify_prints_a_table_and_finds_every_problem(tmp_path, volume_sets):
     rows = {int(line.split()[0]): line.split()[3] for line in table.splitlines()[1:COUNT + 1]}
     assert rows == {1: "ok", 2: "BAD", 3: "ok", 4: "BAD", 5: "ok"}
     assert "2 problem(s)" in table
-    assert "volume 2: corrupt data in volume 2" in result.stderr.decode()
-    assert "volume 4: volume 4" in result.stderr.decode() and "is truncated" in result.stderr.decode()
+    error = assert_one_line_error(result, "reassemble")
+    # Each problem names its volume once.
+    assert re.search(r"error: corrupt data in volume 2 \(.*; volume 4 \(.*\) is truncated", error), error
+    assert "volume 2: corrupt" not in error and "volume 4: volume 4" not in error
+
+
+# ---------------------------------------------------------------------------------------------
+# The volume and stream hashes, checked by every reassemble
+
+def rewrite_manifest(path, **fields):
+    """Give a manifest other values (what an altered manifest says), keeping it well-formed."""
+    manifest = manifests.read(str(path))
+    for name, value in fields.items():
+        setattr(manifest, name, value)
+    path.write_bytes(manifest.to_json())
+
+
+def test_a_volume_hash_that_does_not_match_fails_at_the_end_of_the_volume(tmp_path, volume_sets):
+    base, stream = volume_sets
+    d = tmp_path / "set"
+    shutil.copytree(base / "image", d)
+    # Every chunk hash still matches: only the volume hash can tell.
+    rewrite_manifest(d / "image.002.manifest", volume_digest=bytes(16))
+    with open(tmp_path / "stream.out", "wb") as out:
+        result = command("reassemble", d, stdout=out)
+    assert result.returncode == 1
+    assert_one_line_error(result, "reassemble", f"volume 2 ({d}/image.002) does not match its manifest's "
+                                                "volume hash although every chunk does")
+    assert (tmp_path / "stream.out").read_bytes() == stream[:2 * VOLUME]   # stopped at its end
+
+
+def test_a_stream_hash_that_does_not_match_fails_after_the_last_byte(tmp_path, volume_sets):
+    base, stream = volume_sets
+    d = tmp_path / "set"
+    shutil.copytree(base / "image", d)
+    rewrite_manifest(d / f"image.00{COUNT}.manifest", stream_digest=xxhash.xxh3_128(b"another stream").digest())
+    result = sh(f"reassemble {d} | wc -c")
+    # The bytes are out before the stream hash is known: the exit status is what tells.
+    assert result.returncode == 1 and result.stdout.decode().strip() == str(len(stream))
+    assert_one_line_error(result, "reassemble", f"the reassembled stream ({len(stream)} bytes) does not "
+                                                "match the stream hash", "do not use it")
+    verify = command("reassemble", "--verify", d)
+    assert verify.returncode == 1 and "does not match the stream hash" in verify.stderr.decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Two copies of a volume: each chunk from a copy that holds it intact
+
+def flip_chunk(path, number):
+    """Flip a bit inside chunk `number` of a volume file or, given the chunk's place, an image."""
+    with open(path, "r+b") as f:
+        f.seek(number * CHUNK + 1000)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0x04]))
+
+
+def test_each_chunk_comes_from_an_intact_copy(tmp_path, volume_sets):
+    base, stream = volume_sets
+    a, b = tmp_path / "a", tmp_path / "copy"
+    shutil.copytree(base / "image", a)
+    shutil.copytree(base / "image", b)
+    flip_chunk(a / "image.003", 2)
+    flip_chunk(b / "image.003", 5)
+    result = command("reassemble", a, b, check_status=0)
+    assert result.stdout == stream
+    said = result.stderr.decode()
+    assert (f"volume 3: the chunk at offset {2 * CHUNK} is damaged in {a}/image.003 and intact in "
+            f"{b}/image.003, which gave it") in said, said
+    assert f"offset {5 * CHUNK}" not in said     # a's chunk 5 was intact: b's was never needed
+    # --verify reads every copy: the volume is good, a copy of it is damaged (exit status 3).
+    result = command("reassemble", "--verify", a, b, check_status=3)
+    table = result.stdout.decode()
+    rows = {line.split()[0]: line.split()[3] for line in table.splitlines()[1:COUNT + 1]}
+    assert rows == {"1": "ok", "2": "ok", "3": "ok-copy-bad", "4": "ok", "5": "ok"}, table
+    assert f"the chunk at offset {5 * CHUNK} is damaged in {b}/image.003 and intact in {a}/image.003" in table
+    assert "1 volume(s) with a damaged copy" in table
+
+
+def test_a_chunk_damaged_in_every_copy_is_refused_naming_each(tmp_path, volume_sets):
+    base, stream = volume_sets
+    a, b = tmp_path / "a", tmp_path / "copy"
+    shutil.copytree(base / "image", a)
+    shutil.copytree(base / "image", b)
+    flip_chunk(a / "image.003", 2)
+    flip_chunk(b / "image.003", 2)
+    with open(tmp_path / "stream.out", "wb") as out:
+        result = command("reassemble", a, b, stdout=out)
+    assert_one_line_error(result, "reassemble", f"corrupt data in volume 3 ({a}/image.003) at offset {2 * CHUNK}",
+                          f"no other copy holds it intact ({b}/image.003 damaged there too)")
+    assert result.returncode == 1
+    assert (tmp_path / "stream.out").read_bytes() == stream[:2 * VOLUME + 2 * CHUNK]
+
+
+def test_a_truncated_copy_is_passed_over_for_a_whole_one(tmp_path, volume_sets):
+    base, stream = volume_sets
+    a, b = tmp_path / "a", tmp_path / "copy"
+    shutil.copytree(base / "image", a)
+    shutil.copytree(base / "image", b)
+    os.truncate(a / "image.002", VOLUME - 1000)
+    result = command("reassemble", a, b, check_status=0)
+    assert result.stdout == stream
+    assert f"volume 2 ({a}/image.002) is truncated" in result.stderr.decode()
+    assert f"{b}/image.002 was read instead" in result.stderr.decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Volume files that hold another volume's data
+
+def swap(first, second):
+    temporary = first.with_name("swapping")
+    os.rename(first, temporary)
+    os.rename(second, first)
+    os.rename(temporary, second)
+
+
+@pytest.mark.parametrize("what", ["volumes", "manifests", "last volume"])
+def test_swapped_volume_files_are_named_and_read_as_what_they_hold(tmp_path, volume_sets, what):
+    base, stream = volume_sets
+    d = tmp_path / "set"
+    shutil.copytree(base / "image", d)
+    # (the file's name, the volume whose data it holds, the volume its manifest says)
+    if what == "volumes":
+        swap(d / "image.002", d / "image.003")
+        said = [(2, 3, 2), (3, 2, 3)]
+    elif what == "manifests":
+        # A volume beside the wrong manifest.
+        swap(d / "image.002.manifest", d / "image.003.manifest")
+        said = [(2, 2, 3), (3, 3, 2)]
+    else:
+        swap(d / "image.004", d / f"image.00{COUNT}")      # lengths differ too
+        said = [(4, COUNT, 4), (COUNT, 4, COUNT)]
+    result = command("reassemble", d, check_status=0)
+    assert result.stdout == stream
+    for name, data, manifest in said:
+        assert (f"{d}/image.00{name} holds the data of volume {data} (its manifest says volume "
+                f"{manifest}): the files were renamed or swapped") in result.stderr.decode()
+    table = command("reassemble", "--verify", d, check_status=3).stdout.decode()
+    assert table.count(" ok ") == COUNT and "2 volume file(s) under another volume's name" in table
+
+
+def test_a_volume_whose_data_is_nowhere_is_named_before_the_first_byte(tmp_path, volume_sets):
+    base, _ = volume_sets
+    d = tmp_path / "set"
+    shutil.copytree(base / "image", d)
+    shutil.copy(d / "image.002", d / "image.003")     # volume 3's file now holds volume 2 again
+    with open(tmp_path / "stream.out", "wb") as out:
+        result = command("reassemble", d, stdout=out)
+    assert_one_line_error(result, "reassemble",
+                          f"{d}/image.003 holds the data of volume 2 (its manifest says volume 3): the files "
+                          "were renamed or swapped; no file given holds the data of volume 3")
+    assert (tmp_path / "stream.out").read_bytes() == b""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -78,6 +78,8 @@ class Reassemble(cli.Command):
             problem = setreader.check_before_reading(volume_set, found, disc_by_disc)
             if problem:
                 raise Error(problem)
+            for note in volume_set.notes:
+                self.messages.warn(f"{note}; reading it as the volume it holds")
             out_fd = cli.open_output(args.output)
         progress = self.messages.progress()
         reader = setreader.SetReader(volume_set, found, out_fd=out_fd, progress=progress,
@@ -96,7 +98,7 @@ class Reassemble(cli.Command):
         last = volume_set.end
         progress.finish(f"{cli.format_size(last.total_length)} from {last.volume_count} "
                         f"volume{'s' if last.volume_count > 1 else ''} of set '{last.set_name}', "
-                        "every chunk verified")
+                        "every chunk, volume and the stream verified")
 
     def verify(self, reader, volume_set, found, disc_by_disc):
         problems = list(volume_set.problems)
@@ -107,27 +109,42 @@ class Reassemble(cli.Command):
             missing = volume_set.describe_missing()
             if missing and not reader.health:
                 problems.append(missing)
-        problems += [f"volume {r.index}: {r.status}" for r in reports.values()
-                     if r.status not in ("ok", "missing") and not r.rebuilt]
+        # Each status names its volume.
+        problems += [r.status for r in reports.values() if r.status not in ("ok", "missing") and not r.rebuilt]
         rows = [reports[index] for index in sorted(reports)] + \
             [reader.parity_reports[key] for key in sorted(reader.parity_reports)]
         lines = [f"{'volume':>7}  {'bytes':>15}  {'chunks':>6}  status       file"]
         for r in rows:
             status = "REBUILDABLE" if r.rebuilt else r.status if r.status in ("ok", "missing") else "BAD"
+            status = "ok-copy-bad" if status == "ok" and r.damaged_copies else status
             lines.append(f"{r.index:>7}  {r.length if r.length is not None else '-':>15}  "
                          f"{r.chunks if r.chunks is not None else '-':>6}  {status:<11}  {r.path or '-'}")
         lines += [describe_health(group, health, volume_set) for group, health in sorted(reader.health.items())]
+        lines += [line for r in rows for line in r.damaged_copies] + volume_set.notes
         rebuildable = [r for r in rows if r.rebuilt or r.status != "ok"] if reader.health else []
+        mended = [r for r in rows if r.damaged_copies and not r.rebuilt and r.status == "ok"]
         unrebuildable = [group for group, health in reader.health.items() if health.spare < 0]
         problems += [f"group {group} cannot be rebuilt" for group in unrebuildable]
         reference = volume_set.reference
         count = volume_set.count
         end = volume_set.end
+        # Damage the set makes up for (parity, an intact copy, a file found under another name):
+        # reassemble restores it, but it is worse off than it was made; exit status 3.
+        made_up = []
+        if rebuildable:
+            made_up.append(f"{len(rebuildable)} volume(s) lost or damaged: reassemble rebuilds them from "
+                           "parity, but the set can take less damage now (see the group lines)")
+        if mended:
+            made_up.append(f"{len(mended)} volume(s) with a damaged copy: reassemble takes each chunk from "
+                           "an intact copy; copy the damaged ones again from it (see above)")
+        if volume_set.notes:
+            made_up.append(f"{len(volume_set.notes)} volume file(s) under another volume's name: reassemble "
+                           f"reads each as the volume it holds, cat {reference.set_name}.??? would not; "
+                           "rename them (see above)")
         if problems:
             verdict = f", {len(problems)} problem(s)"
-        elif rebuildable:
-            verdict = (f", {len(rebuildable)} volume(s) lost or damaged: reassemble rebuilds them from "
-                       "parity, but the set can take less damage now (see the group lines)")
+        elif made_up:
+            verdict = ", " + "; ".join(made_up)
         else:
             verdict = ", all verified"
         lines.append(f"set '{reference.set_name}' (set id {reference.set_id}): "
@@ -137,7 +154,7 @@ class Reassemble(cli.Command):
         sys.stdout.flush()
         if problems:
             raise Error("; ".join(problems))
-        return EXIT_REBUILDABLE if rebuildable else None
+        return EXIT_REBUILDABLE if made_up else None
 
 
 def describe_health(group, health, volume_set):
