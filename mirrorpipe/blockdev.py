@@ -164,16 +164,85 @@ def swap_devices():
     return found
 
 
-def uses_of(rdev):
-    """Human descriptions of what uses the device or anything on it: mounts and swap.
-    Devices stacked on it (LVM, RAID, LUKS) appear as in use through their own mounts."""
-    tree = _holders_tree(rdev)
+def loop_backings():
+    """{loop device: os.stat_result of what backs it (a file or a block device)} of the attached
+    loop devices; one whose backing file is gone or out of reach is left out."""
+    found = {}
+    for name in os.listdir("/sys/block"):
+        backing = _read_sysfs(f"/sys/block/{name}/loop/backing_file")
+        if backing is None:
+            continue  # not a loop device, or one with nothing attached
+        try:
+            found[_rdev_of_sysfs(f"/sys/block/{name}")] = os.stat(backing)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def data_views(rdev=None, file_stat=None, name=None):
+    """Every block device through which the data of the device rdev (or of the file whose stat is
+    file_stat, called name) can be read or written, as {device: chain}: the device itself, its
+    partitions and what device mapper or md stack on them (sysfs holders), and loop devices backed
+    by any of these or by the file, followed through loops backed by loops, at any offset. The
+    kernel links no holders for loop devices: /sys/block/loopN/loop/backing_file names them.
+    A chain lists the steps (subject, 'backs /dev/loopN', '/dev/loopN') from the device or file
+    to a loop device; it is empty for the device, its partitions and holders."""
+    backings = loop_backings()
+    views = {}
+    todo = []
+
+    def add(dev, chain):
+        for member in _holders_tree(dev):
+            if member not in views:
+                views[member] = chain
+                todo.append(member)
+
+    def backed(matches, subject, chain):
+        for loop, backing in backings.items():
+            if loop not in views and matches(backing):
+                loop_name = f"/dev/{device_name(loop)}"
+                add(loop, chain + [(subject, f"backs {loop_name}", loop_name)])
+
+    if rdev is not None:
+        add(rdev, [])
+    else:
+        backed(lambda st: not stat.S_ISBLK(st.st_mode)
+               and (st.st_dev, st.st_ino) == (file_stat.st_dev, file_stat.st_ino), name, [])
+    while todo:
+        dev = todo.pop()
+        backed(lambda st: stat.S_ISBLK(st.st_mode) and st.st_rdev == dev,
+               f"/dev/{device_name(dev)}", views[dev])
+    return views
+
+
+def _describe_chain(steps):
+    """'/dev/loop2 backs /dev/loop6, which backs /dev/loop7, which is mounted at /mnt'."""
+    text, previous = "", None
+    for subject, predicate, obj in steps:
+        if previous is None:
+            text = f"{subject} {predicate}"
+        elif subject == previous:
+            text += f", which {predicate}"
+        else:
+            text += f"; {subject} {predicate}"
+        previous = obj
+    return text
+
+
+def uses_of(rdev=None, file_stat=None, name=None):
+    """Human descriptions of what uses the device (or the file: see data_views) or anything on
+    it or backed by it: mounts and swap. Devices stacked on it (LVM, RAID, LUKS) appear as in use
+    through their own mounts, loop devices as chains ('tgt.img backs /dev/loop5, which is mounted
+    at /mnt/x (read-write)')."""
+    views = data_views(rdev, file_stat, name)
     uses = []
     for dev, point, read_write, _ in mounts():
-        if dev in tree:
-            uses.append(f"/dev/{device_name(dev)} is mounted at {point} ({'read-write' if read_write else 'read-only'})")
-    for dev in swap_devices() & tree:
-        uses.append(f"/dev/{device_name(dev)} is in use as swap")
+        if dev in views:
+            uses.append(_describe_chain(views[dev] + [
+                (f"/dev/{device_name(dev)}",
+                 f"is mounted at {point} ({'read-write' if read_write else 'read-only'})", None)]))
+    for dev in swap_devices() & views.keys():
+        uses.append(_describe_chain(views[dev] + [(f"/dev/{device_name(dev)}", "is in use as swap", None)]))
     return uses
 
 

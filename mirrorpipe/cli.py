@@ -7,6 +7,7 @@ errors into one-line messages with the documented exit status, and sets up the s
 
 import argparse
 import atexit
+import contextlib
 import fcntl
 import io
 import os
@@ -166,26 +167,21 @@ def open_terminal():
 
 
 def ask(question, tty=None):
-    """Ask a question on /dev/tty and return the answer line, or None when there is no terminal."""
+    """Ask a question on /dev/tty and return the answer line, or None when there is no terminal.
+
+    The commands of a pipeline ask one at a time (reassemble's 'insert disc 2' waits while
+    write-disk's 'type yes' is open), so that each question is shown whole and the line typed
+    reaches the command that asked.
+    """
     own = tty is None
     tty = tty or open_terminal()
     if tty is None:
         return None
-    marker = _TerminalLine.prompt_marker()
     try:
-        with _TerminalLine.lock():
-            # No progress line is drawn over the question until it is answered (Progress._draw).
-            with open(marker, "w") as f:
-                f.write(str(os.getpid()))
-            tty.write("\r\x1b[K" + question)
-            tty.flush()
-        answer = tty.readline()
+        with _TerminalLine.prompt(question, tty):
+            answer = tty.readline()
         return answer.rstrip("\n") if answer else None
     finally:
-        try:
-            os.unlink(marker)
-        except OSError:
-            pass
         if own:
             tty.close()
 
@@ -199,7 +195,10 @@ class _TerminalLine:
     The commands of a pipeline share a process group. Each one that shows progress writes its
     status to a small file in a directory named for the group; the live process with the lowest
     pid draws all statuses as one line. Every write to the terminal happens under one lock, so a
-    message or a final summary never lands in the middle of another command's line.
+    message or a final summary never lands in the middle of another command's line. A question
+    (ask) holds a second lock from the moment it is shown until it is answered; meanwhile no
+    progress is drawn and messages are written above the question, which is shown again below
+    them.
     """
 
     _dir = None
@@ -217,8 +216,8 @@ class _TerminalLine:
         return cls._dir
 
     @classmethod
-    def lock(cls):
-        return _FileLock(os.path.join(cls.directory(), "lock"))
+    def lock(cls, patience=None):
+        return _FileLock(os.path.join(cls.directory(), "lock"), patience)
 
     @classmethod
     def publish(cls, text):
@@ -259,18 +258,56 @@ class _TerminalLine:
             pass  # another command of the pipeline is still using it
 
     @classmethod
-    def prompt_marker(cls):
-        """A file holding the pid of the command that waits for an answer on the terminal."""
-        return os.path.join(cls.directory(), "prompt")
+    @contextlib.contextmanager
+    def prompt(cls, question, tty):
+        """Show question on tty and keep the terminal for its answer, read within the block.
+
+        Only the user can end a question, so whoever waits for one waits for the user, never for
+        another command: a command asks from its main thread holding no other lock, and the
+        terminal lock (taken inside this one, never the other way round) is held only for writes.
+        """
+        marker = os.path.join(cls.directory(), "question")
+        with _FileLock(os.path.join(cls.directory(), "question.lock")):
+            with cls.lock():
+                with open(marker, "w") as f:
+                    f.write(f"{os.getpid()}\n{question}")
+                tty.write("\r\x1b[K" + question)
+                tty.flush()
+            try:
+                yield
+            finally:
+                try:
+                    os.unlink(marker)
+                except OSError:
+                    pass
 
     @classmethod
-    def prompt_pending(cls):
+    def open_question(cls):
+        """(pid, text) of the question a live command of the pipeline waits to have answered,
+        or None."""
         try:
-            with open(cls.prompt_marker()) as f:
-                os.kill(int(f.read()), 0)
-            return True
+            with open(os.path.join(cls.directory(), "question")) as f:
+                pid, text = f.read().split("\n", 1)
+            os.kill(int(pid), 0)
+            return int(pid), text
         except (OSError, ValueError):
-            return False
+            return None
+
+    @classmethod
+    def end_line(cls):
+        """Erase the shared progress line (this command dies without a closing message, of
+        SIGPIPE), so that the shell's prompt does not follow it; another command's open question
+        stays. Called from a signal handler, which may interrupt this very process while it
+        holds the terminal lock: after waiting a moment it writes without the lock."""
+        if cls._dir is None or not os.isatty(2):
+            return   # this command never wrote to the shared line
+        try:
+            with cls.lock(patience=0.5):
+                question = cls.open_question()
+                if question is None or question[0] == os.getpid():
+                    os.write(2, b"\r\x1b[K")
+        except OSError:
+            pass  # the shared directory or the terminal is gone: nothing left to tidy
 
     @classmethod
     def statuses(cls):
@@ -299,13 +336,27 @@ class _TerminalLine:
 
 
 class _FileLock:
-    def __init__(self, path):
+    """An exclusive flock on path, shared by the processes of a pipeline. With patience (seconds)
+    the block runs after that long even when the lock is still taken."""
+
+    def __init__(self, path, patience=None):
         self.path = path
+        self.patience = patience
 
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
+        if self.patience is None:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+            return self
+        deadline = time.monotonic() + self.patience
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return self
+                time.sleep(0.01)
 
     def __exit__(self, *exc):
         os.close(self.fd)
@@ -319,14 +370,20 @@ class Messages:
         self.quiet = quiet
         self.interactive = os.isatty(2)
         self.show_progress = (not quiet) and (self.interactive if progress is None else progress)
+        # What each line on stderr starts with: on a terminal (and on one this command cannot
+        # see, _remote_terminal), back to column 0 over an erased line, so that a message never
+        # lands in the middle of a progress line.
+        self.line_start = b"\r\x1b[K" if self.interactive or _remote_terminal() else b""
 
     def _emit(self, line):
-        data = (line + "\n").encode("utf-8", "replace")
+        data = self.line_start + (line + "\n").encode("utf-8", "replace")
         try:
             if self.interactive:
                 with _TerminalLine.lock():
-                    # Erase any progress line first; the drawing process repaints it on its next tick.
-                    os.write(2, b"\r\x1b[K" + data)
+                    # The drawing process repaints the progress line on its next tick; a question
+                    # waiting for its answer is shown again at once, below the message.
+                    question = _TerminalLine.open_question()
+                    os.write(2, data + (question[1].encode("utf-8", "replace") if question else b""))
                 return
         except OSError:
             pass  # no shared lock to be had: the message matters more than tidiness
@@ -421,12 +478,12 @@ class Progress(NoProgress):
 
     def _draw(self):
         if not self.messages.interactive:
-            os.write(2, (self.status() + "\n").encode())
+            os.write(2, self.messages.line_start + (self.status() + "\n").encode())
             return
         _TerminalLine.publish(self.status())
         with _TerminalLine.lock():
             statuses = _TerminalLine.statuses()
-            if statuses and statuses[0][0] == os.getpid() and not _TerminalLine.prompt_pending():
+            if statuses and statuses[0][0] == os.getpid() and _TerminalLine.open_question() is None:
                 width = _terminal_width()
                 line = " | ".join(text for _, text in statuses)
                 if len(line) >= width:
@@ -446,9 +503,39 @@ class Progress(NoProgress):
 
 def _terminal_width():
     try:
-        return os.get_terminal_size(2).columns
+        # A terminal whose size was never set (a fresh pty, a serial line) says 0 columns.
+        return os.get_terminal_size(2).columns or 80
     except OSError:
         return 80
+
+
+def _remote_terminal():
+    """True for a command that sshd runs without a terminal (`... | ssh host split-span -P`) with
+    stderr a pipe or socket: the ssh client copies that stderr to the local terminal, where the
+    local commands of the pipeline draw their progress line out of this command's sight."""
+    if "SSH_CONNECTION" not in os.environ:
+        return False
+    try:
+        mode = os.fstat(2).st_mode
+    except OSError:
+        return False
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return False   # a file (2> log) keeps plain lines
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+    except OSError:
+        return True    # no controlling terminal: run by sshd for `ssh host COMMAND`, not by a user logged in
+    return False
+
+
+def _die_of_sigpipe(signum, frame):
+    """A closed downstream pipe (`| head`) ends us quietly with the status a shell expects (141),
+    as it ends cat or dd, but first erases the progress line, which no closing message will end.
+    A handler, not SIG_IGN: EPIPE never reaches code that would report it, and programs we start
+    (xorriso, sh for --exec) get the default action back when they exec."""
+    _TerminalLine.end_line()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,8 +584,7 @@ class Command:
         return parser
 
     def main(self, argv=None):
-        # A closed downstream pipe (`| head`) ends us quietly, as it ends cat or dd.
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, _die_of_sigpipe)
         argv = self.preprocess_argv(list(sys.argv[1:] if argv is None else argv))
         args = self.make_parser().parse_args(argv)
         self.messages = Messages(self.name, quiet=args.quiet, progress=args.progress)

@@ -11,8 +11,7 @@ import sys
 import time
 
 from . import __version__
-from .errors import Error
-from .streams import write_file_atomically
+from .streams import NamedOutput
 
 # Statuses as GNU ddrescue defines them.
 NON_TRIED = "?"    # not read yet
@@ -39,6 +38,7 @@ class Map:
         self.position = 0
         self._starts = [0]
         self._statuses = [NON_TRIED]
+        self._in_place_output = None   # see save()
 
     def set(self, start, end, status):
         """Give [start, end) the status (clipped to the source)."""
@@ -101,10 +101,18 @@ class Map:
         return "\n".join(lines) + "\n"
 
     def save(self, finished=False):
-        """Replace the mapfile with the current map (written beside it, then renamed)."""
+        """Replace the mapfile with the current map (written beside it, then renamed). A map
+        named as a device, FIFO or terminal is opened at the first save and written once, when
+        the read has finished: a FIFO's reader or a terminal takes one map, not one per save."""
         if self.path is None:
             return
+        output = self._in_place_output or NamedOutput(self.path, binary=False, what="the map")
+        if output.in_place and not finished:
+            self._in_place_output = output
+            return
+        self._in_place_output = None
         try:
-            write_file_atomically(self.path, self.text(finished))
-        except OSError as exc:
-            raise Error(f"cannot write the map {self.path}: {exc.strerror}") from None
+            output.write(self.text(finished).encode("utf-8", "surrogateescape"))
+            output.commit()
+        finally:
+            output.abandon()

@@ -1,11 +1,15 @@
 """Writing a raw stream to a block device or a file, safely and durably.
 
-Before a byte is written, a block device target is refused when it (or a partition on it) is
-mounted or used as swap, or when it holds the running system, and it is opened exclusively so the
-kernel refuses it while anything else claims it. File targets get holes for all-zero blocks.
-Success is reported only after the data reached stable storage.
+Before a byte is written, a block device target is refused when it (or a partition on it, or a
+loop device it backs) is mounted or used as swap, or when it holds the running system, and it is
+opened exclusively so the kernel refuses it while anything else claims it; a file is refused when
+a loop device it backs is in use, and any target when it is the stream's own input. Nothing on
+the target changes before the stream's first byte arrives. File targets get holes for all-zero
+blocks. Success is reported only after the whole stream, confirmed complete by the command that
+fed it, reached stable storage; a copy cut short says what the target holds.
 """
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -15,9 +19,10 @@ import struct
 
 import xxhash
 
-from . import blockdev
+from . import blockdev, pipeline
 from .errors import Error, UsageError
-from .streams import BLOCK_SIZE, ZEROS, Writeback, fsync_directory, is_zero, read_full, write_all
+from .streams import (BLOCK_SIZE, ZEROS, Writeback, fsync_directory, is_zero, read_full,
+                      refuse_binary_terminal, write_all)
 
 BLKZEROOUT = 0x127F
 
@@ -26,15 +31,32 @@ BLKZEROOUT = 0x127F
 VERIFY_SEGMENT = 64 << 20
 
 
+class Interrupted(Error):
+    """Ctrl-C during the copy: reported with what the target holds, with the shell's status."""
+
+    status = 130
+
+
 class Target:
     """A write-disk target: open it with open_target(), then write_stream()."""
 
-    def __init__(self, path, fd, kind, capacity):
+    def __init__(self, path, fd, kind, capacity, st=None, created=False):
         self.path = path
         self.fd = fd
         self.kind = kind            # "block device", "file" or "stream"
         self.capacity = capacity    # bytes a block device holds; None otherwise
         self.zero_out_works = kind == "block device"
+        self.created = created      # a file made for this write (removed if no byte comes)
+        # Every block device that shows the target's data (partitions, stacked and loop devices).
+        if kind == "block device":
+            self.views = set(blockdev.data_views(st.st_rdev)) | {blockdev.whole_disk(st.st_rdev)}
+        elif kind == "file" and st is not None:
+            self.views = set(blockdev.data_views(file_stat=st, name=path))
+        else:
+            self.views = set()
+        self.identity = None if st is None else (st.st_dev, st.st_ino)
+        self.written = 0            # bytes of the stream on the target so far
+        self.pending_zeros = 0      # all-zero bytes just before `written`, skipped but not yet zeroed
 
     def close(self):
         os.close(self.fd)
@@ -46,58 +68,137 @@ class Target:
         head = os.pread(self.fd, min(blockdev.SIGNATURE_BYTES, self.capacity), 0)
         return blockdev.describe_contents(head)
 
+    def holds(self, st):
+        """True when st (of a file or device) is the target, or overlaps it: writing the target
+        changes what reading st gives."""
+        if stat.S_ISBLK(st.st_mode):
+            return st.st_rdev in self.views
+        return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == self.identity
+
+    def refuse_own_input(self, src_fd):
+        """Refuse a target that is the stream's own input: standard input, or a file or device
+        that another command of this pipeline (its process group) has open."""
+        if self.holds(os.fstat(src_fd)):
+            raise Error(f"refusing to write to {self.path}: it is this pipeline's input (write-disk's "
+                        "standard input), which the write would destroy; write to another file or device")
+        for pid, command in _pipeline_members():
+            if any(self.holds(st) for st in _open_files(pid)):
+                raise Error(f"refusing to write to {self.path}: {command} (pid {pid}), earlier in this "
+                            "pipeline, has it open: the write would destroy the stream's own input; "
+                            "write to another file or device")
+
     def write_stream(self, src_fd, progress=None, verify=False):
         """Copy src_fd to the target, flush it to stable storage; return the bytes written.
-        With verify, read the target back afterwards and compare."""
+        With verify, read the target back afterwards and compare.
+
+        Nothing on the target changes before the first byte of the stream arrives. When the copy
+        fails (the stream was cut short, a read or write error, a target too small), the error
+        says what the target holds now: a partial image, up to which byte."""
+        try:
+            segment_hashes = self._copy(src_fd, progress, verify)
+        except Error as exc:
+            raise self._partial(exc) from None
+        except KeyboardInterrupt:
+            raise self._partial(Interrupted("interrupted")) from None
+        if verify:
+            self._verify(self.written, segment_hashes, progress)
+        return self.written
+
+    def _copy(self, src_fd, progress, verify):
         buf = bytearray(BLOCK_SIZE)
         view = memoryview(buf)
         segment_hashes = []
         hasher = xxhash.xxh3_128() if verify else None
-        pos = 0
-        zero_run = 0    # all-zero bytes just before pos, skipped over but not yet zeroed
         writeback = Writeback(self.fd)
         while True:
-            got = read_full(src_fd, view)
+            try:
+                got = read_full(src_fd, view)
+            except OSError as exc:
+                raise Error(f"reading standard input failed: {exc.strerror}") from None
             if got == 0:
                 break
+            pos = self.written
+            if pos == 0:
+                self._first_byte_arrived(src_fd)
             if self.capacity is not None and pos + got > self.capacity:
-                self._zero(pos - zero_run, zero_run)
-                self._flush()
                 raise Error(f"target too small: {self.path} holds {self.capacity} bytes but the "
-                            f"stream is longer (at least {pos + got} bytes); its first "
-                            f"{pos} bytes were written, nothing past its end")
+                            f"stream is longer (at least {pos + got} bytes); nothing was written "
+                            "past its end")
             if self.kind != "stream" and is_zero(buf, 0, got):
                 os.lseek(self.fd, got, os.SEEK_CUR)
-                zero_run += got
+                self.pending_zeros += got
             else:
-                self._zero(pos - zero_run, zero_run)
-                zero_run = 0
+                self._zero_pending()
                 self._write(view[:got], pos)
             if hasher:
                 hasher.update(view[:got])
                 if (pos + got) % VERIFY_SEGMENT == 0:
                     segment_hashes.append(hasher.digest())
                     hasher = xxhash.xxh3_128()
-            pos += got
-            writeback.wrote_up_to(pos)
+            self.written = pos + got
+            writeback.wrote_up_to(self.written)
             if progress:
                 progress.advance(got)
             if got < len(view):
                 break
-        self._zero(pos - zero_run, zero_run)
-        if hasher and pos % VERIFY_SEGMENT:
+        # The stream ended: it is complete only if the command that fed it says so.
+        pipeline.confirm_input_end()
+        if hasher and self.written % VERIFY_SEGMENT:
             segment_hashes.append(hasher.digest())
-        if self.kind == "file":
-            os.ftruncate(self.fd, pos)  # a trailing run of zeros is a hole up to the true length
-        self._flush()
-        if verify:
-            self._verify(pos, segment_hashes, progress)
-        return pos
+        self._settle()
+        return segment_hashes
 
-    def _zero(self, start, length):
-        """Make [start, start + length) read as zeros. A file target was emptied when opened, so
-        its skipped runs already are holes; a block device is asked to zero the range itself
-        (BLKZEROOUT: a loop device punches a hole, an SSD may unmap), else gets zeros written."""
+    def _first_byte_arrived(self, src_fd):
+        """The last moment to refuse, and the first to change the target: every command of the
+        pipeline that reads the target has opened it by now."""
+        self.refuse_own_input(src_fd)
+        if self.kind == "file":
+            os.ftruncate(self.fd, 0)  # skipped zero runs are holes from here on
+
+    def _settle(self):
+        """Make the first `written` bytes of the stream what the target holds, durably: a pending
+        zero run is zeroed, a file cut to that length (a trailing run of zeros is a hole up to
+        it)."""
+        self._zero_pending()
+        if self.kind == "file":
+            os.ftruncate(self.fd, self.written)
+        self._flush()
+
+    def _partial(self, exc):
+        """exc, with a sentence on what the target holds after the copy stopped."""
+        if self.written == 0:
+            if self.created:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+                state = f"nothing was written and {self.path} was not created"
+            else:
+                state = f"nothing was written; {self.path} is unchanged"
+        else:
+            try:
+                self._settle()
+                durable = ""
+            except Error as flush_error:
+                durable = f" ({flush_error})"
+            last = self.written - 1
+            if self.kind == "block device":
+                state = (f"{self.path} holds a partial image: bytes 0-{last} were written from the "
+                         f"stream{durable}, the rest of the disk is unchanged")
+            elif self.kind == "file":
+                state = (f"{self.path} holds a partial image: its first {self.written} bytes were "
+                         f"written from the stream{durable}, and it ends there")
+            else:
+                state = f"{self.written} bytes of the stream were passed to {self.path}{durable}"
+        partial = Error(f"{exc}; {state}")
+        partial.status = exc.status
+        return partial
+
+    def _zero_pending(self):
+        """Make the run of zeros skipped just before `written` read as zeros. A file target was
+        emptied at the first byte, so its skipped runs already are holes; a block device is asked
+        to zero the range itself (BLKZEROOUT: a loop device punches a hole, an SSD may unmap),
+        else gets zeros written."""
+        start, length = self.written - self.pending_zeros, self.pending_zeros
+        self.pending_zeros = 0
         if not length or self.kind == "file":
             return
         if self.zero_out_works:
@@ -171,7 +272,8 @@ def _open_uncached(path):
 
 
 def open_target(path):
-    """Open a write-disk target after the safety checks; raise Error naming why it is refused."""
+    """Open a write-disk target after the safety checks; raise Error naming why it is refused.
+    An existing file is opened as it is: it is emptied only when the first byte arrives."""
     if path == "-":
         raise UsageError("write-disk writes to a block device or a file, not to standard output; "
                          "to pass the stream on, leave write-disk out of the pipeline")
@@ -180,25 +282,42 @@ def open_target(path):
     except FileNotFoundError:
         st = None
     if st is not None and stat.S_ISBLK(st.st_mode):
-        return _open_block_device(path, st.st_rdev)
+        return _open_block_device(path, st)
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise Error(f"{path} is a directory; give a block device or a file to write the image to")
     if st is None or stat.S_ISREG(st.st_mode):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
-        except OSError as exc:
-            raise Error(f"cannot create {path}: {exc.strerror}") from None
-        return Target(path, fd, "file", None)
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        return _open_file(path, st)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Error(f"cannot open {path} for writing: {exc.strerror}") from None
+    try:
+        refuse_binary_terminal(fd, "give a block device or a file to write the image to", name=path)
+    except UsageError:
+        os.close(fd)
+        raise
     return Target(path, fd, "stream", None)
 
 
-def _open_block_device(path, rdev):
-    disk = blockdev.whole_disk(rdev)
+def _open_file(path, st):
+    if st is not None:
+        uses = blockdev.uses_of(file_stat=st, name=path)
+        if uses:
+            raise Error(f"refusing to write to {path}: {uses[0]}; unmount it first")
+    flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if st is None else 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        raise Error(f"cannot {'create' if st is None else 'open'} {path}: {exc.strerror}") from None
+    return Target(path, fd, "file", None, st or os.fstat(fd), created=st is None)
+
+
+def _open_block_device(path, st):
+    disk = blockdev.whole_disk(st.st_rdev)
     if disk in blockdev.system_disks():
         raise Error(f"refusing to write to {path}: it is (or is on) /dev/{blockdev.device_name(disk)}, "
                     "the disk the running system lives on")
-    uses = blockdev.uses_of(rdev)
+    uses = blockdev.uses_of(st.st_rdev)
     if uses:
         raise Error(f"refusing to write to {path}: {uses[0]}; unmount it first")
     try:
@@ -209,4 +328,35 @@ def _open_block_device(path, rdev):
             raise Error(f"refusing to write to {path}: it is in use (mounted, part of RAID/LVM/LUKS, "
                         "or held by another program)") from None
         raise Error(f"cannot open {path} for writing: {exc.strerror}") from None
-    return Target(path, fd, "block device", blockdev.device_size(fd))
+    return Target(path, fd, "block device", blockdev.device_size(fd), st)
+
+
+def _pipeline_members():
+    """(pid, command name) of the other processes of this process group: the commands of this
+    pipeline when a shell with job control runs it."""
+    group, me = os.getpgrp(), os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+                line = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+        command, rest = line[line.index("(") + 1:line.rindex(")")], line[line.rindex(")") + 2:].split()
+        if int(rest[2]) == group:
+            yield int(entry), command
+
+
+def _open_files(pid):
+    """os.stat_result of what each descriptor of the process leads to (as far as /proc shows)."""
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return
+    for fd in descriptors:
+        try:
+            yield os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue

@@ -4,7 +4,7 @@ import os
 
 from .. import cli, digests
 from ..errors import EXIT_FAILURE, Error, UsageError
-from ..streams import write_file_atomically
+from ..streams import write_all
 
 
 class Checksum(cli.Command):
@@ -73,6 +73,8 @@ class Checksum(cli.Command):
                 raise UsageError(f"{args.check} holds an {expected[0]} digest, not {args.algorithm}")
             algorithm = expected[0]
         src = cli.open_input("-")
+        # Opened before the stream passes: an unwritable SUMFILE fails before the data is read.
+        sum_file = cli.open_output(args.output, binary=False) if args.output else None
         # At a terminal there is nowhere to pass the data: print the digest, as xxh128sum does.
         passthrough = not os.isatty(1)
         name = args.name or digests.STDIN_NAME
@@ -82,7 +84,8 @@ class Checksum(cli.Command):
         progress.finish()
         line = digests.format_line(algorithm, hexdigest, name)
         if args.output:
-            write_file_atomically(args.output, line)
+            write_all(sum_file, line.encode("utf-8", "surrogateescape"))
+            cli.finish_output(sum_file)
         if not passthrough:
             os.write(1, line.encode("utf-8", "surrogateescape"))
         elif not args.output and not args.check:

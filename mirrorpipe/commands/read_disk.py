@@ -6,7 +6,7 @@ import json
 from .. import badsectors, blockdev, cli, mapfile
 from ..errors import UsageError
 from ..source import Source
-from ..streams import write_file_atomically
+from ..streams import write_named_output
 
 # The image is complete, but unreadable sectors in it hold the fill pattern instead of data.
 EXIT_UNREADABLE = 3
@@ -76,7 +76,8 @@ class ReadDisk(cli.Command):
                                    "while it is read may be inconsistent in the image; unmount it or "
                                    "remount it read-only for a clean image")
             if args.info:
-                write_file_atomically(args.info, json.dumps(source.info(cli.host_name()), indent=2) + "\n")
+                write_named_output(args.info, (json.dumps(source.info(cli.host_name()), indent=2)
+                                               + "\n").encode(), what="the info file")
             progress = self.messages.progress(total=source.length)
             # A stream (pipe, character device) has no sectors to go back to: read it plainly.
             reader = None if source.size is None else bad_sector_reader(source, args, fill, progress)

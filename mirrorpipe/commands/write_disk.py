@@ -33,6 +33,7 @@ class WriteDisk(cli.Command):
         src = cli.open_input("-")
         target = open_target(args.target)
         try:
+            target.refuse_own_input(src)
             self.confirm_overwrite(target, args.force)
             progress = self.messages.progress(total=cli.input_size(src))
             written = target.write_stream(src, progress, verify=args.verify)

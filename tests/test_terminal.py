@@ -1,0 +1,266 @@
+"""One terminal for a whole pipeline, as a user sees it on a pseudo-terminal: the questions of its
+commands asked one at a time and answered by the command that asked, no progress drawn over an
+open question, messages above it, remote messages over SSH on lines of their own, and the line
+ended when the pipeline dies of SIGPIPE."""
+
+import fcntl
+import os
+import re
+import select
+import shutil
+import struct
+import subprocess
+import termios
+import time
+
+import pytest
+
+from conftest import BIN, need_root, sh
+from test_reassemble import insert
+from test_ssh import remote, ssh  # noqa: F401 - ssh is the private sshd fixture
+
+WIDTH = 200
+WRITE_DISK_QUESTION = re.compile(r"write-disk: \S+ \([0-9.]+ \w+\) holds .*; everything on it will be "
+                                 r"overwritten\. Type 'yes' to continue:")
+DISC_QUESTION = re.compile(r"insert disc (\d+)(?: \(of \d+\))? of set 'image' and press Enter "
+                           r"\(q to give up\):")
+QUESTION_ENDS = (b"Type 'yes' to continue: ", b"q to give up): ")
+
+
+class Screen:
+    """What a terminal WIDTH columns wide shows after `output`: text, carriage return, new line,
+    erase to the end of the line (ESC [ K); other escape sequences change nothing here."""
+
+    def __init__(self, output, width=WIDTH):
+        self.rows = [[]]
+        self.row = 0
+        col = 0
+        for token in re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|.", output.decode("utf-8", "replace"), re.S):
+            if token == "\x1b[K":
+                del self.rows[self.row][col:]
+            elif token.startswith("\x1b"):
+                continue
+            elif token == "\r":
+                col = 0
+            elif token == "\n":
+                self._down()
+            else:
+                if col >= width:
+                    self._down()
+                    col = 0
+                line = self.rows[self.row]
+                line.extend(" " * (col + 1 - len(line)))
+                line[col] = token
+                col += 1
+        self.rows = ["".join(row).rstrip() for row in self.rows]
+
+    def _down(self):
+        self.row += 1
+        if self.row == len(self.rows):
+            self.rows.append([])
+
+    @property
+    def current(self):
+        """The row the cursor is on."""
+        return self.rows[self.row]
+
+
+def widen(term):
+    """Give the pseudo-terminal WIDTH columns (a fresh one has none), so that lines do not wrap."""
+    fcntl.ioctl(term.master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, WIDTH, 0, 0))
+    return term
+
+
+def read_for(term, seconds):
+    """Collect what the terminal shows for `seconds`; False once the pipeline has ended."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        if select.select([term.master], [], [], remaining)[0]:
+            try:
+                chunk = os.read(term.master, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return False
+            term.output += chunk
+    return True
+
+
+def next_question(term, timeout=60):
+    """Wait until the terminal shows a question waiting for its answer and return it (the row
+    under the cursor), or None when the pipeline ends without one."""
+    deadline = time.monotonic() + timeout
+    while not term.output.endswith(QUESTION_ENDS):
+        assert time.monotonic() < deadline, f"no question; the terminal shows {term.output!r}"
+        if not read_for(term, 0.05):
+            return None
+    return Screen(term.output).current
+
+
+def reply(term, line):
+    """Type line and Enter, and wait for the terminal to echo them."""
+    seen = len(term.output)
+    term.send(line)
+    while b"\r\n" not in term.output[seen:]:
+        assert read_for(term, 0.05), f"the pipeline ended before echoing {line!r}: {term.output!r}"
+
+
+def answer_as_a_user(term, drive, discs, hold=1.5):
+    """Run a disc-by-disc restore (`reassemble DRIVE | compress -d | write-disk DEVICE`) as a user
+    at the terminal: 'yes' to write-disk, the next disc into the drive for reassemble. Each
+    question must be shown whole on the cursor's row and stay the only thing there, with no
+    progress drawn, for `hold` seconds before it is answered. The questions asked, in order."""
+    asked = []
+    inserted = 1
+    while (question := next_question(term)) is not None:
+        seen = len(term.output)
+        read_for(term, hold)
+        later = term.output[seen:]
+        assert Screen(term.output).current == question, \
+            f"{question!r} was not left alone for {hold} s: then came {later!r}"
+        assert b"B/s" not in later, f"progress drawn while {question!r} was open: {later!r}"
+        if WRITE_DISK_QUESTION.fullmatch(question):
+            assert not any(WRITE_DISK_QUESTION.fullmatch(q) for q in asked), "asked twice to confirm"
+            reply(term, "yes")
+        else:
+            number = int(DISC_QUESTION.fullmatch(question).group(1))
+            assert number == inserted + 1, question
+            insert(drive, discs[number - 1])
+            inserted = number
+            reply(term, "")
+        asked.append(question)
+    return asked
+
+
+def make_discs(tmp_path, stream, volume_size="512K"):
+    """The discs of a compressed set of `stream` (one directory each, as burn-iso lays them
+    out) and an empty drive directory standing for the mounted disc."""
+    source = tmp_path / "source.img"
+    source.write_bytes(stream)
+    sh(f"read-disk -q {source} | compress -q | split-span -q --size {volume_size} --chunk-size 256K "
+       f"{tmp_path}/set", check=True)
+    discs = []
+    for name in sorted(os.listdir(tmp_path / "set")):
+        if name.endswith(".manifest"):
+            disc = tmp_path / f"disc{len(discs) + 1}"
+            disc.mkdir()
+            for path in (name, name[:-len(".manifest")]):
+                shutil.copy(tmp_path / "set" / path, disc)
+            discs.append(disc)
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    return discs, drive
+
+
+def device_holding_a_file_system(tmp_path, loop_device, size="16M"):
+    image = tmp_path / "target.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image), size], check=True)
+    return loop_device(image)
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions
+
+@pytest.mark.parametrize("first", ["write-disk", "reassemble"])
+def test_questions_of_a_pipeline_are_asked_one_at_a_time_and_answered_by_the_command_that_asked(
+        tmp_path, terminal, loop_device, first):
+    """The README's restore with a file system on the target: write-disk's 'type yes' and
+    reassemble's 'insert disc 2' both want the terminal at once, whichever comes first."""
+    need_root()
+    stream = os.urandom(1300 << 10)    # three volumes of 512 KiB
+    discs, drive = make_discs(tmp_path, stream)
+    assert len(discs) == 3
+    device = device_holding_a_file_system(tmp_path, loop_device)
+    insert(drive, discs[0])
+    # The one asked second starts a moment later; its question is due while the first is open.
+    reassemble, write_disk = f"reassemble {drive}", f"write-disk {device}"
+    if first == "write-disk":
+        reassemble = f"(sleep 0.5; exec {reassemble})"
+    else:
+        write_disk = f"(sleep 1; exec {write_disk})"
+    term = widen(terminal(f"{reassemble} | compress -d | {write_disk}"))
+    asked = answer_as_a_user(term, drive, discs, hold=2)
+    assert term.wait() == 0, term.output.decode(errors="replace")
+    if first == "write-disk":
+        assert WRITE_DISK_QUESTION.fullmatch(asked[0]) and DISC_QUESTION.fullmatch(asked[1]), asked
+    else:
+        assert DISC_QUESTION.fullmatch(asked[0]), asked
+        assert any(WRITE_DISK_QUESTION.fullmatch(q) for q in asked[1:]), asked
+    assert len(asked) == 3
+    with open(device, "rb") as f:
+        assert f.read(len(stream)) == stream
+
+
+def test_a_message_while_a_question_is_open_is_written_above_it(tmp_path, terminal, loop_device):
+    """compress -d fails while write-disk waits for 'yes': the error gets a line of its own
+    and the question is shown again, whole, under it."""
+    need_root()
+    device = device_holding_a_file_system(tmp_path, loop_device)
+    term = widen(terminal(f"(sleep 1; echo not a stream) | compress -d | write-disk {device}"))
+    question = next_question(term)
+    assert WRITE_DISK_QUESTION.fullmatch(question), question
+    deadline = time.monotonic() + 30
+    while b"compress: error: " not in term.output:
+        assert time.monotonic() < deadline, term.output
+        read_for(term, 0.1)
+    read_for(term, 0.5)
+    screen = Screen(term.output)
+    assert screen.current == question, screen.rows
+    assert [row for row in screen.rows if row.startswith("compress: error: ")], screen.rows
+    term.send("no")
+    term.wait()
+    assert "not confirmed; nothing was written" in term.output.decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Lines ended
+
+@pytest.mark.parametrize("pipeline", ["read-disk -P {big}", "read-disk -P {big} | checksum -P"])
+def test_a_pipeline_killed_by_sigpipe_leaves_the_line_ended(tmp_path, terminal, pipeline):
+    """`... | head` on a terminal: quiet, status 141, and the shell's next line starts at column
+    0 instead of after the progress line."""
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(4 << 30)   # sparse: read-disk reads no hole
+    # head starts reading late, so that the progress line is drawn before the pipe closes.
+    term = widen(terminal(pipeline.format(big=big) + " | { sleep 1.5; head -c 1M > /dev/null; }; "
+                          "echo \"statuses ${PIPESTATUS[*]}\" >&2"))
+    term.wait()
+    text = term.output.decode(errors="replace")
+    assert re.search(r"read-disk \S+ \S+/4\.0 GiB", text), text   # the progress line was drawn
+    rows = [row for row in Screen(term.output).rows if "statuses" in row]
+    assert rows and re.fullmatch(r"statuses (141 )+0", rows[0]), rows
+    assert "error" not in text and "Broken pipe" not in text, text
+
+
+def test_programs_started_by_a_command_get_the_default_sigpipe_action(tmp_path):
+    """xorriso, sh for --exec: `cmd | head` must end them as it ends any program."""
+    status = tmp_path / "status"
+    sh(f"head -c 1M /dev/zero | split-span -q --size 1M --exec 'cat /proc/$$/status > {status}' "
+       f"{tmp_path}/set", check=True)
+    fields = dict(line.split(":\t") for line in status.read_text().splitlines())
+    assert not int(fields["SigIgn"], 16) & (1 << (13 - 1)), fields["SigIgn"]   # 13 is SIGPIPE
+
+
+# ---------------------------------------------------------------------------------------------
+# Over SSH
+
+def test_remote_messages_start_a_line_of_their_own(tmp_path, terminal, ssh):  # noqa: F811
+    """`read-disk -P | compress -P | ssh host split-span -P ...`: the remote command cannot see the
+    local progress line, yet its error starts at column 0 on an erased line, not after the
+    progress text."""
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.write(os.urandom(8 << 20))
+    remote_dir = tmp_path / "remote"
+    # The first volume's --exec fails a while after the local line is drawn.
+    split = remote(ssh, f"{BIN}/split-span -P --size 1M --chunk-size 256K "
+                        f"--exec \"sleep 1.5; exit 3\" {remote_dir}")
+    term = widen(terminal(f"read-disk -P {big} | compress -P -T1 -19 | {split}"))
+    term.wait(timeout=120)
+    rows = Screen(term.output).rows
+    remote_rows = [row for row in rows if "split-span" in row]
+    assert [row for row in remote_rows if row.startswith("split-span: error: ")], rows
+    for row in remote_rows:
+        assert row.startswith("split-span"), rows
+    assert re.search(rb"\r(read-disk|compress) [0-9]", term.output), term.output   # the local line was drawn
