@@ -92,11 +92,11 @@ class VolumeCopies(io.RawIOBase):
         self.opened = [file is not None for file in self.files]
         return self
 
-    def read_chunk(self, number, view, hashes=()):
+    def read_chunk(self, number, view, hashes=None):
         """Fill view (as long as chunk `number`) from the first copy whose chunk is intact, and
         feed it to `hashes` (a list of hashes, replaced in place by their updated copies); False
         when no copy holds the chunk intact (view then holds damaged bytes, hashes are unchanged)."""
-        start = number * self.manifest.chunk_size
+        hashes = [] if hashes is None else hashes
         digest = self.manifest.chunk_digest(number)
         found = None
         for position, file in enumerate(self.files):

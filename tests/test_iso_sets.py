@@ -104,3 +104,35 @@ def test_burned_as_made_then_restored_from_the_discs(tmp_path):
     assert discs == ["disc3", "disc2", "disc1"]
     restored = sh(f"reassemble {' '.join(str(burned / d) for d in discs)} | compress -d", check=True)
     assert restored.stdout == raw.read_bytes()
+
+
+def test_an_image_and_the_volume_file_make_up_for_each_other(tmp_path):
+    """Two copies of volume 2, its file and its ISO image, each damaged in another chunk: every
+    chunk comes from the copy that holds it intact."""
+    raw = os.urandom(10 * MiB)
+    out, images = tmp_path / "out", tmp_path / "images"
+    assert sh(f"split-span -q --size 4M --chunk-size 1M {out}", input=raw).returncode == 0
+    images.mkdir()
+    assert sh(f"burn-iso -q -o {images} {out}/image.002").returncode == 0
+    image = images / "image.002.iso"
+    volume = (out / "image.002").read_bytes()
+    start = image.read_bytes().index(volume[:4096])      # where the volume lies in the image
+
+    def flip(path, offset):
+        with open(path, "r+b") as f:
+            f.seek(offset)
+            byte = f.read(1)[0]
+            f.seek(offset)
+            f.write(bytes([byte ^ 0x01]))
+
+    flip(out / "image.002", 1 * MiB + 77)           # chunk 1 of the volume file
+    flip(image, start + 3 * MiB + 77)               # chunk 3 of the image's volume
+    result = sh(f"reassemble {out} {image}")
+    assert result.returncode == 0, result.stderr_text
+    assert result.stdout == raw
+    assert f"the chunk at offset {MiB} is damaged in {out}/image.002 and intact in {image}" in result.stderr_text
+    verify = sh(f"reassemble --verify {out} {image}")
+    assert verify.returncode == 3, verify.stderr_text
+    table = verify.stdout.decode()
+    assert f"the chunk at offset {3 * MiB} is damaged in {image}" in table, table
+    assert "ok-copy-bad" in table

@@ -6,6 +6,7 @@ The exhaustive loss combinations run reassemble's engine in-process (scan, gathe
 SetReader: what the command runs) to keep hundreds of cases fast; the other tests run the
 commands."""
 
+import dataclasses
 import itertools
 import os
 import re
@@ -159,6 +160,64 @@ def test_damaged_chunks_in_several_volumes_are_repaired(tmp_path):
         assert name in error
     # Only what was verified or rebuilt reached the output, and it stopped before chunk 1 of volume 1.
     assert result.stdout == stream[:CHUNK]
+
+
+def rewrite_manifests(paths, change):
+    """Alter manifests consistently (change(manifest) edits one in place), keeping them well-formed."""
+    for path in paths:
+        manifest = manifests.read(str(path))
+        change(manifest)
+        path.write_bytes(manifest.to_json())
+
+
+def test_volume_and_stream_hashes_are_checked_with_parity_too(tmp_path):
+    stream = make_set(tmp_path / "out", 4, 1)
+    out = tmp_path / "out"
+    parity = out / "image.parity-001-1.manifest"
+
+    def volume_2_hash(manifest):
+        if isinstance(manifest, manifests.ParityManifest):
+            manifest.data_volumes = [dataclasses.replace(entry, volume_digest=bytes(16)) if entry.index == 2
+                                     else entry for entry in manifest.data_volumes]
+        else:
+            manifest.volume_digest = bytes(16)
+
+    # Every chunk hash still matches: only the volume hash, which the parity manifest repeats, can tell.
+    rewrite_manifests([out / "image.002.manifest", parity], volume_2_hash)
+    result = command("reassemble", out)
+    assert_one_line_error(result, "reassemble", f"volume 2 ({out}/image.002) does not match its manifest's "
+                                                "volume hash although every chunk does")
+    assert result.returncode == 1 and result.stdout == stream[:2 * VOLUME]
+
+    make_set(tmp_path / "again", 4, 1)
+    again = tmp_path / "again"
+
+    def stream_hash(manifest):
+        manifest.stream_digest = bytes(16)
+
+    rewrite_manifests([again / "image.004.manifest", again / "image.parity-001-1.manifest"], stream_hash)
+    result = command("reassemble", again)
+    assert_one_line_error(result, "reassemble", "does not match the stream hash")
+    assert result.returncode == 1
+
+
+def test_copies_make_up_for_damage_beyond_the_parity(tmp_path):
+    stream = make_set(tmp_path / "out", 3, 1)
+    out, copy = tmp_path / "out", tmp_path / "copy"
+    shutil.copytree(out, copy)
+    # At chunk 0, volumes 1 and 2 of out/ are damaged: more than one parity volume can rebuild.
+    # copy/ holds volume 1's chunk 0 intact (its own damage is at chunk 2), and its volume 2 is
+    # damaged at chunk 0 too: parity rebuilds that one from the rest.
+    flip(out / "image.001", 5)
+    flip(out / "image.002", 9)
+    flip(copy / "image.001", 2 * CHUNK + 5)
+    flip(copy / "image.002", 7)
+    assert command("reassemble", out).returncode == 1
+    result = command("reassemble", out, copy, check_status=0)
+    assert result.stdout == stream
+    text = result.stderr.decode()
+    assert f"volume 1: the chunk at offset 0 is damaged in {out}/image.001 and intact in {copy}/image.001" in text
+    assert re.search(r"image\.002\): 1 damaged chunk \(at offset 0\) rebuilt from parity", text), text
 
 
 def test_verify_reports_how_much_more_each_group_can_lose(tmp_path):
