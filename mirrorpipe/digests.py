@@ -50,34 +50,39 @@ def hash_stream(src_fd, algorithm, copy_to=None, progress=None):
     return hasher.hexdigest()
 
 
-def _escape(name):
-    # Like the stock tools: a line whose name has a newline or backslash starts with a backslash.
-    if "\\" in name or "\n" in name:
-        return True, name.replace("\\", "\\\\").replace("\n", "\\n")
-    return False, name
-
-
 def _unescape(name):
+    """The name of a line that starts with a backslash: xxhsum 0.8.2 and later, like coreutils,
+    escape a name holding a backslash or newline that way."""
     return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), name)
 
 
+def check_name(name):
+    """Error unless NAME can stand in a sum file line that every xxhsum reads back. Names are
+    written as they are: xxh128sum 0.8.1 reads no escapes (it refuses a line with the backslash
+    prefix of later versions), and takes everything after the two spaces up to the newline as the
+    name, spaces, tabs, backslashes and carriage returns included; so only a newline cannot be."""
+    if "\n" in name:
+        raise Error(f"the name {name!r} holds a newline, which no line of a sum file can hold "
+                    "(xxh128sum 0.8.1 reads one name a line, without escapes)")
+
+
 def format_line(algorithm, hexdigest, name):
-    escaped, name = _escape(name)
-    prefix = "\\" if escaped else ""
+    check_name(name)
     if algorithm == "xxh3":
-        return f"{prefix}XXH3 ({name}) = {hexdigest}\n"
-    return f"{prefix}{hexdigest}  {name}\n"
+        return f"XXH3 ({name}) = {hexdigest}\n"
+    return f"{hexdigest}  {name}\n"
 
 
 def parse_sum_file(path):
     """[(algorithm, hexdigest, name)] from a sum file in xxhsum's GNU or tagged (BSD) format."""
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             text = f.read(1 << 20)
     except OSError as exc:
         raise Error(f"cannot read the sum file {path}: {exc.strerror}") from None
     entries = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Lines end at newlines only: a name may hold a carriage return, form feed or U+2028.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         escaped = line.startswith("\\")

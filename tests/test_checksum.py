@@ -2,6 +2,7 @@
 which accepts theirs."""
 
 import os
+import subprocess
 
 import pytest
 
@@ -77,3 +78,60 @@ def test_without_a_sum_file_the_digest_goes_to_stderr(data_file):
     assert result.stdout.strip() == str(data_file.stat().st_size).encode()
     stock = sh(f"xxh128sum < {data_file}", check=True).stdout.decode().split()[0]
     assert f"checksum: {stock}  stdin" in result.stderr_text
+
+
+# Names xxh128sum 0.8.1 reads back from a line as they are (it knows no escapes).
+AWKWARD_NAMES = ["back\\slash", "\\leading-backslash", " leading space", "trailing space ", "two  spaces",
+                 "tab\tname", "carriage\rreturn", "form\ffeed", "line\u2028separator", "*star", "(p) = x"]
+
+
+def test_names_are_written_so_that_stock_xxh128sum_reads_them_back(data_file, tmp_path):
+    need_tools("xxh128sum")
+    for number, name in enumerate(AWKWARD_NAMES):
+        os.link(data_file, tmp_path / name)
+        sums = tmp_path / f"sums{number}"
+        sh(f"checksum -o {sums} --name '{name}' < {data_file} > /dev/null", check=True)
+        stock = subprocess.run(["xxh128sum", "-c", str(sums)], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+        assert stock.returncode == 0, (name, sums.read_bytes(), stock.stdout)
+        assert sh(f"checksum -c {sums} --name '{name}' < {data_file} > /dev/null").returncode == 0, name
+        assert sh(f"checksum -c {sums} < {data_file} > /dev/null").returncode == 0, name
+    listed = sh(f"cd {tmp_path} && checksum -- *space* *slash* > all.sums && xxh128sum -c all.sums", check=True)
+    assert listed.stdout.count(b": OK") == 5
+
+
+def test_a_name_with_a_newline_is_refused_before_the_stream_is_read(data_file, tmp_path):
+    """No line of a sum file can hold a newline for xxh128sum 0.8.1: refused (usage error), no sum
+    file written; a FILE argument with one is named and skipped, the others digested."""
+    result = sh(f"checksum -o {tmp_path}/sums --name $'two\\nlines' < {data_file} > {tmp_path}/out")
+    assert result.returncode == 2
+    assert_one_line_error(result, "checksum", "--name", "holds a newline")
+    assert not (tmp_path / "sums").exists() and (tmp_path / "out").stat().st_size == 0
+    os.link(data_file, tmp_path / "two\nlines")
+    result = sh(f"cd {tmp_path} && checksum $'two\\nlines' disk.img")
+    assert result.returncode == 1 and result.stdout.decode().endswith("  disk.img\n")
+    assert_one_line_error(result, "checksum", "not digested: the name 'two\\nlines' holds a newline")
+
+
+def test_a_directory_argument_is_named(data_file):
+    result = sh(f"checksum /tmp {data_file}")
+    assert result.returncode == 1 and str(data_file).encode() in result.stdout
+    assert_one_line_error(result, "checksum", "cannot read /tmp: Is a directory")
+
+
+def test_an_unwritable_sum_file_fails_before_the_stream_is_read(tmp_path):
+    """checksum -o must not swallow a whole disk before saying it cannot write its sum file: here
+    the input never ends, so only an early check lets checksum exit."""
+    process = subprocess.Popen(["checksum", "-o", "/nonexistent/a"], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        process.stdin.write(b"x" * 65536)
+        process.stdin.flush()
+        status = process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("checksum -o /nonexistent/a read its input instead of failing at once")
+    finally:
+        process.stdin.close()
+    message = process.stderr.read().decode()
+    assert status == 1 and message.startswith("checksum: error: cannot write /nonexistent/a"), message

@@ -45,21 +45,31 @@ class Checksum(cli.Command):
             if args.output or args.check or args.name:
                 raise UsageError("-o, -c and --name apply to a stream on standard input, not to FILE arguments")
             return self.digest_files(args.files, args.algorithm or digests.DEFAULT_ALGORITHM)
+        if args.name is not None:
+            try:
+                digests.check_name(args.name)
+            except Error as exc:
+                raise UsageError(f"--name: {exc}") from None
         return self.digest_stream(args)
 
     def digest_files(self, paths, algorithm):
         status = None
         for path in paths:
             try:
+                digests.check_name(path)
                 fd = os.open(path, os.O_RDONLY)
-            except OSError as exc:
+                try:
+                    hexdigest = digests.hash_stream(fd, algorithm)
+                finally:
+                    os.close(fd)
+            except Error as exc:
+                self.messages.error(f"not digested: {exc}")
+                status = EXIT_FAILURE
+                continue
+            except OSError as exc:   # a directory opens, then fails to read
                 self.messages.error(f"cannot read {path}: {exc.strerror}")
                 status = EXIT_FAILURE
                 continue
-            try:
-                hexdigest = digests.hash_stream(fd, algorithm)
-            finally:
-                os.close(fd)
             os.write(1, digests.format_line(algorithm, hexdigest, path).encode("utf-8", "surrogateescape"))
         return status
 
