@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 
-from . import __version__
+from . import __version__, streams
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Error, UsageError
 
 F_SETPIPE_SZ = 1031
@@ -101,15 +101,11 @@ def enlarge_pipe(fd):
 
 
 def refuse_terminal_output(fd=1):
-    if os.isatty(fd):
-        raise UsageError("refusing to write binary data to a terminal; "
-                         "redirect the output to a file or pipe it into another command")
+    streams.refuse_binary_terminal(fd, "redirect the output to a file or pipe it into another command")
 
 
 def refuse_terminal_input(fd=0):
-    if os.isatty(fd):
-        raise UsageError("refusing to read binary data from a terminal; "
-                         "give a file or pipe data into this command")
+    streams.refuse_binary_terminal(fd, "give a file or pipe data into this command", reading=True)
 
 
 def open_input(path):
@@ -118,27 +114,53 @@ def open_input(path):
         refuse_terminal_input(0)
         return 0
     try:
-        return os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise Error(f"cannot read {path}: {exc.strerror}") from None
-
-
-def open_output(path):
-    """A writable descriptor for PATH (created or truncated), or standard output for '-'
-    (refused when it is a terminal)."""
-    if path == "-":
-        refuse_terminal_output(1)
-        return 1
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Error(f"cannot read {path}: it is a directory; give a file")
     try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    except OSError as exc:
-        raise Error(f"cannot write {path}: {exc.strerror}") from None
+        streams.refuse_binary_terminal(fd, "give a file or pipe data into this command",
+                                       name=path, reading=True)
+    except UsageError:
+        os.close(fd)
+        raise
+    return fd
+
+
+# Named outputs opened by open_output and not yet finished, by descriptor: what a failed run
+# leaves of them (a .part) is removed when the command exits.
+_open_outputs = {}
+
+
+def open_output(path, binary=True):
+    """A writable descriptor for PATH, or standard output for '-'; binary data is refused for a
+    terminal. A named output is opened as streams.NamedOutput says (a regular file is written as
+    PATH.part and takes PATH's place in finish_output; a device, FIFO or /dev/stdout is written in
+    place)."""
+    if path == "-":
+        if binary:
+            refuse_terminal_output(1)
+        return 1
+    output = streams.NamedOutput(path, binary)
+    if not _open_outputs:
+        atexit.register(_abandon_outputs)
+    _open_outputs[output.fd] = output
+    return output.fd
 
 
 def finish_output(fd):
-    """Close an output file opened by open_output; errors that surface only now are reported."""
-    if fd > 2:
-        os.close(fd)
+    """Finish an output opened by open_output: flushed to stable storage, and a regular file put
+    in its place; errors that surface only now are reported."""
+    output = _open_outputs.pop(fd, None)
+    if output:
+        output.commit()
+
+
+def _abandon_outputs():
+    while _open_outputs:
+        _open_outputs.popitem()[1].abandon()
 
 
 def input_size(fd):
