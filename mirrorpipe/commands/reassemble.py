@@ -14,10 +14,21 @@ class Reassemble(cli.Command):
     description = (
         "Join the volumes split-span made back into the stream on standard output. Sources are\n"
         "directories, volume files, manifests, ISO images (split-span --iso, burn-iso) or optical\n"
-        "drives, in any order and with any names: the manifests\n"
-        "give the order. Every chunk is checked against its manifest before it is written, so no\n"
-        "byte of damaged data reaches the output. When all volumes are at hand, a missing, foreign,\n"
-        "duplicate or truncated volume is reported before the first byte is written.\n"
+        "drives, in any order and with any names: the manifests give the order.\n"
+        "\n"
+        "Checked before the first byte, when all volumes are at hand: each manifest's format and\n"
+        "fields, that all belong to one set (set id) and agree, that the set is complete (no index\n"
+        "missing, a last volume, none beyond it; with parity: no more lost than it can rebuild),\n"
+        "that each volume file is there with the length its manifest gives, and, by its first\n"
+        "chunk, which volume's data each volume file holds (renamed or swapped files are named and\n"
+        "read as the volume they hold). Checked on the way: each chunk against its hash before it\n"
+        "is written (no byte of a damaged chunk is written), each volume's hash after its last\n"
+        "chunk, the stream's hash after the last byte. A failure on the way stops reassemble with\n"
+        "exit status 1, after the bytes checked so far: what reads the stream must fail with it.\n"
+        "\n"
+        "Copies: give two or more copies of a volume (another directory, its ISO image beside the\n"
+        "volume file) and each chunk comes from a copy that holds it intact; stderr names each\n"
+        "chunk a copy made up for.\n"
         "\n"
         "Disc by disc: given a directory (a mounted disc) or a drive that holds only part of the\n"
         "set, it reads what is there, then asks on the terminal for the next disc and reads again.\n"
@@ -38,9 +49,12 @@ class Reassemble(cli.Command):
         "  reassemble --verify --rebuild-into new/ out/    # replacements for lost volumes\n"
         "  ssh backup-host 'reassemble /srv/pc1' | compress -d | write-disk /dev/sdb\n"
         "\n"
-        "exit status: 0 the whole set was written (or verified intact), 1 any problem (the message\n"
-        f"names the volume and what is wrong), 2 usage error, {EXIT_REBUILDABLE} (--verify) volumes are lost\n"
-        "or damaged but the parity volumes can rebuild them.")
+        "exit status: 0 the whole stream was written and every chunk, volume and stream hash\n"
+        "matched (--verify: the set is intact), 1 any problem, before the first byte or on the way\n"
+        "(the message names the volume and what is wrong), 2 usage error, "
+        f"{EXIT_REBUILDABLE} (--verify) the set\n"
+        "restores, but only by making up for damage: lost or damaged volumes the parity rebuilds,\n"
+        "damaged chunks of a copy that another copy holds intact, files under another volume's name.")
 
     def add_arguments(self, parser):
         parser.add_argument("sources", nargs="+", metavar="SOURCE",
@@ -48,8 +62,8 @@ class Reassemble(cli.Command):
         parser.add_argument("-o", "--output", metavar="FILE", default="-",
                             help="write the stream to FILE instead of standard output")
         parser.add_argument("--verify", action="store_true",
-                            help="check the whole set without writing the stream; print a table of "
-                                 "the volumes on standard output")
+                            help="check the whole set, every copy of every volume, without writing "
+                                 "the stream; print a table of the volumes on standard output")
         parser.add_argument("--rebuild-into", metavar="DIR",
                             help="with --verify, for a set with parity: write each lost or damaged "
                                  "volume, data or parity, rebuilt, with its manifest into DIR, to "
