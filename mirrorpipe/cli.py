@@ -8,6 +8,7 @@ errors into one-line messages with the documented exit status, and sets up the s
 import argparse
 import atexit
 import contextlib
+import errno
 import fcntl
 import io
 import os
@@ -21,7 +22,7 @@ import tempfile
 import threading
 import time
 
-from . import __version__, streams
+from . import __version__, pipeline, streams
 from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Error, UsageError
 
 F_SETPIPE_SZ = 1031
@@ -577,6 +578,9 @@ class Command:
     name = None
     description = None
     epilog = None
+    # Exit statuses besides 0 after which everything the command wrote is complete (read-disk's
+    # 3: unreadable sectors filled): the stream is then handed on as finished.
+    complete_statuses = ()
 
     def add_arguments(self, parser):
         raise NotImplementedError
@@ -606,33 +610,82 @@ class Command:
         return parser
 
     def main(self, argv=None):
+        hold_closed_standard_streams()
         signal.signal(signal.SIGPIPE, _die_of_sigpipe)
-        argv = self.preprocess_argv(list(sys.argv[1:] if argv is None else argv))
-        args = self.make_parser().parse_args(argv)
+        # Joined before the arguments are parsed, so that a usage error fails the stream too.
+        stage = pipeline.start(self.name)
+        try:
+            argv = self.preprocess_argv(list(sys.argv[1:] if argv is None else argv))
+            args = self.make_parser().parse_args(argv)
+        except SystemExit as exc:
+            if exc.code:
+                stage.failed(Error(f"usage error (see {self.name} --help)"))
+            else:
+                stage.finished()   # --help, --version
+            raise
         self.messages = Messages(self.name, quiet=args.quiet, progress=args.progress)
         for fd in (0, 1):
             enlarge_pipe(fd)
+        status, failure = self._run(args, stage)
+        if failure is None and status in (EXIT_OK,) + self.complete_statuses:
+            stage.finished()
+        else:
+            stage.failed(failure or Error(f"exited with status {status}"))
+        return status
+
+    def _run(self, args, stage):
+        """run() with its errors reported as one line: (exit status, the error or None). With
+        --debug the traceback is shown instead, the stream still marked failed."""
         try:
             status = self.run(args)
-            return EXIT_OK if status is None else status
+            return (EXIT_OK if status is None else status), None
+        except KeyboardInterrupt as exc:
+            caught, failure, status = exc, Error("interrupted"), 130
         except Error as exc:
-            if args.debug:
-                raise
-            self.messages.error(str(exc))
-            return exc.status
-        except KeyboardInterrupt:
-            self.messages.error("interrupted")
-            return 130
+            caught, failure, status = exc, exc, exc.status
         except OSError as exc:
-            if args.debug:
-                raise
-            self.messages.error(describe_os_error(exc))
-            return EXIT_FAILURE
+            caught, failure, status = exc, Error(describe_closed_stream(exc) or describe_os_error(exc)), EXIT_FAILURE
         except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
-            if args.debug:
-                raise
-            self.messages.error(f"internal error: {exc!r} (run again with --debug for details and report it)")
-            return EXIT_FAILURE
+            caught, failure, status = exc, Error(f"internal error: {exc!r} (run again with --debug "
+                                                 "for details and report it)"), EXIT_FAILURE
+        if args.debug and status != 130:
+            stage.failed(failure)
+            raise caught
+        self.messages.error(str(failure))
+        return status, failure
+
+
+# Standard streams the command was started without (`>&-`), by descriptor, and what they are.
+_closed_standard_streams = {}
+_STANDARD_STREAMS = {0: ("standard input", os.O_WRONLY, "<"), 1: ("standard output", os.O_RDONLY, ">"),
+                     2: ("standard error", os.O_RDONLY, "2>")}
+
+
+def hold_closed_standard_streams():
+    """Put /dev/null, opened the wrong way round, on a closed descriptor 0, 1 or 2. Otherwise the
+    next file opened takes its number and gets what was meant for the stream (`checksum -o SUMS
+    >&-` would write the data into SUMS); this way using it still fails, with EBADF, which
+    describe_closed_stream turns into a sentence."""
+    for fd, (_, flags, _) in _STANDARD_STREAMS.items():
+        try:
+            os.fstat(fd)
+        except OSError:
+            placeholder = os.open(os.devnull, flags)
+            if placeholder != fd:   # a lower one was closed too and took that number first
+                os.dup2(placeholder, fd)
+                os.close(placeholder)
+            _closed_standard_streams[fd] = _STANDARD_STREAMS[fd]
+
+
+def describe_closed_stream(exc):
+    """A sentence for EBADF on a standard stream the command was started without, else None."""
+    closed = [_closed_standard_streams[fd] for fd in (0, 1) if fd in _closed_standard_streams]
+    if exc.errno != errno.EBADF or not closed:
+        return None
+    names = " and ".join(name for name, _, _ in closed)
+    redirections = " ".join(f"{redirection}&-" for _, _, redirection in closed)
+    return (f"{names} {'are' if len(closed) > 1 else 'is'} closed (the command was started with "
+            f"{redirections}): redirect {'them' if len(closed) > 1 else 'it'} to a file, a pipe or /dev/null")
 
 
 def describe_os_error(exc):

@@ -31,9 +31,11 @@ def new(algorithm):
     return ALGORITHMS[algorithm]()
 
 
-def hash_stream(src_fd, algorithm, copy_to=None, progress=None):
-    """Digest (hex) of everything readable from src_fd, passing it on to copy_to when given."""
+def hash_stream(src_fd, algorithm, copy_to=None, progress=None, confirm_end=None):
+    """Digest (hex) of everything readable from src_fd, passing it on to copy_to when given.
+    confirm_end(bytes read) is called at end of input and raises when the input was cut short."""
     hasher = new(algorithm)
+    received = 0
     buf = bytearray(BLOCK_SIZE)
     view = memoryview(buf)
     while True:
@@ -41,12 +43,15 @@ def hash_stream(src_fd, algorithm, copy_to=None, progress=None):
         if got == 0:
             break
         hasher.update(view[:got])
+        received += got
         if copy_to is not None:
             write_all(copy_to, view[:got])
         if progress:
             progress.advance(got)
         if got < BLOCK_SIZE:
             break
+    if confirm_end:
+        confirm_end(received)
     return hasher.hexdigest()
 
 

@@ -49,6 +49,9 @@ SEEK_TABLE_MAGIC = 0x184D2A5E
 STREAM_HEADER_MAGIC = 0x184D2A5B
 STREAM_HEADER_PAYLOAD = b"mirrorpipe stream 1\n"
 MAX_SEEK_TABLE_SIZE = 256 << 20
+# Begins what compress writes in place of the seek table when its input ended early; its first
+# four bytes are neither a zstd nor a skippable frame's magic number.
+INCOMPLETE_MARKER = b"\nmirrorpipe: incomplete stream: "
 SEEKABLE_FOOTER_MAGIC = 0x8F92EAB1
 SEEK_TABLE_CHECKSUM_FLAG = 0x80
 
@@ -140,8 +143,12 @@ class CompressStats:
 
 
 def compress_stream(src_fd, dst_fd, level=DEFAULT_LEVEL, threads=None, frame_size=DEFAULT_FRAME_SIZE,
-                    progress=None):
-    """Compress everything readable from src_fd to dst_fd in the independent-frame format."""
+                    progress=None, confirm_end=None):
+    """Compress everything readable from src_fd to dst_fd in the independent-frame format.
+
+    confirm_end(bytes read) is called at end of input, before the seek table; it raises
+    errors.Error when the input did not really end (the command feeding it died). Then, and on any
+    other error reading the input, the stream gets the incomplete marker instead of its seek table."""
     if not 1 <= level <= MAX_LEVEL:
         raise Error(f"compression level {level} is out of range 1-{MAX_LEVEL}")
     if not MIN_FRAME_SIZE <= frame_size <= MAX_FRAME_SIZE:
@@ -229,10 +236,24 @@ def compress_stream(src_fd, dst_fd, level=DEFAULT_LEVEL, threads=None, frame_siz
         if filled or stats.raw_bytes == 0:
             # Empty input still gets one (empty) frame: stock zstd rejects a stream without any.
             writer.submit(compress_job, buf, filled)
-    finally:
+        if confirm_end:
+            confirm_end(stats.raw_bytes)
+    except BaseException as exc:
         writer.close()
+        if isinstance(exc, (Error, OSError)):
+            # What was read is compressed and written; the marker after it fails every decoder.
+            write_all(dst_fd, incomplete_marker(str(exc)))
+        raise
+    writer.close()
     write_all(dst_fd, seek_table(seek_entries))
     return stats
+
+
+def incomplete_marker(reason):
+    """What ends a stream compress could not finish, in place of its seek table: a line of text
+    that is no zstd frame, so stock `zstd -d` fails on it ("unsupported format") and
+    `compress -d` quotes it."""
+    return INCOMPLETE_MARKER + reason.encode("utf-8", "replace").replace(b"\n", b" ") + b"\n"
 
 
 def stream_header():
@@ -247,6 +268,35 @@ def seek_table(entries):
         body += checksum
     body += struct.pack("<IBI", len(entries), SEEK_TABLE_CHECKSUM_FLAG, SEEKABLE_FOOTER_MAGIC)
     return struct.pack("<II", SEEK_TABLE_MAGIC, len(body)) + bytes(body)
+
+
+def check_stream_end(head, tail, length):
+    """The in-band end check of a stream passing through without being decoded (split-span): when
+    it opens with compress's header it must end with a seek table that describes it. Raise Error
+    otherwise. head: its first bytes; tail: at least its last MiB (or all of it); length: its
+    size. A table larger than the tail (over 87,000 frames) is checked by its footer alone."""
+    header = stream_header()
+    if not head.startswith(header):
+        return
+    marker = tail.rfind(INCOMPLETE_MARKER)
+    if marker >= 0 and tail.endswith(b"\n") and b"\n" not in tail[marker + len(INCOMPLETE_MARKER):-1]:
+        reason = tail[marker + len(INCOMPLETE_MARKER):-1].decode("utf-8", "replace")
+        raise Error(f"the compressed stream ends with compress's mark of an incomplete stream: {reason}")
+    missing = Error("the compressed stream ends without the seek table that closes every compress "
+                    "stream: compress was killed, or its output was cut short on the way")
+    if len(tail) < 17 or struct.unpack("<I", tail[-4:])[0] != SEEKABLE_FOOTER_MAGIC:
+        raise missing
+    count, descriptor, _ = struct.unpack("<IBI", tail[-9:])
+    table_size = 8 + 9 + count * (12 if descriptor & SEEK_TABLE_CHECKSUM_FLAG else 8)
+    if table_size > min(length, 8 + MAX_SEEK_TABLE_SIZE):
+        raise missing
+    if table_size > len(tail):
+        return
+    table = tail[-table_size:]
+    sizes = _seek_table_sizes(table[8:])
+    if struct.unpack("<II", table[:8]) != (SEEK_TABLE_MAGIC, table_size - 8) or sizes is None \
+            or sizes[0] != len(header) or sum(sizes) + table_size > length:
+        raise missing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +466,7 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
                     raise _truncated(src, frame_offset, "skippable frame")
                 continue
             if magic != ZSTD_MAGIC:
-                raise _not_zstd(frame_offset, magic)
+                raise _incomplete_mark(src, frame_offset) or _not_zstd(frame_offset, magic)
             stats.frames += 1
             if not src.fill(5):
                 raise _truncated(src, frame_offset, "zstd frame")
@@ -638,6 +688,18 @@ def _stream_frame(src, frame_offset, header_size, has_checksum, writer):
 def _truncated(src, frame_offset, what):
     return Error(f"truncated input: the stream ends at compressed offset {src.offset + src.available()} "
                  f"inside the {what} that starts at offset {frame_offset}")
+
+
+def _incomplete_mark(src, offset):
+    """The Error for compress's mark of an incomplete stream at the read position, quoting its
+    reason; None when something else is there."""
+    src.fill(len(INCOMPLETE_MARKER) + 4096)
+    text = src.peek(len(INCOMPLETE_MARKER) + 4096)
+    if not text.startswith(INCOMPLETE_MARKER):
+        return None
+    reason = text[len(INCOMPLETE_MARKER):].split(b"\n")[0].decode("utf-8", "replace")
+    return Error(f"the stream was marked incomplete by the compress that made it, at compressed "
+                 f"offset {offset} (what came before was decoded): {reason}")
 
 
 def _not_zstd(offset, magic):

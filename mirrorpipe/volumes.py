@@ -26,13 +26,13 @@ import errno
 import os
 import re
 import secrets
-import select
+import shlex
 import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
 
-from . import cli, erasure, manifests
+from . import cli, erasure, frames, manifests, pipeline
 from .errors import Error
 from .manifests import Manifest
 from .streams import Writeback, fsync_directory, read_full, write_all
@@ -142,8 +142,8 @@ class ExecHook:
             raise Error(f"cannot run --exec command: {exc.strerror}") from None
         if status:
             how = f"was killed by signal {-status}" if status < 0 else f"failed with status {status}"
-            raise Error(f"--exec command {how} for {path}; stopping. The volumes up to this one are "
-                        "complete; fix the command and run the pipeline again")
+            raise Error(f"--exec command {how} for {path}; stopping (fix the command before "
+                        "running the backup again)")
 
 
 def is_last_file(manifest):
@@ -213,37 +213,53 @@ class VolumeSetWriter:
         unfinished volumes an interrupted run of this set name left."""
         try:
             os.makedirs(self.directory, exist_ok=True)
-            names = os.listdir(self.directory)
+            names = self._set_files()
         except OSError as exc:
             raise Error(f"cannot use the output directory {self.directory}: {exc.strerror}") from None
-        prefix = self.set_name + "."
-        for name in sorted(names):
-            if not name.startswith(prefix):
-                continue
-            rest = name[len(prefix):]
-            base = rest.removesuffix(PART_SUFFIX).removesuffix(manifests.SUFFIX).removesuffix(IMAGE_SUFFIX)
-            if suffix_index(base) is None and not is_parity_suffix(base):
-                continue
-            if rest.endswith(PART_SUFFIX):
+        for name in names:
+            if name.endswith(PART_SUFFIX):
                 os.unlink(os.path.join(self.directory, name))
             else:
                 raise Error(f"{self.directory} already holds a volume set named '{self.set_name}' "
                             f"({name}); choose another --name or an empty directory")
 
+    def _set_files(self):
+        """Names of the files in the directory that belong to a set of this name: volumes, parity
+        volumes, their manifests and ISO images, finished or .part."""
+        prefix = self.set_name + "."
+        found = []
+        for name in sorted(os.listdir(self.directory)):
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix):]
+            base = rest.removesuffix(PART_SUFFIX).removesuffix(manifests.SUFFIX).removesuffix(IMAGE_SUFFIX)
+            if suffix_index(base) is not None or is_parity_suffix(base):
+                found.append(name)
+        return found
+
     def write(self, src_fd, confirm_end=None):
         """Cut everything readable from src_fd into volumes; return the finished manifests.
 
-        confirm_end() is called at end of input before the last volume is finished; it raises
-        errors.Error when the end was not the stream's end (the feeding connection died)."""
+        At end of input, before the last volume is finished: confirm_end(bytes read) raises errors.Error
+        when the end was not the stream's end (the command or connection feeding it died), and a
+        compressed stream must end with its seek table (frames.check_stream_end)."""
         self.prepare_directory()
-        buf = bytearray(IO_BUFFER_SIZE)
-        view = memoryview(buf)
+        # Two buffers read in turn: the previous one still holds the stream's last MiB at the end,
+        # for the seek table check, without copying every byte.
+        buffers = [bytearray(IO_BUFFER_SIZE), bytearray(IO_BUFFER_SIZE)]
+        filled = [0, 0]
+        turn = 0
+        head = b""
         volume = None
         try:
             while True:
-                got = read_full(src_fd, view)
+                turn ^= 1
+                view = memoryview(buffers[turn])
+                got = filled[turn] = read_full(src_fd, view)
                 if got == 0:
                     break
+                if not head:
+                    head = bytes(view[:64])
                 data = view[:got]
                 while data:
                     # A full volume is finished only now that more data has come: at end of input
@@ -256,7 +272,9 @@ class VolumeSetWriter:
                     data = data[taken:]
                 self.progress.advance(got)
             if confirm_end:
-                confirm_end()
+                confirm_end(self.stream_length(volume))
+            tail = bytes(buffers[turn ^ 1][:filled[turn ^ 1]])
+            frames.check_stream_end(head, tail, self.stream_length(volume))
             if volume is None:
                 volume = self._start(1)   # an empty stream still makes a set: one empty volume
             self._finish(volume, last=True)
@@ -267,8 +285,15 @@ class VolumeSetWriter:
                 self.group_parity.discard()
             if isinstance(exc, OSError):
                 raise Error(self._describe_failure(exc, volume)) from None
+            if isinstance(exc, pipeline.IncompleteInput):
+                raise exc.with_consequence(self._describe_incomplete()) from None
+            if isinstance(exc, Error):
+                raise Error(f"{exc}; {self._describe_incomplete()}") from None
             raise
         return self.finished
+
+    def stream_length(self, volume):
+        return volume.offset + volume.length if volume else 0
 
     def _start(self, index):
         path = os.path.join(self.directory, volume_name(self.set_name, index))
@@ -379,19 +404,44 @@ class VolumeSetWriter:
 
     def _describe_failure(self, exc, volume):
         where = f"volume {volume.index} ({volume.path})" if volume else f"{self.directory}"
-        if self.finished:
-            first, last = self.finished[0], self.finished[-1]
-            kept = (f"volumes 1-{last.index} ({volume_name(self.set_name, first.index)} to "
-                    f"{volume_name(self.set_name, last.index)}) are complete"
-                    if last.index > 1 else f"volume 1 ({volume_name(self.set_name, 1)}) is complete")
-        else:
-            kept = "no volume is complete"
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return (f"no space left in {self.directory} while writing {where}: {kept}, the unfinished "
-                    "volume was removed and the set is incomplete; free space (or move finished "
-                    "volumes away with --exec) and run the pipeline again")
-        return (f"cannot write {where}: {cli.describe_os_error(exc)}; {kept}, the unfinished volume "
-                "was removed and the set is incomplete")
+            return (f"no space left in {self.directory} while writing {where}; "
+                    + self._describe_incomplete("free space, or move finished volumes away with --exec"))
+        return f"cannot write {where}: {cli.describe_os_error(exc)}; " + self._describe_incomplete()
+
+    def _describe_incomplete(self, first=None):
+        """What a failed run leaves and the command that clears the way to run it again."""
+        if self.finished and self.finished[-1].last:
+            return "the data volumes of the set are complete (reassemble accepts them)"
+        if self.finished:
+            last = self.finished[-1]
+            kept = (f"volumes 1-{last.index} were finished" if last.index > 1 else "volume 1 was finished")
+            kept += " but not the last one"
+        else:
+            kept = "no volume was finished"
+        text = f"the set is incomplete ({kept}; reassemble refuses it)"
+        if first:
+            text += f"; {first}"
+        try:
+            leftovers = [name for name in self._set_files() if not name.endswith(PART_SUFFIX)]
+        except OSError:
+            leftovers = []
+        if leftovers:
+            text += (f"; before running the backup again, remove what this run left: "
+                     f"{removal_command(self.directory, self.set_name, leftovers)} "
+                     "(or give another --name or OUTDIR)")
+        return text
+
+
+def removal_command(directory, set_name, names):
+    """A shell command that removes these files of a set: listed when few, else by patterns that
+    only a set's own names match (volume numbers have three digits or more)."""
+    if len(names) <= 8:
+        return "rm -f -- " + " ".join(shlex.quote(os.path.join(directory, name)) for name in names)
+    patterns = [shlex.quote(os.path.join(directory, set_name + ".")) + "[0-9][0-9][0-9]*"]
+    if any(name.startswith(f"{set_name}.{PARITY_PREFIX}") for name in names):
+        patterns.append(shlex.quote(os.path.join(directory, f"{set_name}.{PARITY_PREFIX}")) + "*")
+    return f"rm -f -- {' '.join(patterns)} ({len(names)} files)"
 
 
 def publish(path, manifest):
@@ -416,33 +466,6 @@ def _now():
 def _argument_path(path):
     """A path that no command takes for an option."""
     return "./" + path if path.startswith("-") else path
-
-
-def confirm_stdin_end(wait=0.05):
-    """At end of input, tell a cut connection from the stream's end.
-
-    A byte stream has no end marker: when the ssh session that feeds `ssh host 'split-span ...'`
-    dies, split-span just sees end of input. But sshd then also closes the reading ends of the
-    session's stdout and stderr pipes, which a clean end of the stream never does while we run.
-    So if stdout or stderr is a pipe or socket whose reader is gone (or goes within `wait`
-    seconds, as sshd closes its descriptors one by one), the input was cut."""
-    watched = []
-    for fd in (1, 2):
-        try:
-            mode = os.fstat(fd).st_mode
-        except OSError:
-            continue
-        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
-            watched.append(fd)
-    if not watched:
-        return
-    poller = select.poll()
-    for fd in watched:
-        poller.register(fd, 0)  # no events asked: poll reports POLLERR/POLLHUP only
-    if poller.poll(wait * 1000):
-        raise Error("input ended because the process feeding it went away (its connection or "
-                    "session closed), not at the end of the stream; the last volume was not "
-                    "finished and the set is incomplete: run the pipeline again")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_a_connection_cut_mid_stream_leaves_a_set_reassemble_refuses(tmp_path, s
     while not errors.exists() or not errors.read_text():
         assert time.monotonic() < deadline, "split-span did not notice the cut"
         time.sleep(0.05)
-    assert "not at the end of the stream" in errors.read_text()
+    assert "closed before the end of the stream" in errors.read_text()
     result = subprocess.run([BIN / "reassemble", remote_dir], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     assert result.returncode == 1

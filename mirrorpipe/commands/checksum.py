@@ -2,7 +2,7 @@
 
 import os
 
-from .. import cli, digests
+from .. import cli, digests, pipeline
 from ..errors import EXIT_FAILURE, Error, UsageError
 from ..streams import write_all
 
@@ -89,8 +89,11 @@ class Checksum(cli.Command):
         passthrough = not os.isatty(1)
         name = args.name or digests.STDIN_NAME
         progress = self.messages.progress(total=cli.input_size(src))
-        hexdigest = digests.hash_stream(src, algorithm, copy_to=1 if passthrough else None,
-                                        progress=progress)
+        try:
+            hexdigest = digests.hash_stream(src, algorithm, copy_to=1 if passthrough else None,
+                                            progress=progress, confirm_end=pipeline.confirm_input_end)
+        except pipeline.IncompleteInput as exc:
+            raise exc.with_consequence("no digest was written or checked") from None
         progress.finish()
         line = digests.format_line(algorithm, hexdigest, name)
         if args.output:

@@ -2,7 +2,7 @@
 
 import re
 
-from .. import cli, frames
+from .. import cli, frames, pipeline
 from ..errors import UsageError
 
 _LEVEL_FLAG = re.compile(r"^-(\d{1,2})$")
@@ -67,13 +67,16 @@ class Compress(cli.Command):
         dst = cli.open_output(args.output)
         total = cli.input_size(src)
         progress = self.messages.progress(total=None if args.decompress else total)
+        confirm_end = pipeline.confirm_input_end if src == 0 else None
         if args.decompress:
             stats = frames.decompress_stream(src, dst, threads=args.threads or None, progress=progress)
-            raw, packed = stats.raw_bytes, stats.compressed_bytes
+            if confirm_end:
+                confirm_end(stats.compressed_bytes)
         else:
             stats = frames.compress_stream(src, dst, level=args.level, threads=args.threads or None,
-                                           frame_size=args.frame_size, progress=progress)
-            raw, packed = stats.raw_bytes, stats.compressed_bytes
+                                           frame_size=args.frame_size, progress=progress,
+                                           confirm_end=confirm_end)
+        raw, packed = stats.raw_bytes, stats.compressed_bytes
         cli.finish_output(dst)
         ratio = f"{100 * packed / raw:.1f}%" if raw else "-"
         progress.finish(f"{cli.format_size(raw)} raw, {cli.format_size(packed)} compressed ({ratio})")

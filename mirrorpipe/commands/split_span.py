@@ -1,6 +1,6 @@
 """split-span: cut a stream into disc-sized volumes, each with a manifest beside it."""
 
-from .. import cli, erasure, iso, manifests, media, volumes
+from .. import cli, erasure, iso, manifests, media, pipeline, volumes
 from ..errors import Error, UsageError
 
 
@@ -90,7 +90,7 @@ class SplitSpan(cli.Command):
                 progress=progress, parity=scheme)
         except Error as exc:
             raise UsageError(str(exc)) from None
-        finished = writer.write(src, confirm_end=volumes.confirm_stdin_end)
+        finished = writer.write(src, confirm_end=pipeline.confirm_input_end)
         last = finished[-1]
         parity_note = f" and {len(writer.finished_parity)} parity volumes" if scheme else ""
         progress.finish(f"{cli.format_size(last.total_length)} in {last.volume_count} "
