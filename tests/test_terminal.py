@@ -132,11 +132,9 @@ def answer_as_a_user(term, drive, discs, hold=1.5):
     return asked
 
 
-def make_discs(tmp_path, stream, volume_size="512K"):
-    """The discs of a compressed set of `stream` (one directory each, as burn-iso lays them
-    out) and an empty drive directory standing for the mounted disc."""
-    source = tmp_path / "source.img"
-    source.write_bytes(stream)
+def make_discs(tmp_path, source, volume_size="512K"):
+    """The discs of `read-disk SOURCE | compress | split-span` (one directory each, as burn-iso
+    lays them out) and an empty drive directory standing for the mounted disc."""
     sh(f"read-disk -q {source} | compress -q | split-span -q --size {volume_size} --chunk-size 256K "
        f"{tmp_path}/set", check=True)
     discs = []
@@ -168,7 +166,8 @@ def test_questions_of_a_pipeline_are_asked_one_at_a_time_and_answered_by_the_com
     reassemble's 'insert disc 2' both want the terminal at once, whichever comes first."""
     need_root()
     stream = os.urandom(1300 << 10)    # three volumes of 512 KiB
-    discs, drive = make_discs(tmp_path, stream)
+    (tmp_path / "source.img").write_bytes(stream)
+    discs, drive = make_discs(tmp_path, tmp_path / "source.img")
     assert len(discs) == 3
     device = device_holding_a_file_system(tmp_path, loop_device)
     insert(drive, discs[0])
