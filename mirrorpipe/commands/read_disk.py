@@ -3,7 +3,7 @@
 import contextlib
 import json
 
-from .. import badsectors, blockdev, cli, mapfile
+from .. import badsectors, blockdev, cli, mapfile, pipeline
 from ..errors import UsageError
 from ..source import Source
 from ..streams import write_named_output
@@ -14,6 +14,7 @@ EXIT_UNREADABLE = 3
 
 class ReadDisk(cli.Command):
     name = "read-disk"
+    complete_statuses = (EXIT_UNREADABLE,)
     description = (
         "Write the raw bytes of a disk, a partition or an image file to standard output, exactly,\n"
         "nothing added. Block devices are sized by the kernel; holes in sparse image files are\n"
@@ -82,7 +83,9 @@ class ReadDisk(cli.Command):
             # A stream (pipe, character device) has no sectors to go back to: read it plainly.
             reader = None if source.size is None else bad_sector_reader(source, args, fill, progress)
             with reader or contextlib.nullcontext():
-                source.copy_to(out, progress, reader)
+                written = source.copy_to(out, progress, reader)
+            if args.source == "-" and source.size is None:
+                pipeline.confirm_input_end(written)   # a stream on stdin has no size to go by
             progress.finish()
             summary = reader and reader.summary()
             if summary:
