@@ -106,3 +106,46 @@ def test_input_already_partly_read_is_taken_from_where_it_stands(tmp_path):
     data.write_bytes(b"A" * (1 << 20) + b"B" * (1 << 20))
     result = sh(f"(head -c 1M > /dev/null; checksum -P 2>/dev/null) < {data}", check=True)
     assert result.stdout == b"B" * (1 << 20)
+
+
+@pytest.mark.parametrize("script", ["compress < {img}", "compress -d < {img}.zst", "checksum < {img}",
+                                    "read-disk {img}", "compress -d {img}.zst <&-"])
+def test_a_closed_standard_output_gets_a_sentence(tmp_path, script):
+    img = tmp_path / "data"
+    img.write_bytes(os.urandom(100_000))
+    sh(f"compress < {img} > {img}.zst", check=True)
+    result = sh(script.format(img=img) + " >&-")
+    assert result.returncode == 1
+    line = assert_one_line_error(result, script.split()[0], "standard output", "closed",
+                                 "redirect")
+    assert "Bad file descriptor" not in line
+
+
+def test_a_closed_standard_output_is_not_taken_by_a_named_output(tmp_path):
+    """With descriptor 1 closed, the next file opened would get its number: the sum file must not
+    receive the stream meant for standard output."""
+    img = tmp_path / "data"
+    img.write_bytes(os.urandom(100_000))
+    result = sh(f"checksum -o {tmp_path}/sums < {img} >&-")
+    assert result.returncode == 1
+    assert_one_line_error(result, "checksum", "standard output is closed")
+    for leftover in tmp_path.iterdir():
+        assert leftover.name == "data" or leftover.stat().st_size < 1000, leftover
+
+
+@pytest.mark.parametrize("command", ["compress", "compress -d", "checksum", "split-span --size 1M out",
+                                     "write-disk -f target", "read-disk -"])
+def test_a_directory_as_standard_input_gets_one_line(tmp_path, command):
+    """Python dies in its start-up on a directory as stdin ("Fatal Python error"): the launcher
+    must say it in one line first."""
+    result = sh(f"cd {tmp_path} && {command} < /tmp > /dev/null")
+    assert result.returncode == 2
+    assert "Fatal Python error" not in result.stderr_text
+    assert_one_line_error(result, command.split()[0], "standard input is a directory")
+
+
+@pytest.mark.parametrize("command", ["compress", "compress -d"])
+def test_a_directory_as_input_file_is_named(command):
+    result = sh(f"{command} /tmp > /dev/null")
+    assert result.returncode == 1
+    assert_one_line_error(result, "compress", "/tmp", "directory")
