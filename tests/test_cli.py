@@ -100,6 +100,19 @@ def test_progress_lines_of_a_pipeline_share_one_line(terminal, tmp_path):
     assert "compress: 8.0 MiB raw" in text
 
 
+def test_a_terminal_that_does_not_know_its_width_gets_whole_progress_lines(terminal, tmp_path):
+    """A fresh pty or a serial line says it has 0 columns: the line is cut at 80, not to nothing."""
+    img = tmp_path / "data"
+    with open(img, "wb") as f:
+        f.truncate(1 << 30)
+    term = terminal(f"read-disk -P {img} | {{ sleep 1.2; head -c 1M > /dev/null; }}")
+    term.wait()
+    drawn = re.findall(rb"\r(read-disk [^\r\x1b]*)\x1b\[K", term.output)
+    assert drawn, term.output
+    for line in drawn:
+        assert "…".encode() not in line and re.search(rb"/1\.0 GiB \d+% ", line), line
+
+
 def test_input_already_partly_read_is_taken_from_where_it_stands(tmp_path):
     """A command sharing a file on stdin with one before it starts where that one stopped."""
     data = tmp_path / "data"
