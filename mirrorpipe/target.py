@@ -14,6 +14,7 @@ import errno
 import fcntl
 import mmap
 import os
+import re
 import stat
 import struct
 
@@ -331,6 +332,9 @@ def _open_block_device(path, st):
     return Target(path, fd, "block device", blockdev.device_size(fd), st)
 
 
+_INTERPRETER = re.compile(rb"python[0-9.]*|[a-z]*sh")
+
+
 def _pipeline_members():
     """(pid, command name) of the other processes of this process group: the commands of this
     pipeline when a shell with job control runs it."""
@@ -339,14 +343,20 @@ def _pipeline_members():
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8", errors="replace") as f:
+            with open(f"/proc/{entry}/stat", "rb") as f:
                 line = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
         except OSError:
             continue  # gone meanwhile
         # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
-        command, rest = line[line.index("(") + 1:line.rindex(")")], line[line.rindex(")") + 2:].split()
-        if int(rest[2]) == group:
-            yield int(entry), command
+        if int(line[line.rindex(b")") + 2:].split()[2]) != group:
+            continue
+        # A script is named by its own name, not its interpreter's ('compress', not 'python3').
+        if len(argv) > 1 and _INTERPRETER.fullmatch(os.path.basename(argv[0])):
+            argv = argv[1:]
+        name = os.path.basename(argv[0]) or line[line.index(b"(") + 1:line.rindex(b")")]
+        yield int(entry), name.decode("utf-8", "replace")
 
 
 def _open_files(pid):
