@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -187,7 +188,7 @@ def test_records_a_mirrorpipe_reader_did_not_take_are_swept(tmp_path):
     """`read-disk | dd` leaves read-disk's record behind; once its pipe is closed and a minute
     has passed, the next command removes it."""
     records = pipeline.RECORDS_DIR
-    sh(f"read-disk -q /dev/zero --length 1M | cat > /dev/null", check=True)
+    sh("read-disk -q /dev/zero --length 1M | cat > /dev/null", check=True)
     os.makedirs(records, exist_ok=True)
     stale = os.path.join(records, "1-99999999.99999999")
     open(stale, "w").write('{"command": "read-disk", "pid": 99999999, "state": "done"}')
@@ -222,3 +223,20 @@ def test_killing_a_member_before_ssh_leaves_no_remote_set(tmp_path, source, ssh,
         # a missing seek table names compress.
         assert names_cause(error, victim) or ("compress" in error and "seek table" in error), error
         assert_no_acceptable_set(out)
+
+
+def test_end_of_input_with_the_readers_of_stdout_gone_is_a_cut_not_an_end():
+    """What sshd does when the connection dies: the readers of the command's stdout go away."""
+    probe = [sys.executable, "-c", "from mirrorpipe import pipeline; "
+             "print(pipeline.cut_connection('split-span'), file=__import__('sys').stderr)"]
+    for reader_alive in (True, False):
+        read_end, write_end = os.pipe()
+        if not reader_alive:
+            os.close(read_end)
+        result = subprocess.run(probe, stdout=write_end, stderr=subprocess.PIPE, text=True)
+        os.close(write_end)
+        if reader_alive:
+            os.close(read_end)
+            assert result.stderr == "None\n"
+        else:
+            assert "fed split-span closed before the end of the stream" in result.stderr
