@@ -275,7 +275,9 @@ class _TerminalLine:
         cls.withdraw()
         try:
             if not cls.statuses():
-                os.unlink(os.path.join(cls._dir, "lock"))
+                for name in ("lock", "question.lock"):
+                    if os.path.exists(os.path.join(cls._dir, name)):
+                        os.unlink(os.path.join(cls._dir, name))
                 os.rmdir(cls._dir)
         except OSError:
             pass  # another command of the pipeline is still using it

@@ -10,6 +10,7 @@ import select
 import shutil
 import struct
 import subprocess
+import tempfile
 import termios
 import time
 
@@ -209,6 +210,17 @@ def test_a_message_while_a_question_is_open_is_written_above_it(tmp_path, termin
     term.send("no")
     term.wait()
     assert "not confirmed; nothing was written" in term.output.decode()
+
+
+def test_a_pipeline_that_asked_leaves_no_shared_directory(tmp_path, terminal, loop_device):
+    need_root()
+    device = device_holding_a_file_system(tmp_path, loop_device)
+    term = widen(terminal(f"write-disk {device} < /dev/null"))
+    assert WRITE_DISK_QUESTION.fullmatch(next_question(term))
+    term.send("no")
+    assert term.wait() == 1
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    assert not os.path.exists(f"{base}/mirrorpipe-progress-{os.getuid()}-{term.process.pid}")
 
 
 # ---------------------------------------------------------------------------------------------
