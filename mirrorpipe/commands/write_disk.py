@@ -10,16 +10,22 @@ class WriteDisk(cli.Command):
     description = (
         "Write a raw stream from standard input to a block device or a file (created if missing).\n"
         "Refuses, before writing a byte, a target that is mounted, has a mounted partition, is used\n"
-        "as swap or holds the running system. Asks on the terminal before overwriting a disk that\n"
-        "holds a partition table or file system. All-zero blocks become holes in file targets.\n"
-        "Reports success only after the data reached stable storage.")
+        "as swap, backs a loop device in use (also through stacked loops), holds the running\n"
+        "system, is the stream's own input (standard input, or open in another command of the\n"
+        "pipeline) or is a terminal. Asks on the terminal before overwriting a disk that holds a\n"
+        "partition table or file system. Nothing on the target changes before the first byte\n"
+        "arrives. All-zero blocks become holes in file targets. Reports success only when the\n"
+        "command that fed the stream finished it and the data reached stable storage; a copy cut\n"
+        "short says what the target holds (a partial image, up to which byte).")
     epilog = (
         "examples:\n"
         "  compress -d < sda.img.zst | write-disk /dev/sdb\n"
         "  reassemble out/ | compress -d | write-disk --verify /dev/sdb\n"
         "  zstd -d < sda.img.zst | write-disk restored.img\n"
         "\n"
-        "exit status: 0 the data is written and durable, 1 failure, 2 usage error.")
+        "exit status: 0 the whole stream is written and durable, 1 failure (a refused target, an\n"
+        "incomplete stream, a write error: the message says what the target holds), 2 usage error\n"
+        "or a terminal as input or target, 130 interrupted.")
 
     def add_arguments(self, parser):
         parser.add_argument("target", metavar="TARGET", help="block device or file to write")
