@@ -170,3 +170,103 @@ def _processes_naming(path):
         except OSError:
             pass
     return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a failed backup again
+
+def command_to_clear(message):
+    """The command a failure message gives for clearing the way to run the backup again: from
+    'rm ' up to the parenthesised remark after it, as a user would copy it."""
+    match = re.search(r"(rm -f -- .*?)(?: \(|$)", message)
+    assert match, f"no command to clear the way in: {message}"
+    return match.group(1)
+
+
+def run_again_after(tmp_path, first_run, outdir, data, *options):
+    """FIRST_RUN failed leaving finished volumes in OUTDIR: its message must give a command that
+    clears the way, after which the same backup runs and gives the data back."""
+    assert first_run.returncode == 1
+    message = first_run.stderr.decode()
+    assert os.listdir(outdir), "the failed run left nothing: the test proves little"
+    refused = command("split-span", *options, outdir, input=b"again")
+    assert refused.returncode == 1 and "already holds a volume set" in refused.stderr.decode()
+    sh(command_to_clear(message), check=True)
+    split(data, outdir, *options)
+    restored = command("reassemble", outdir, check_status=0)
+    assert restored.stdout == data
+
+
+@pytest.mark.parametrize("volumes", [2, 12], ids=["few-files", "many-files"])
+def test_after_an_exec_failure_the_message_gives_a_command_that_clears_the_way(tmp_path, volumes):
+    data = os.urandom((volumes + 1) * 100 * 1024 + 5)
+    outdir = tmp_path / "out"
+    failed = command("split-span", "--size", "100K", "--exec", f'test "$MIRRORPIPE_VOLUME_INDEX" -lt {volumes}',
+                     outdir, input=data)
+    run_again_after(tmp_path, failed, outdir, data, "--size", "100K")
+
+
+def test_after_running_out_of_space_the_message_gives_a_command_that_clears_the_way(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mounts a small tmpfs)")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3M", "tmpfs", small], check=True)
+    try:
+        data = os.urandom(5 * MIB)
+        failed = command("split-span", "--size", "1M", small / "out", input=data)
+        assert "no space left" in failed.stderr.decode()
+        subprocess.run(["mount", "-o", "remount,size=16M", small], check=True)
+        run_again_after(tmp_path, failed, small / "out", data, "--size", "1M")
+    finally:
+        subprocess.run(["umount", small], check=True)
+
+
+def test_after_its_input_was_cut_the_message_gives_a_command_that_clears_the_way(tmp_path):
+    """read-disk killed after split-span finished volumes: the message names read-disk and gives
+    the command that clears the way."""
+    data = os.urandom(3 * MIB)
+    outdir = tmp_path / "out"
+    feeder = subprocess.Popen([BIN / "read-disk", "-q", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              start_new_session=True)
+    splitter = subprocess.Popen([BIN / "split-span", "-q", "--size", "1M", outdir], stdin=feeder.stdout,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    feeder.stdout.close()
+    feeder.stdin.write(data[:2 * MIB + 1000])
+    feeder.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not (outdir / "image.001.manifest").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    feeder.kill()
+    feeder.wait()
+    feeder.stdin.close()
+    first_run = subprocess.CompletedProcess(splitter.args, splitter.wait(timeout=30), b"",
+                                            splitter.stderr.read())
+    assert "read-disk" in first_run.stderr.decode()
+    run_again_after(tmp_path, first_run, outdir, data, "--size", "1M")
+
+
+@pytest.mark.xfail(strict=True, reason="for the lead (volumes.py): the refusal of a directory holding "
+                                       "an incomplete set (split-span killed) gives no command to clear it")
+def test_after_split_span_was_killed_the_refusal_gives_a_command_that_clears_the_way(tmp_path):
+    """split-span itself killed can say nothing; the next run, refused because the directory
+    holds the unfinished set, must say so and give the command that clears it."""
+    data = os.urandom(3 * MIB)
+    outdir = tmp_path / "out"
+    proc = subprocess.Popen([BIN / "split-span", "-q", "--size", "1M", outdir], stdin=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc.stdin.write(data[:2 * MIB + 1000])
+    proc.stdin.flush()
+    deadline = time.monotonic() + 30
+    while not (outdir / "image.001.manifest").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    proc.stdin.close()
+    refused = command("split-span", "--size", "1M", outdir, input=data)
+    assert refused.returncode == 1
+    message = refused.stderr.decode()
+    assert "incomplete" in message, message
+    sh(command_to_clear(message), check=True)
+    split(data, outdir, "--size", "1M")
+    assert command("reassemble", outdir, check_status=0).stdout == data
