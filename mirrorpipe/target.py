@@ -84,9 +84,9 @@ class Target:
                         "standard input), which the write would destroy; write to another file or device")
         for pid, command in _pipeline_members():
             if any(self.holds(st) for st in _open_files(pid)):
-                raise Error(f"refusing to write to {self.path}: {command} (pid {pid}), earlier in this "
-                            "pipeline, has it open: the write would destroy the stream's own input; "
-                            "write to another file or device")
+                raise Error(f"refusing to write to {self.path}: {command} (pid {pid}), another command "
+                            "of this pipeline, has it open: the write would destroy the stream's own "
+                            "input; write to another file or device")
 
     def write_stream(self, src_fd, progress=None, verify=False):
         """Copy src_fd to the target, flush it to stable storage; return the bytes written.
@@ -99,6 +99,8 @@ class Target:
             segment_hashes = self._copy(src_fd, progress, verify)
         except Error as exc:
             raise self._partial(exc) from None
+        except OSError as exc:
+            raise self._partial(Error(f"writing {self.path} failed: {exc.strerror}")) from None
         except KeyboardInterrupt:
             raise self._partial(Interrupted("interrupted")) from None
         if verify:
@@ -178,8 +180,8 @@ class Target:
             try:
                 self._settle()
                 durable = ""
-            except Error as flush_error:
-                durable = f" ({flush_error})"
+            except (Error, OSError) as flush_error:
+                durable = f" (but not made durable: {getattr(flush_error, 'strerror', None) or flush_error})"
             last = self.written - 1
             if self.kind == "block device":
                 state = (f"{self.path} holds a partial image: bytes 0-{last} were written from the "
