@@ -152,6 +152,7 @@ def test_a_killed_upstream_command_leaves_a_named_partial_image(tmp_path, big_ba
         if position and position >= 4 * MIB:
             os.kill(int((pids / killed).read_text()), signal.SIGKILL)
             break
+        assert process.poll() is None, "the restore ended before it could be killed"
         time.sleep(0.001)
     else:
         process.kill()
