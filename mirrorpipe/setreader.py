@@ -165,7 +165,7 @@ class VolumeCopies(io.RawIOBase):
     def damage(self):
         """What the copies make up for, one line each: chunks damaged in a copy (or a copy that
         could not be used) and the copy that holds them intact."""
-        read = [volume.path for volume, file in zip(self.copies, self.opened) if file]
+        read = [volume.path for volume, opened in zip(self.copies, self.opened) if opened]
         lines = [f"{reason}; {', '.join(read)} was read instead" for reason in self.unusable]
         taken = {}      # (damaged copy, intact copy) -> offsets
         for number, source in sorted(self.source.items()):
