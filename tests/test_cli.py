@@ -105,7 +105,11 @@ def test_a_terminal_that_does_not_know_its_width_gets_whole_progress_lines(termi
     img = tmp_path / "data"
     with open(img, "wb") as f:
         f.truncate(1 << 30)
-    term = terminal(f"read-disk -P {img} | {{ sleep 1.2; head -c 1M > /dev/null; }}")
+    go = tmp_path / "go"   # head reads once a progress line was drawn
+    term = terminal(f"read-disk -P {img} | "
+                    f"{{ while [ ! -e {go} ]; do sleep 0.05; done; head -c 1M > /dev/null; }}")
+    term.read_until("\rread-disk ")
+    go.touch()
     term.wait()
     drawn = re.findall(rb"\r(read-disk [^\r\x1b]*)\x1b\[K", term.output)
     assert drawn, term.output

@@ -26,6 +26,8 @@ WRITE_DISK_QUESTION = re.compile(r"write-disk: \S+ \([0-9.]+ \w+\) holds .*; eve
 DISC_QUESTION = re.compile(r"insert disc (\d+)(?: \(of \d+\))? of set 'image' and press Enter "
                            r"\(q to give up\):")
 QUESTION_ENDS = (b"Type 'yes' to continue: ", b"q to give up): ")
+# A shell command that waits until the test creates the file {go}.
+WAIT_FOR = "while [ ! -e {go} ]; do sleep 0.05; done"
 
 
 class Screen:
@@ -102,8 +104,9 @@ def reply(term, line):
     """Type line and Enter, and wait for the terminal to echo them."""
     seen = len(term.output)
     term.send(line)
-    while b"\r\n" not in term.output[seen:]:
-        assert read_for(term, 0.05), f"the pipeline ended before echoing {line!r}: {term.output!r}"
+    while b"\r\n" not in term.output[seen:] and read_for(term, 0.05):
+        pass
+    assert b"\r\n" in term.output[seen:], f"the pipeline ended before echoing {line!r}: {term.output!r}"
 
 
 def answer_as_a_user(term, drive, discs, hold=1.5):
@@ -172,13 +175,17 @@ def test_questions_of_a_pipeline_are_asked_one_at_a_time_and_answered_by_the_com
     assert len(discs) == 3
     device = device_holding_a_file_system(tmp_path, loop_device)
     insert(drive, discs[0])
-    # The one asked second starts a moment later; its question is due while the first is open.
+    # The other one starts once the first question is on the screen: its own question is due
+    # while the first is open.
     reassemble, write_disk = f"reassemble {drive}", f"write-disk {device}"
+    go = tmp_path / "go"
     if first == "write-disk":
-        reassemble = f"(sleep 0.5; exec {reassemble})"
+        reassemble = f"({WAIT_FOR.format(go=go)}; exec {reassemble})"
     else:
-        write_disk = f"(sleep 1; exec {write_disk})"
+        write_disk = f"({WAIT_FOR.format(go=go)}; exec {write_disk})"
     term = widen(terminal(f"{reassemble} | compress -d | {write_disk}"))
+    next_question(term)
+    go.touch()
     asked = answer_as_a_user(term, drive, discs, hold=2)
     assert term.wait() == 0, term.output.decode(errors="replace")
     if first == "write-disk":
@@ -233,9 +240,12 @@ def test_a_pipeline_killed_by_sigpipe_leaves_the_line_ended(tmp_path, terminal, 
     big = tmp_path / "big.img"
     with open(big, "wb") as f:
         f.truncate(4 << 30)   # sparse: read-disk reads no hole
-    # head starts reading late, so that the progress line is drawn before the pipe closes.
-    term = widen(terminal(pipeline.format(big=big) + " | { sleep 1.5; head -c 1M > /dev/null; }; "
-                          "echo \"statuses ${PIPESTATUS[*]}\" >&2"))
+    # head starts reading once the progress line is drawn.
+    go = tmp_path / "go"
+    term = widen(terminal(pipeline.format(big=big) + f" | {{ {WAIT_FOR.format(go=go)}; "
+                          "head -c 1M > /dev/null; }; echo \"statuses ${PIPESTATUS[*]}\" >&2"))
+    term.read_until("\rread-disk ")
+    go.touch()
     term.wait()
     text = term.output.decode(errors="replace")
     assert re.search(r"read-disk \S+ \S+/4\.0 GiB", text), text   # the progress line was drawn
