@@ -62,11 +62,51 @@ def iso_reserve(capacity, chunk_size=manifests.DEFAULT_CHUNK_SIZE):
     an upper bound for the real (smaller) volume."""
     chunks = manifests.chunk_count(capacity, chunk_size)
     extents = math.ceil(capacity / ISO_EXTENT_SIZE)
-    return (FILE_SYSTEM_RESERVE + extents * EXTENT_RESERVE + _sectors(manifests.largest_size(chunks))
+    return (FILE_SYSTEM_RESERVE + extents * EXTENT_RESERVE + _sectors(largest_manifest(chunks))
             + README_RESERVE + BURNER_PADDING)
+
+
+# The largest manifest grows by one hex digest per chunk, a fixed number of bytes: two samples
+# give its size for any chunk count, without building one of millions of digests (split-span
+# --help tables 1.9 million chunks for --bd128 with 64K chunks: 9 s that way, 0.1 s this way).
+_MANIFEST_PER_CHUNK = manifests.largest_size(2) - manifests.largest_size(1)
+_MANIFEST_BASE = manifests.largest_size(1) - _MANIFEST_PER_CHUNK
+
+
+def largest_manifest(chunks):
+    """manifests.largest_size(chunks), in constant time."""
+    return _MANIFEST_BASE + _MANIFEST_PER_CHUNK * chunks
+
+
+# The chunk sizes split-span's --help and man page give the preset volume sizes for.
+TABLED_CHUNK_SIZES = (64 << 10, 1 << 20, 4 << 20, manifests.DEFAULT_CHUNK_SIZE, manifests.MAX_CHUNK_SIZE)
+
+# iso_reserve and volume_size_for in words, for split-span's --help (its man page says the same).
+RESERVE_RULE = (
+    "A preset's volume is the disc's capacity (sectors x 2048) less a reserve for its ISO image,\n"
+    f"rounded down to 2048 bytes. The reserve is {FILE_SYSTEM_RESERVE + README_RESERVE + BURNER_PADDING:,} "
+    "bytes (file systems, README.TXT,\n"
+    f"burner padding), plus {EXTENT_RESERVE:,} per started {ISO_EXTENT_SIZE:,} bytes of the disc, plus "
+    "the largest\n"
+    f"manifest of a volume as large as the disc ({_MANIFEST_BASE:,} bytes + {_MANIFEST_PER_CHUNK} per chunk, "
+    "rounded up to\n"
+    f"2048): the smaller the chunks, the smaller the volumes. A volume holds at most\n"
+    f"{manifests.MAX_CHUNKS:,} chunks: a dash below marks a chunk size too small for the disc.")
+
+
+def size_label(size):
+    """A tabled chunk size as --chunk-size takes it: '64K', '16M'."""
+    return f"{size >> 20}M" if size >= 1 << 20 else f"{size >> 10}K"
 
 
 def volume_size_for(preset, chunk_size=manifests.DEFAULT_CHUNK_SIZE):
     """The largest volume, in whole sectors, whose ISO image still fits a disc of the preset."""
     usable = preset.capacity - iso_reserve(preset.capacity, chunk_size)
     return usable // SECTOR_SIZE * SECTOR_SIZE
+
+
+def tabled_volume_size(preset, chunk_size):
+    """volume_size_for as split-span's --help and man page table it: '4,697,110,528', or '-' when
+    such a volume would need more chunks than a manifest may hold."""
+    size = volume_size_for(preset, chunk_size)
+    return f"{size:,}" if manifests.chunk_count(size, chunk_size) <= manifests.MAX_CHUNKS else "-"

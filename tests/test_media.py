@@ -1,7 +1,13 @@
 """Media presets: the capacities of DESIGN.md and volume sizes that leave room for the ISO image."""
 
+import json
+import math
+import random
+import re
+
 import pytest
 
+from conftest import REPO, sh
 from mirrorpipe import manifests, media
 
 DESIGN_CAPACITIES = {   # flag: (sectors, bytes), the table of DESIGN.md
@@ -46,3 +52,59 @@ def test_the_reserve_grows_with_the_chunk_count():
 def test_multi_extent_files_get_room_for_their_extents():
     dvd_dl = media.PRESETS["dvd-dl"]
     assert media.iso_reserve(dvd_dl.capacity) - media.iso_reserve(4 << 30) >= media.EXTENT_RESERVE
+
+
+def split_span_help():
+    return sh("split-span --help", check=True).stdout.decode()
+
+
+def test_the_rule_split_span_states_gives_every_preset_volume_size():
+    """The reserve rule in --help and the man page, with its numbers as stated, gives exactly the
+    volume size of every preset for any chunk size."""
+    words = re.sub(r"\s+", " ", split_span_help())
+    rule = re.search(r"The reserve is ([\d,]+) bytes .*?, plus ([\d,]+) per started ([\d,]+) bytes of the disc, "
+                     r"plus the largest manifest of a volume as large as the disc \(([\d,]+) bytes \+ (\d+) per "
+                     r"chunk, rounded up to 2048\)", words)
+    assert rule, words
+    fixed, per_extent, extent, base, per_chunk = (int(n.replace(",", "")) for n in rule.groups())
+    page = re.sub(r"\s+", " ", (REPO / "man" / "split-span.1").read_text())
+    assert (f"The reserve is {fixed:,} bytes (file systems, README.TXT, burner padding), plus {per_extent:,} "
+            f"per started {extent:,} bytes of the disc, plus the largest manifest of a volume as large as "
+            f"the disc: {base:,} bytes and {per_chunk} per chunk, rounded up to 2048.") in page
+    for chunks in (1, 2, 3, 1000, 1_900_000):   # the stated manifest size is the real one
+        assert manifests.largest_size(chunks) == base + per_chunk * chunks
+    rng = random.Random(5)
+    chunk_sizes = [1 << bits for bits in range(16, 27)] + [rng.randrange(64 << 10, 64 << 20) for _ in range(20)]
+    for preset in media.PRESETS.values():
+        for chunk_size in chunk_sizes:
+            capacity = preset.sectors * 2048
+            manifest = base + per_chunk * math.ceil(capacity / chunk_size)
+            reserve = fixed + per_extent * math.ceil(capacity / extent) + math.ceil(manifest / 2048) * 2048
+            assert (capacity - reserve) // 2048 * 2048 == media.volume_size_for(preset, chunk_size), \
+                (preset.name, chunk_size)
+
+
+def test_help_and_man_page_table_every_preset_volume_size_split_span_writes(tmp_path):
+    help_rows = {line.split()[0]: line.split()[1:] for line in split_span_help().splitlines()
+                 if re.match(r"^  --[a-z0-9-]+ +[\d,-]+ ", line)}
+    page = (REPO / "man" / "split-span.1").read_text()
+    for preset in media.PRESETS.values():
+        man_row = re.search(rf"^\.It Fl \\-{preset.name}((?: Ta [\d,-]+)+)$", page, re.M)
+        assert man_row, preset.name
+        man_cells = man_row.group(1).split(" Ta ")[1:]
+        assert len(man_cells) == len(help_rows[f"--{preset.name}"]) == len(media.TABLED_CHUNK_SIZES)
+        for column, chunk_size in enumerate(media.TABLED_CHUNK_SIZES):
+            out = tmp_path / f"{preset.name}-{chunk_size}"
+            result = sh(f"printf x | split-span --{preset.name} --chunk-size {chunk_size} {out}")
+            if result.returncode == 0:
+                stated = f'{json.loads((out / "image.001.manifest").read_text())["volume_size"]:,}'
+            else:
+                assert "more than 100000 chunks" in result.stderr_text, result.stderr_text
+                stated = "-"
+            assert help_rows[f"--{preset.name}"][column] == stated, (preset.name, chunk_size)
+            assert man_cells[column] == stated, (preset.name, chunk_size)
+
+
+def test_split_span_help_names_each_environment_variable_once():
+    names = re.findall(r"MIRRORPIPE_[A-Z_]+", split_span_help())
+    assert sorted(names) == sorted(set(names)) and len(names) == 7, names
