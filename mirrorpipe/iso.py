@@ -148,7 +148,9 @@ def _layout(members, labels):
     """A pycdlib image of MEMBERS ([(name, length, file object)]) at the root, not yet written."""
     image = pycdlib.PyCdlib()
     # pycdlib.new() takes one identifier for every file system, and Joliet's holds 16 characters;
-    # ISO 9660 and UDF get their longer labels below.
+    # ISO 9660 and UDF get their longer labels below. "2.60" is the only UDF value pycdlib 1.22
+    # takes, but what it writes is UDF 1.02 (NSR02, domain revision 0x0102: udfinfo says
+    # udfrev=1.02), which burn-iso.1 names.
     image.new(interchange_level=3, vol_ident=labels.joliet, joliet=3, rock_ridge="1.09",
               udf="2.60", app_ident_str="MIRRORPIPE")
     image.pvd.volume_identifier = labels.iso9660.encode("ascii").ljust(ISO_LABEL_LENGTH)

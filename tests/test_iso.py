@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import xxhash
 
-from conftest import need_tools, sh
+from conftest import REPO, need_tools, sh
 from mirrorpipe import discreadme, iso, manifests, media
 from mirrorpipe.errors import Error
 
@@ -148,6 +148,15 @@ def test_udfinfo_accepts_the_image_and_labels(small_image):
     pvd = subprocess.run(["xorriso", "-indev", str(image), "-pvd_info"], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True).stdout
     assert re.search(r"Volume Id\s*: PC1_2026_11_25_001\n", pvd), pvd
+
+
+def test_burn_iso_man_page_names_the_udf_revision_the_images_have(small_image):
+    need_tools("udfinfo")
+    _, image = small_image
+    info = subprocess.run(["udfinfo", str(image)], check=True, stdout=subprocess.PIPE, text=True).stdout
+    revision = re.search(r"^udfrev=(\S+)$", info, re.M).group(1)
+    page = re.sub(r"\s+", " ", (REPO / "man" / "burn-iso.1").read_text())
+    assert re.findall(r"UDF (\d\.\d\d)", page) == [revision], "burn-iso.1 names another UDF revision"
 
 
 @pytest.mark.large
