@@ -362,7 +362,9 @@ class _TerminalLine:
 
 class _FileLock:
     """An exclusive flock on path, shared by the processes of a pipeline. With patience (seconds)
-    the block runs after that long even when the lock is still taken."""
+    the block runs after that long even when the lock is still taken: the terminal lock is held
+    for one write at a time, so a lock still taken after half a second is held by the very
+    thread a signal handler interrupted."""
 
     def __init__(self, path, patience=None):
         self.path = path
@@ -537,7 +539,9 @@ def _terminal_width():
 def _remote_terminal():
     """True for a command that sshd runs without a terminal (`... | ssh host split-span -P`) with
     stderr a pipe or socket: the ssh client copies that stderr to the local terminal, where the
-    local commands of the pipeline draw their progress line out of this command's sight."""
+    local commands of the pipeline draw their progress line out of this command's sight. (On a
+    pty, a remote error without the erase followed the local progress text on the same row.)
+    The cost: `ssh host COMMAND 2> log` gets the two control sequences in each line too."""
     if "SSH_CONNECTION" not in os.environ:
         return False
     try:
