@@ -270,3 +270,28 @@ def test_after_split_span_was_killed_the_refusal_gives_a_command_that_clears_the
     sh(command_to_clear(message), check=True)
     split(data, outdir, "--size", "1M")
     assert command("reassemble", outdir, check_status=0).stdout == data
+
+
+# ---------------------------------------------------------------------------------------------
+# The quick-start demo
+
+def test_the_demo_runs_the_main_job_and_proves_each_restore(tmp_path):
+    """tools/demo (README's quick start): backup into volumes, the mirrorpipe restore and the
+    stock-tools restore from the volumes, each run as shown and proved identical."""
+    need_tools("zstd", "mkfs.ext4", "debugfs", "e2fsck", "cmp")
+    work = tmp_path / "work"
+    result = subprocess.run([BIN.parent / "tools" / "demo", "--size", "96M", work], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shown = [line[2:] for line in result.stderr.splitlines() if line.startswith("$ ")]
+    bin_dir = f"{BIN}/"
+    pipelines = [line.replace(bin_dir, "") for line in shown if "|" in line]
+    assert re.fullmatch(r"read-disk \S+ \| compress \| split-span --size 16M out/", pipelines[0]), pipelines
+    assert re.fullmatch(r"reassemble out/ \| compress -d \| write-disk \S+", pipelines[1]), pipelines
+    assert re.fullmatch(r"cat out/image\.\?\?\? \| zstd -d \| dd of=\S+ bs=4M status=none", pipelines[2]), pipelines
+    assert sum(line.startswith("cmp ") for line in shown) == 2
+    volumes = sorted(name for name in os.listdir(work / "out") if not name.endswith(".manifest"))
+    assert len(volumes) >= 2, volumes
+    assert "result         OK: both restored disks byte-identical to the sample" in result.stdout
+    for restored in ("restored.img", "stock-restored.img"):
+        assert subprocess.run(["cmp", work / restored, work / "sample.img"]).returncode == 0
