@@ -203,9 +203,12 @@ def test_a_message_while_a_question_is_open_is_written_above_it(tmp_path, termin
     and the question is shown again, whole, under it."""
     need_root()
     device = device_holding_a_file_system(tmp_path, loop_device)
-    term = widen(terminal(f"(sleep 1; echo not a stream) | compress -d | write-disk {device}"))
+    go = tmp_path / "go"
+    term = widen(terminal(f"({WAIT_FOR.format(go=go)}; echo not a stream) | compress -d | "
+                          f"write-disk {device}"))
     question = next_question(term)
     assert WRITE_DISK_QUESTION.fullmatch(question), question
+    go.touch()
     deadline = time.monotonic() + 30
     while b"compress: error: " not in term.output:
         assert time.monotonic() < deadline, term.output
@@ -274,14 +277,18 @@ def test_remote_messages_start_a_line_of_their_own(tmp_path, terminal, ssh):  # 
     with open(big, "wb") as f:
         f.write(os.urandom(8 << 20))
     remote_dir = tmp_path / "remote"
-    # The first volume's --exec fails a while after the local line is drawn.
+    # The first volume's --exec fails once the test has seen the local progress line drawn.
+    go = tmp_path / "go"
     split = remote(ssh, f"{BIN}/split-span -P --size 1M --chunk-size 256K "
-                        f"--exec \"sleep 1.5; exit 3\" {remote_dir}")
+                        f"--exec \"{WAIT_FOR.format(go=go)}; exit 3\" {remote_dir}")
     term = widen(terminal(f"read-disk -P {big} | compress -P -T1 -19 | {split}"))
+    deadline = time.monotonic() + 60
+    while not re.search(rb"\r(read-disk|compress) [0-9][^\r\n]*\x1b\[K$", term.output):
+        assert time.monotonic() < deadline and read_for(term, 0.05), term.output
+    go.touch()
     term.wait(timeout=120)
     rows = Screen(term.output).rows
     remote_rows = [row for row in rows if "split-span" in row]
     assert [row for row in remote_rows if row.startswith("split-span: error: ")], rows
     for row in remote_rows:
         assert row.startswith("split-span"), rows
-    assert re.search(rb"\r(read-disk|compress) [0-9]", term.output), term.output   # the local line was drawn
