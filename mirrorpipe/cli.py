@@ -313,10 +313,12 @@ class _TerminalLine:
         try:
             with open(os.path.join(cls.directory(), "question")) as f:
                 pid, text = f.read().split("\n", 1)
-            os.kill(int(pid), 0)
-            return int(pid), text
+            # The asker may have been killed (SIGKILL leaves the file) and its pid reused.
+            if os.getpgid(int(pid)) == os.getpgrp():
+                return int(pid), text
         except (OSError, ValueError):
-            return None
+            pass
+        return None
 
     @classmethod
     def end_line(cls):

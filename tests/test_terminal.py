@@ -233,6 +233,25 @@ def test_a_pipeline_that_asked_leaves_no_shared_directory(tmp_path, terminal, lo
     assert not os.path.exists(f"{base}/mirrorpipe-progress-{os.getuid()}-{term.process.pid}")
 
 
+def test_the_question_of_a_killed_command_whose_pid_lives_on_stops_nothing(tmp_path, terminal):
+    """A command killed (SIGKILL) while asking leaves its question behind; once its pid belongs
+    to a process outside the pipeline (here: init), the progress line is drawn again."""
+    big = tmp_path / "big.img"
+    with open(big, "wb") as f:
+        f.truncate(1 << 30)
+    go = tmp_path / "go"
+    term = widen(terminal(f"read-disk -P {big} | {{ {WAIT_FOR.format(go=go)}; cat > /dev/null; }}"))
+    term.read_until("\rread-disk ")
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    with open(f"{base}/mirrorpipe-progress-{os.getuid()}-{term.process.pid}/question", "w") as f:
+        f.write("1\nleft behind: ")
+    seen = len(term.output)
+    read_for(term, 1.5)
+    go.touch()
+    assert term.wait() == 0
+    assert b"\rread-disk " in term.output[seen:], term.output[seen:]
+
+
 # ---------------------------------------------------------------------------------------------
 # Lines ended
 
