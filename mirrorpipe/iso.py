@@ -571,6 +571,18 @@ FILE_SYSTEMS = (("UDF", _udf_files),
                 ("Joliet", lambda fd: _iso9660_files(fd, joliet=True)))
 
 
+def _joined(extents):
+    """EXTENTS with each run of adjacent ones made one: the same bytes, however a file system cuts
+    them (UDF in 1 GiB pieces, ISO 9660 in 4 GiB ones)."""
+    joined = []
+    for offset, length in extents:
+        if joined and sum(joined[-1]) == offset:
+            joined[-1] = (joined[-1][0], joined[-1][1] + length)
+        else:
+            joined.append((offset, length))
+    return joined
+
+
 class Disc:
     """An ISO image file or an optical drive's medium holding one volume, read without mounting
     through the first of its file systems (UDF, ISO 9660 with Rock Ridge, Joliet) that gives the
@@ -608,7 +620,8 @@ class Disc:
                 self.file_system = name
                 (self.volume_name, self.extents, self.manifest_bytes, self.manifest,
                  self.readme_text) = found
-            elif found[:3] != (self.volume_name, self.extents, self.manifest_bytes):
+            elif (found[0], _joined(found[1]), found[2]) != (self.volume_name, _joined(self.extents),
+                                                              self.manifest_bytes):
                 self.damage.append(f"{name}: gives another volume than {self.file_system}")
         if self.file_system is None:
             raise Error(f"{self.path} is not a readable ISO image (no file system on it gives a "
@@ -695,10 +708,8 @@ class DiscVolume:
 def disc_volume(path):
     """The DiscVolume of the ISO image or disc at PATH."""
     with Disc(path) as disc:
-        extents = disc.extents
-        contiguous = all(offset + length == next_offset
-                         for (offset, length), (next_offset, _) in zip(extents, extents[1:]))
-        if not contiguous:
+        extents = _joined(disc.extents)
+        if len(extents) > 1:
             raise Error(f"{path}: the volume {disc.volume_name} is stored in pieces; extract it "
                         "(xorriso -osirrox on -indev IMAGE -extract / DIR) and give the directory")
         return DiscVolume(disc.manifest, path, disc.volume_name, extents[0][0] if extents else 0)
