@@ -304,6 +304,22 @@ def test_a_damaged_seek_table_footer_still_checks_every_entry(tmp_path):
         assert "its footer is damaged" in result.stderr_text
 
 
+def test_a_damaged_seek_table_header_is_named_and_the_data_delivered(tmp_path):
+    """A flipped bit in the table's magic or length: what is left of the input is still the table
+    of the frames read, so the header alone is damaged (exit 3), not the stream cut."""
+    data = sample(3 * MiB)
+    packed, _ = compress_bytes(data, frame_size=MiB)
+    table_offset = parse_frames(packed)[-1][1]
+    for at, mask in ((0, 0x10), (3, 0x01), (4, 0x01), (5, 0x80), (7, 0x40)):
+        (tmp_path / "damaged.zst").write_bytes(flipped(packed, table_offset + at, mask))
+        result = sh(f"compress -d < {tmp_path}/damaged.zst")
+        assert result.returncode == 3 and result.stdout == data, (at, result.stderr_text)
+        assert f"the seek table at compressed offset {table_offset}: its header is damaged" in result.stderr_text
+    cut = packed[:table_offset] + packed[table_offset + 8:]   # the header lost, not damaged: still whole
+    (tmp_path / "cut.zst").write_bytes(cut)
+    assert sh(f"compress -d < {tmp_path}/cut.zst > /dev/null").returncode == 1
+
+
 def test_a_frame_that_differs_from_its_entry_in_two_fields_is_another_frame(tmp_path):
     """Two frames swapped: sizes and checksums both differ from what the table lists there; this
     is no flipped bit but a stream out of order, an error (exit 1)."""
