@@ -772,13 +772,18 @@ class ExtentReader(io.RawIOBase):
         raise AssertionError("position beyond the volume")
 
 
+def check_file_systems(disc):
+    """errors.Error unless every file system of DISC gives its volume."""
+    if disc.damage:
+        raise Error(f"{disc.path}: a file system of the disc is damaged ({'; '.join(disc.damage)}); "
+                    f"its volume reads through {disc.file_system}, other readers may fail")
+
+
 def verify(disc, progress=None):
     """Check the volume on DISC against the hashes of its manifest, chunk by chunk; errors.Error
     naming the first bad chunk's offset. A file system of the disc that does not give the volume
     fails the check too: burn-iso promises a disc that every reader can read."""
-    if disc.damage:
-        raise Error(f"{disc.path}: a file system of the disc is damaged ({'; '.join(disc.damage)}); "
-                    f"its volume reads through {disc.file_system}, other readers may fail")
+    check_file_systems(disc)
     manifest = disc.manifest
     reader = disc.open_volume()
     buffer = bytearray(manifest.chunk_size)

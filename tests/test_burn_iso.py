@@ -144,6 +144,24 @@ def test_without_a_terminal_a_bad_disc_stops(volume_set, tmp_path):
     assert result.returncode == 1
 
 
+def test_an_image_with_a_damaged_file_system_is_refused_before_any_disc(volume_set, tmp_path):
+    """An image whose primary volume descriptor is gone still reads through UDF, but would make
+    a disc that ISO 9660 readers cannot read: burn-iso refuses it before touching the drive,
+    rather than failing the check of every disc it burns."""
+    _, set_dir = volume_set
+    sh(f"burn-iso -q -o {tmp_path} {set_dir}/pc1.001", check=True)
+    image = tmp_path / "pc1.001.iso"
+    with open(image, "r+b") as stream:
+        stream.seek(16 * iso.SECTOR_SIZE)
+        stream.write(bytes(iso.SECTOR_SIZE))
+    drive = tmp_path / "blank.img"
+    result = sh(f"burn-iso --device stdio:{drive} {image}")
+    assert result.returncode == 1
+    assert_one_line_error(result, "burn-iso", f"{image}: a file system of the disc is damaged",
+                          "ISO 9660: no primary volume descriptor")
+    assert not drive.exists()
+
+
 def test_overwrite_reuses_a_written_disc(volume_set, tmp_path):
     _, set_dir = volume_set
     drive = tmp_path / "used.img"

@@ -115,7 +115,8 @@ class Burner:
             if not iso.is_image(path):
                 raise UsageError(f"{path} is neither a volume with its manifest beside it "
                                  "nor an ISO image")
-            iso.Disc(path).close()   # an image must hold a volume and its manifest
+            with iso.Disc(path) as image:   # an image must hold a volume and its manifest,
+                iso.check_file_systems(image)   # readable through every file system
         for number, path in enumerate(files):
             if is_volume(path):
                 self._burn_volume(volume_argument(path), ask_first=number > 0)
