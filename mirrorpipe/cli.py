@@ -13,6 +13,7 @@ import fcntl
 import io
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -202,11 +203,28 @@ def ask(question, tty=None):
         return None
     try:
         with _TerminalLine.prompt(question, tty):
-            answer = tty.readline()
+            answer = _answer_line(tty)
         return answer.rstrip("\n") if answer else None
     finally:
         if own:
             tty.close()
+
+
+def _answer_line(tty):
+    """The line typed on tty; SIGPIPE, as the next write would meet, when meanwhile the reader of
+    standard output goes away: reassemble waiting for disc 2 ends with the pipeline when
+    write-disk is refused its 'yes' (and compress -d, blocked writing to it, dies)."""
+    watch = select.poll()
+    watch.register(tty.fileno(), select.POLLIN)
+    try:
+        if stat.S_ISFIFO(os.fstat(1).st_mode):
+            watch.register(1, 0)   # a pipe's writer gets POLLERR once its last reader is gone
+    except OSError:
+        pass
+    if any(fd == 1 for fd, _ in watch.poll()):
+        signal.raise_signal(signal.SIGPIPE)   # Command.main's handler ends the command here
+        raise BrokenPipeError(errno.EPIPE, "standard output has no reader")
+    return tty.readline()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,11 +577,35 @@ def _remote_terminal():
     return False
 
 
+def _end_quietly_on_sigpipe():
+    """A closed downstream pipe (`| head`) ends the command quietly with the status a shell
+    expects (141), as it ends cat or dd, but first erases the progress line, which no closing
+    message will end. A handler, not SIG_IGN: EPIPE never reaches code that would report it, and
+    programs we start (xorriso, sh for --exec) get the default action back when they exec.
+
+    Python runs handlers in the main thread only, once it runs Python code again; the SIGPIPE
+    of a write in another thread (compress's writer) could wait for ever behind a main thread
+    blocked in read() (compress -d fed by reassemble waiting for a disc). The wakeup fd tells a
+    thread of its own, which sends the signal on to the main thread, interrupting that read."""
+    signal.signal(signal.SIGPIPE, _die_of_sigpipe)
+    wakeup_read, wakeup_write = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(wakeup_write, False)
+    signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+    # A forked child (a parity worker) has no such thread and may reuse the descriptor's number:
+    # its signals must not be written into whatever file then has it.
+    os.register_at_fork(after_in_child=lambda: signal.set_wakeup_fd(-1))
+    threading.Thread(target=_hand_sigpipe_to_main_thread, args=(wakeup_read,), name="sigpipe",
+                     daemon=True).start()
+
+
+def _hand_sigpipe_to_main_thread(wakeup_read):
+    while signal.SIGPIPE not in os.read(wakeup_read, 64):
+        pass   # another signal (SIGINT): the main thread gets those itself
+    # Once: the signal sent on would come back through the wakeup fd, and the handler ends us.
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGPIPE)
+
+
 def _die_of_sigpipe(signum, frame):
-    """A closed downstream pipe (`| head`) ends us quietly with the status a shell expects (141),
-    as it ends cat or dd, but first erases the progress line, which no closing message will end.
-    A handler, not SIG_IGN: EPIPE never reaches code that would report it, and programs we start
-    (xorriso, sh for --exec) get the default action back when they exec."""
     _TerminalLine.end_line()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGPIPE)
@@ -619,7 +661,7 @@ class Command:
 
     def main(self, argv=None):
         hold_closed_standard_streams()
-        signal.signal(signal.SIGPIPE, _die_of_sigpipe)
+        _end_quietly_on_sigpipe()
         # Joined before the arguments are parsed, so that a usage error fails the stream too.
         stage = pipeline.start(self.name)
         try:

@@ -198,6 +198,30 @@ def test_questions_of_a_pipeline_are_asked_one_at_a_time_and_answered_by_the_com
         assert f.read(len(stream)) == stream
 
 
+def test_refusing_to_overwrite_ends_the_pipeline_and_its_waiting_question(
+        tmp_path, terminal, loop_device):
+    """'no' to write-disk while reassemble waits to ask for disc 2: write-disk ends, compress -d
+    (blocked writing to it) dies of SIGPIPE, and reassemble's question goes away with it instead
+    of waiting for an answer nobody needs."""
+    need_root()
+    # Disc 1 decompresses to far more than the pipes hold: compress -d waits to write.
+    source = tmp_path / "source.img"
+    source.write_bytes(bytes(16 << 20) + os.urandom(1200 << 10))
+    discs, drive = make_discs(tmp_path, source)
+    device = device_holding_a_file_system(tmp_path, loop_device, size="24M")
+    insert(drive, discs[0])
+    go = tmp_path / "go"
+    term = widen(terminal(f"({WAIT_FOR.format(go=go)}; exec reassemble {drive}) | compress -d | "
+                          f"write-disk {device}"))
+    assert WRITE_DISK_QUESTION.fullmatch(next_question(term))
+    go.touch()
+    read_for(term, 1.5)     # reassemble reads disc 1 and waits to ask for disc 2
+    term.send("no")
+    assert term.wait(timeout=20) == 1
+    assert "not confirmed; nothing was written" in term.output.decode()
+    assert not DISC_QUESTION.fullmatch(Screen(term.output).current), term.output
+
+
 def test_a_message_while_a_question_is_open_is_written_above_it(tmp_path, terminal, loop_device):
     """compress -d fails while write-disk waits for 'yes': the error gets a line of its own
     and the question is shown again, whole, under it."""
