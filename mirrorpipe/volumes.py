@@ -216,12 +216,30 @@ class VolumeSetWriter:
             names = self._set_files()
         except OSError as exc:
             raise Error(f"cannot use the output directory {self.directory}: {exc.strerror}") from None
+        finished = [name for name in names if not name.endswith(PART_SUFFIX)]
+        if finished and self._holds_last_volume(finished):
+            raise Error(f"{self.directory} already holds a volume set named '{self.set_name}' "
+                        f"({finished[0]}); choose another --name or an empty directory")
+        if finished:
+            raise Error(f"{self.directory} already holds a volume set named '{self.set_name}' "
+                        f"({finished[0]} ...), an incomplete one (no last volume: a run that failed "
+                        "or was killed left it); remove it first (or choose another --name or an "
+                        f"empty directory): {removal_command(self.directory, self.set_name, names)}")
         for name in names:
-            if name.endswith(PART_SUFFIX):
-                os.unlink(os.path.join(self.directory, name))
-            else:
-                raise Error(f"{self.directory} already holds a volume set named '{self.set_name}' "
-                            f"({name}); choose another --name or an empty directory")
+            os.unlink(os.path.join(self.directory, name))
+
+    def _holds_last_volume(self, names):
+        """Whether one of these finished files is the manifest of a set's last data volume (an
+        unreadable manifest counts: it may be)."""
+        for name in names:
+            if name.endswith(manifests.SUFFIX) and not is_parity_suffix(
+                    name[len(self.set_name) + 1:].removesuffix(manifests.SUFFIX)):
+                try:
+                    if manifests.read(os.path.join(self.directory, name)).last:
+                        return True
+                except Error:
+                    return True
+        return False
 
     def _set_files(self):
         """Names of the files in the directory that belong to a set of this name: volumes, parity

@@ -246,8 +246,6 @@ def test_after_its_input_was_cut_the_message_gives_a_command_that_clears_the_way
     run_again_after(tmp_path, first_run, outdir, data, "--size", "1M")
 
 
-@pytest.mark.xfail(strict=True, reason="for the lead (volumes.py): the refusal of a directory holding "
-                                       "an incomplete set (split-span killed) gives no command to clear it")
 def test_after_split_span_was_killed_the_refusal_gives_a_command_that_clears_the_way(tmp_path):
     """split-span itself killed can say nothing; the next run, refused because the directory
     holds the unfinished set, must say so and give the command that clears it."""
