@@ -586,7 +586,7 @@ class _StreamCheck:
         if offset == 0:
             raise Error("no compressed data on input (the stream is empty)")
         if self.start is not None:
-            raise Error(f"truncated input: the stream ends at compressed offset {offset} after "
+            raise TruncatedInput(f"truncated input: the stream ends at compressed offset {offset} after "
                         f"{len(self.frames) - 1} complete frames, without the seek table that ends "
                         "every compress stream: its end is missing")
 
@@ -710,8 +710,12 @@ def _stream_frame(src, frame_offset, header_size, has_checksum, writer):
     return decoded, piece[-4:] if has_checksum else None   # the last piece is the checksum
 
 
+class TruncatedInput(Error):
+    """The input ended inside the stream: raised only once the input is at its end."""
+
+
 def _truncated(src, frame_offset, what):
-    return Error(f"truncated input: the stream ends at compressed offset {src.offset + src.available()} "
+    return TruncatedInput(f"truncated input: the stream ends at compressed offset {src.offset + src.available()} "
                  f"inside the {what} that starts at offset {frame_offset}")
 
 

@@ -69,7 +69,12 @@ class Compress(cli.Command):
         progress = self.messages.progress(total=None if args.decompress else total)
         confirm_end = pipeline.confirm_input_end if src == 0 else None
         if args.decompress:
-            stats = frames.decompress_stream(src, dst, threads=args.threads or None, progress=progress)
+            try:
+                stats = frames.decompress_stream(src, dst, threads=args.threads or None, progress=progress)
+            except frames.TruncatedInput:
+                if confirm_end:
+                    confirm_end(None)   # a command feeding it that ended early is the first cause
+                raise
             if confirm_end:
                 confirm_end(stats.compressed_bytes)
         else:
