@@ -20,7 +20,7 @@ import struct
 
 import xxhash
 
-from . import blockdev, pipeline
+from . import blockdev
 from .errors import Error, UsageError
 from .streams import (BLOCK_SIZE, ZEROS, Writeback, fsync_directory, is_zero, read_full,
                       refuse_binary_terminal, write_all)
@@ -88,15 +88,16 @@ class Target:
                             "of this pipeline, has it open: the write would destroy the stream's own "
                             "input; write to another file or device")
 
-    def write_stream(self, src_fd, progress=None, verify=False):
+    def write_stream(self, src_fd, progress=None, verify=False, confirm_end=None):
         """Copy src_fd to the target, flush it to stable storage; return the bytes written.
-        With verify, read the target back afterwards and compare.
+        With verify, read the target back afterwards and compare. confirm_end(bytes read) is
+        called at end of input and raises errors.Error when the stream did not really end.
 
         Nothing on the target changes before the first byte of the stream arrives. When the copy
         fails (the stream was cut short, a read or write error, a target too small), the error
         says what the target holds now: a partial image, up to which byte."""
         try:
-            segment_hashes = self._copy(src_fd, progress, verify)
+            segment_hashes = self._copy(src_fd, progress, verify, confirm_end)
         except Error as exc:
             raise self._partial(exc) from None
         except OSError as exc:
@@ -107,7 +108,7 @@ class Target:
             self._verify(self.written, segment_hashes, progress)
         return self.written
 
-    def _copy(self, src_fd, progress, verify):
+    def _copy(self, src_fd, progress, verify, confirm_end):
         buf = bytearray(BLOCK_SIZE)
         view = memoryview(buf)
         segment_hashes = []
@@ -144,8 +145,8 @@ class Target:
                 progress.advance(got)
             if got < len(view):
                 break
-        # The stream ended: it is complete only if the command that fed it says so.
-        pipeline.confirm_input_end()
+        if confirm_end:
+            confirm_end(self.written)
         if hasher and self.written % VERIFY_SEGMENT:
             segment_hashes.append(hasher.digest())
         self._settle()

@@ -1,6 +1,6 @@
 """write-disk: a raw stream from standard input to a block device or a file."""
 
-from .. import cli
+from .. import cli, pipeline
 from ..errors import Error
 from ..target import open_target
 
@@ -42,7 +42,8 @@ class WriteDisk(cli.Command):
             target.refuse_own_input(src)
             self.confirm_overwrite(target, args.force)
             progress = self.messages.progress(total=cli.input_size(src))
-            written = target.write_stream(src, progress, verify=args.verify)
+            written = target.write_stream(src, progress, verify=args.verify,
+                                          confirm_end=pipeline.confirm_input_end)
             checked = ", verified" if args.verify else ""
             progress.finish(f"{cli.format_size(written)} written to {args.target}, "
                             f"flushed to stable storage{checked}")
