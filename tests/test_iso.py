@@ -378,7 +378,7 @@ def test_split_span_iso_keeps_an_image_set_and_clears_leftover_parts(tmp_path):
     before = (out / "a.001.iso").read_bytes()
     again = subprocess.run(f"head -c 200000 /dev/urandom | split-span --size 100K --iso --name a {out}",
                            shell=True, stderr=subprocess.PIPE, text=True)
-    assert again.returncode == 1 and "already holds a volume set named 'a' (a.001.iso)" in again.stderr
+    assert again.returncode == 1 and "already holds a volume set named 'a' (a.001.iso" in again.stderr
     assert (out / "a.001.iso").read_bytes() == before
     for image in out.glob("a.*.iso"):
         image.unlink()
@@ -386,3 +386,15 @@ def test_split_span_iso_keeps_an_image_set_and_clears_leftover_parts(tmp_path):
     subprocess.run(f"head -c 200000 /dev/urandom | split-span --size 100K --iso --name a {out}",
                    shell=True, check=True)
     assert sorted(os.listdir(out)) == ["a.001.iso", "a.002.iso"]
+
+
+@pytest.mark.xfail(strict=True, reason="for the lead (volumes.SetWriter._holds_last_volume): a complete "
+                                       "set of ISO images is taken for an incomplete one and offered for rm")
+def test_a_complete_image_set_is_never_offered_for_removal(tmp_path):
+    """split-span run again on a directory holding a complete --iso set: refused, and never told
+    to remove a complete backup."""
+    out = tmp_path / "set"
+    sh(f"head -c 200000 /dev/urandom | split-span --size 100K --iso --name a {out}", check=True)
+    again = sh(f"head -c 200000 /dev/urandom | split-span --size 100K --iso --name a {out}")
+    assert again.returncode == 1 and "already holds a volume set named 'a'" in again.stderr_text
+    assert "incomplete" not in again.stderr_text and "rm -f" not in again.stderr_text, again.stderr_text
