@@ -277,9 +277,10 @@ def test_a_damaged_seek_table_entry_names_its_frame_and_the_data_is_delivered(tm
     which field, delivers every byte (each frame checked by its own checksum) and exits 3."""
     data = sample(5 * MiB)
     packed, _ = compress_bytes(data, frame_size=MiB)
-    table_offset, table_length = parse_frames(packed)[-1][1:]
+    parts = parse_frames(packed)
+    table_offset = parts[-1][1]
     frame = 3
-    frame_offset = parse_frames(packed)[frame][1]
+    frame_offset = parts[frame][1]
     (tmp_path / "damaged.zst").write_bytes(flipped(packed, table_offset + 8 + 12 * frame + at))
     result = sh(f"compress -d < {tmp_path}/damaged.zst")
     assert result.returncode == 3, result.stderr_text
