@@ -85,13 +85,15 @@ AWKWARD_NAMES = ["back\\slash", "\\leading-backslash", " leading space", "traili
                  "tab\tname", "carriage\rreturn", "form\ffeed", "line\u2028separator", "*star", "(p) = x"]
 
 
-def test_names_are_written_so_that_stock_xxh128sum_reads_them_back(data_file, tmp_path):
-    need_tools("xxh128sum")
+@pytest.mark.parametrize("algorithm, stock_checker", [("xxh128", "xxh128sum"), ("xxh3", "xxhsum")])
+def test_names_are_written_so_that_stock_xxh128sum_reads_them_back(data_file, tmp_path, algorithm,
+                                                                   stock_checker):
+    need_tools("xxh128sum", "xxhsum")
     for number, name in enumerate(AWKWARD_NAMES):
         os.link(data_file, tmp_path / name)
         sums = tmp_path / f"sums{number}"
-        sh(f"checksum -o {sums} --name '{name}' < {data_file} > /dev/null", check=True)
-        stock = subprocess.run(["xxh128sum", "-c", str(sums)], cwd=tmp_path, stdout=subprocess.PIPE,
+        sh(f"checksum -a {algorithm} -o {sums} --name '{name}' < {data_file} > /dev/null", check=True)
+        stock = subprocess.run([stock_checker, "-c", str(sums)], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
         assert stock.returncode == 0, (name, sums.read_bytes(), stock.stdout)
         assert sh(f"checksum -c {sums} --name '{name}' < {data_file} > /dev/null").returncode == 0, name
