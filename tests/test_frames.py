@@ -295,6 +295,19 @@ def test_a_damaged_seek_table_entry_names_its_frame_and_the_data_is_delivered(tm
     assert good.returncode == 0 and good.stderr_text == ""
 
 
+def test_a_restore_through_a_damaged_seek_table_is_complete_for_write_disk(tmp_path):
+    """compress -d's exit 3 hands the stream on as complete: write-disk after it succeeds."""
+    data = sample(3 * MiB)
+    packed, _ = compress_bytes(data, frame_size=MiB)
+    table_offset = parse_frames(packed)[-1][1]
+    (tmp_path / "damaged.zst").write_bytes(flipped(packed, table_offset + 8 + 12 * 2 + 9))
+    result = sh(f"compress -d < {tmp_path}/damaged.zst | write-disk -f {tmp_path}/target.img; "
+                "echo ${PIPESTATUS[@]}")
+    assert result.stdout.split() == [b"3", b"0"], result.stderr_text
+    assert (tmp_path / "target.img").read_bytes() == data
+    assert "write-disk: error" not in result.stderr_text
+
+
 def test_a_damaged_seek_table_footer_still_checks_every_entry(tmp_path):
     data = sample(3 * MiB)
     packed, _ = compress_bytes(data, frame_size=MiB)
