@@ -122,7 +122,9 @@ def answer_as_a_user(term, drive, discs, hold=1.5):
         later = term.output[seen:]
         assert Screen(term.output).current == question, \
             f"{question!r} was not left alone for {hold} s: then came {later!r}"
-        assert b"B/s" not in later, f"progress drawn while {question!r} was open: {later!r}"
+        # A progress line is drawn as CR, status, erase to the end (a message erases first).
+        assert not re.search(rb"\r[^\x1b\r\n]+\x1b\[K", later), \
+            f"progress drawn while {question!r} was open: {later!r}"
         if WRITE_DISK_QUESTION.fullmatch(question):
             assert not any(WRITE_DISK_QUESTION.fullmatch(q) for q in asked), "asked twice to confirm"
             reply(term, "yes")
