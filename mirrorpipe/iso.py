@@ -373,6 +373,7 @@ MAX_DIRECTORY = 1 << 20       # a disc's root directory holds three entries: a f
 UDF_ANCHOR_SECTOR = 256
 UDF_ANCHOR, UDF_PARTITION, UDF_LOGICAL_VOLUME, UDF_TERMINATOR = 2, 5, 6, 8
 UDF_FILE_SET, UDF_FILE_IDENTIFIER, UDF_FILE_ENTRY, UDF_EXTENDED_FILE_ENTRY = 256, 257, 261, 266
+UDF_MAX_SEQUENCE = 64        # sectors of a volume descriptor sequence read; pycdlib writes 6
 ISO_FIRST_DESCRIPTOR = 16
 ISO_MAX_DESCRIPTORS = 16      # burn-iso writes 3 (primary, Joliet, terminator)
 JOLIET_ESCAPES = (b"%/@", b"%/C", b"%/E")
@@ -413,7 +414,8 @@ def _udf_descriptor(data, identifier, location=None):
     tag, _, checksum = struct.unpack_from("<HHB", data)
     if (tag != identifier or (sum(data[:4]) + sum(data[5:16])) & 0xFF != checksum
             or location is not None and struct.unpack_from("<I", data, 12)[0] != location):
-        raise _Unreadable(f"no valid descriptor {identifier} at block {location}")
+        where = f" at block {location}" if location is not None else ""
+        raise _Unreadable(f"no valid descriptor {identifier}{where}")
     return data
 
 
@@ -428,6 +430,7 @@ def _udf_files(fd):
         except _Unreadable as exc:
             reasons.append(f"anchor: {exc}")
             continue
+        # The main volume descriptor sequence's extent (length, location) at 16, the reserve's at 24.
         for length, location in (struct.unpack_from("<II", data, 16), struct.unpack_from("<II", data, 24)):
             try:
                 return _udf_root(fd, location, length // SECTOR_SIZE)
@@ -437,15 +440,18 @@ def _udf_files(fd):
 
 
 def _udf_root(fd, sequence_start, sequence_sectors):
+    """The root directory's files through the volume descriptor sequence at SEQUENCE_START. Field
+    offsets are ECMA-167's (part 3/10, 4/14); a block number in a long_ad is 4 bytes after its
+    start."""
     partition_start = file_set = None
-    for number in range(sequence_start, sequence_start + min(sequence_sectors, 64)):
+    for number in range(sequence_start, sequence_start + min(sequence_sectors, UDF_MAX_SEQUENCE)):
         data = _sector(fd, number)
         tag = struct.unpack_from("<H", data)[0]
         if tag == UDF_TERMINATOR:
             break
-        if tag == UDF_PARTITION:
+        if tag == UDF_PARTITION:   # partition starting location
             partition_start = struct.unpack_from("<I", _udf_descriptor(data, tag, number), 188)[0]
-        elif tag == UDF_LOGICAL_VOLUME:
+        elif tag == UDF_LOGICAL_VOLUME:   # logical block size; the file set's long_ad at 248
             data = _udf_descriptor(data, tag, number)
             if struct.unpack_from("<I", data, 212)[0] != SECTOR_SIZE:
                 raise _Unreadable("the logical block size is not 2048")
@@ -453,11 +459,11 @@ def _udf_root(fd, sequence_start, sequence_sectors):
     if partition_start is None or file_set is None:
         raise _Unreadable("no partition or logical volume descriptor")
     data = _udf_descriptor(_sector(fd, partition_start + file_set), UDF_FILE_SET, file_set)
-    root = struct.unpack_from("<I", data, 404)[0]
+    root = struct.unpack_from("<I", data, 404)[0]   # the root directory's ICB, a long_ad at 400
     directory = _read_extents(fd, _udf_file(fd, partition_start, root), MAX_DIRECTORY)
     files = {}
     position = 0
-    while position + 38 <= len(directory):
+    while position + 38 <= len(directory):   # file identifier descriptors, 38 bytes and the name
         _udf_descriptor(directory[position:position + 16], UDF_FILE_IDENTIFIER)
         characteristics, name_length = directory[position + 18], directory[position + 19]
         entry = struct.unpack_from("<I", directory, position + 24)[0]
@@ -483,6 +489,9 @@ def _udf_file(fd, partition_start, block):
     if tag not in (UDF_FILE_ENTRY, UDF_EXTENDED_FILE_ENTRY):
         raise _Unreadable(f"no file entry at block {block}")
     _udf_descriptor(data, tag, block)
+    # The information length at 56; the lengths of the extended attributes and of the allocation
+    # descriptors after them at 168 (208 in an extended file entry); the ICB tag's flags at 34,
+    # whose low 3 bits give the kind of allocation descriptor.
     length = struct.unpack_from("<Q", data, 56)[0]
     attributes_at = 168 if tag == UDF_FILE_ENTRY else 208
     attributes_length, descriptors_length = struct.unpack_from("<II", data, attributes_at)
@@ -493,7 +502,7 @@ def _udf_file(fd, partition_start, block):
         return [((partition_start + block) * SECTOR_SIZE + start, length)]
     if kind not in (0, 1):
         raise _Unreadable(f"the file entry at block {block} has extended allocation descriptors")
-    size = 8 if kind == 0 else 16
+    size = 8 if kind == 0 else 16   # short_ad or long_ad: length, then block
     extents = []
     for at in range(0, len(descriptors) - size + 1, size):
         extent_length, position = struct.unpack_from("<II", descriptors, at)
