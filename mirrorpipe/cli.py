@@ -144,7 +144,6 @@ def open_output(path, binary=True):
     if path == "-":
         if binary:
             refuse_terminal_output(1)
-        _end_when_output_has_no_reader()
         return 1
     output = streams.NamedOutput(path, binary)
     if not _open_outputs:
@@ -204,11 +203,30 @@ def ask(question, tty=None):
         return None
     try:
         with _TerminalLine.prompt(question, tty):
-            answer = tty.readline()
+            answer = _answer_line(tty)
         return answer.rstrip("\n") if answer else None
     finally:
         if own:
             tty.close()
+
+
+def _answer_line(tty):
+    """The line typed on tty; SIGPIPE, as the next write would meet, when meanwhile the reader of
+    standard output goes away: reassemble waiting for disc 2 ends with the pipeline when
+    write-disk is refused its 'yes' and compress -d, blocked writing to it, dies. (Only here:
+    a command that lost its reader but has nothing left to write must not die of it, as
+    `compress -d | cmp --bytes=N` shows.)"""
+    watch = select.poll()
+    watch.register(tty.fileno(), select.POLLIN)
+    try:
+        if stat.S_ISFIFO(os.fstat(1).st_mode):
+            watch.register(1, 0)   # a pipe's writer gets POLLERR once its last reader is gone
+    except OSError:
+        pass
+    if any(fd == 1 for fd, _ in watch.poll()):
+        signal.raise_signal(signal.SIGPIPE)   # Command.main's handler ends the command here
+        raise BrokenPipeError(errno.EPIPE, "standard output has no reader")
+    return tty.readline()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,26 +605,6 @@ def _hand_sigpipe_to_main_thread(wakeup_read):
         pass   # another signal (SIGINT): the main thread gets those itself
     # Once: the signal sent on would come back through the wakeup fd, and the handler ends us.
     signal.pthread_kill(threading.main_thread().ident, signal.SIGPIPE)
-
-
-def _end_when_output_has_no_reader():
-    """SIGPIPE as soon as standard output, a pipe, loses its last reader, not only at the next
-    write: when write-disk is refused its 'yes', compress -d waiting for input ends at once, and
-    so does reassemble waiting for the answer to 'insert disc 2' (the signal interrupts the
-    read of the terminal)."""
-    try:
-        if not stat.S_ISFIFO(os.fstat(1).st_mode):
-            return
-    except OSError:
-        return
-
-    def watch():
-        poller = select.poll()
-        poller.register(1, 0)   # a pipe's writer gets POLLERR once its last reader is gone
-        poller.poll()
-        signal.pthread_kill(threading.main_thread().ident, signal.SIGPIPE)
-
-    threading.Thread(target=watch, name="output-reader", daemon=True).start()
 
 
 def _die_of_sigpipe(signum, frame):
