@@ -223,22 +223,30 @@ class VolumeSetWriter:
         if finished:
             raise Error(f"{self.directory} already holds a volume set named '{self.set_name}' "
                         f"({finished[0]} ...), an incomplete one (no last volume: a run that failed "
-                        "or was killed left it); remove it first (or choose another --name or an "
-                        f"empty directory): {removal_command(self.directory, self.set_name, names)}")
+                        f"or was killed left it); remove its {len(names)} files first (or choose "
+                        "another --name or an empty directory): "
+                        + removal_command(self.directory, self.set_name, names))
         for name in names:
             os.unlink(os.path.join(self.directory, name))
 
     def _holds_last_volume(self, names):
-        """Whether one of these finished files is the manifest of a set's last data volume (an
-        unreadable manifest counts: it may be)."""
+        """Whether one of these finished files holds the manifest of a set's last data volume: a
+        manifest file, or an ISO image (split-span --iso). One that cannot be read counts: it may."""
+        from . import iso   # iso builds on this module
         for name in names:
-            if name.endswith(manifests.SUFFIX) and not is_parity_suffix(
-                    name[len(self.set_name) + 1:].removesuffix(manifests.SUFFIX)):
-                try:
-                    if manifests.read(os.path.join(self.directory, name)).last:
-                        return True
-                except Error:
-                    return True
+            path = os.path.join(self.directory, name)
+            try:
+                if name.endswith(IMAGE_SUFFIX):
+                    with iso.Disc(path) as disc:
+                        manifest = disc.manifest
+                elif name.endswith(manifests.SUFFIX):
+                    manifest = manifests.read(path)
+                else:
+                    continue
+            except (Error, OSError):
+                return True
+            if not isinstance(manifest, manifests.ParityManifest) and manifest.last:
+                return True
         return False
 
     def _set_files(self):
@@ -445,9 +453,9 @@ class VolumeSetWriter:
         except OSError:
             leftovers = []
         if leftovers:
-            text += (f"; before running the backup again, remove what this run left: "
-                     f"{removal_command(self.directory, self.set_name, leftovers)} "
-                     "(or give another --name or OUTDIR)")
+            text += (f"; before running the backup again (or give another --name or OUTDIR), remove "
+                     f"the {len(leftovers)} files this run left: "
+                     + removal_command(self.directory, self.set_name, leftovers))
         return text
 
 
@@ -459,7 +467,7 @@ def removal_command(directory, set_name, names):
     patterns = [shlex.quote(os.path.join(directory, set_name + ".")) + "[0-9][0-9][0-9]*"]
     if any(name.startswith(f"{set_name}.{PARITY_PREFIX}") for name in names):
         patterns.append(shlex.quote(os.path.join(directory, f"{set_name}.{PARITY_PREFIX}")) + "*")
-    return f"rm -f -- {' '.join(patterns)} ({len(names)} files)"
+    return "rm -f -- " + " ".join(patterns)
 
 
 def publish(path, manifest):

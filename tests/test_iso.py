@@ -388,8 +388,6 @@ def test_split_span_iso_keeps_an_image_set_and_clears_leftover_parts(tmp_path):
     assert sorted(os.listdir(out)) == ["a.001.iso", "a.002.iso"]
 
 
-@pytest.mark.xfail(strict=True, reason="for the lead (volumes.SetWriter._holds_last_volume): a complete "
-                                       "set of ISO images is taken for an incomplete one and offered for rm")
 def test_a_complete_image_set_is_never_offered_for_removal(tmp_path):
     """split-span run again on a directory holding a complete --iso set: refused, and never told
     to remove a complete backup."""
