@@ -113,6 +113,7 @@ def refuse_terminal_input(fd=0):
 def open_input(path):
     """A readable descriptor for PATH, or standard input for '-' (refused when it is a terminal)."""
     if path == "-":
+        refuse_closed_standard_stream(0)
         refuse_terminal_input(0)
         return 0
     try:
@@ -142,6 +143,7 @@ def open_output(path, binary=True):
     PATH.part and takes PATH's place in finish_output; a device, FIFO or /dev/stdout is written in
     place)."""
     if path == "-":
+        refuse_closed_standard_stream(1)
         if binary:
             refuse_terminal_output(1)
         return 1
@@ -727,6 +729,15 @@ def hold_closed_standard_streams():
                 os.dup2(placeholder, fd)
                 os.close(placeholder)
             _closed_standard_streams[fd] = _STANDARD_STREAMS[fd]
+
+
+def refuse_closed_standard_stream(fd):
+    """Say so before any work when the stream the command is to read or write was closed at start
+    (it would fail later with a bare "Bad file descriptor")."""
+    if fd in _closed_standard_streams:
+        name, _, redirection = _closed_standard_streams[fd]
+        raise Error(f"{name} is closed (the command was started with {redirection}&-): "
+                    "redirect it to a file, a pipe or /dev/null")
 
 
 def describe_closed_stream(exc):
