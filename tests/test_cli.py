@@ -166,3 +166,12 @@ def test_a_directory_as_input_file_is_named(command):
     result = sh(f"{command} /tmp > /dev/null")
     assert result.returncode == 1
     assert_one_line_error(result, "compress", "/tmp", "directory")
+
+
+@pytest.mark.parametrize("script", ["split-span --size 1M {tmp}/out", "write-disk {tmp}/x.img",
+                                    "compress", "checksum"])
+def test_a_closed_standard_input_is_named_before_any_work(tmp_path, script):
+    result = sh(script.format(tmp=tmp_path) + " <&-")
+    line = assert_one_line_error(result, script.split()[0], "standard input is closed", "redirect")
+    assert "Bad file descriptor" not in line
+    assert not (tmp_path / "x.img").exists() and not (tmp_path / "out").exists()
