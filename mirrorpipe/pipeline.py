@@ -54,10 +54,11 @@ class IncompleteInput(Error):
         return IncompleteInput(self.origin, consequence)
 
 
-def pipe_identity(fd):
-    """'DEV-INO' of the pipe or FIFO at fd, None for anything else (files, terminals, sockets)."""
+def pipe_identity(fd_or_path):
+    """'DEV-INO' of the pipe or FIFO at a descriptor or path (/proc/PID/fd/N), None for anything
+    else (files, terminals, sockets) or when it cannot be looked at."""
     try:
-        st = os.fstat(fd)
+        st = os.stat(fd_or_path)
     except OSError:
         return None
     return f"{st.st_dev}-{st.st_ino}" if stat.S_ISFIFO(st.st_mode) else None
@@ -264,17 +265,9 @@ def _writers_of(pipe):
                 name, ours = _command_line(base)
             except (OSError, IndexError, ValueError):
                 continue
-            writers.append(Writer(int(pid), name, ours, _pipe_of_path(f"{base}/fd/0")))
+            writers.append(Writer(int(pid), name, ours, pipe_identity(f"{base}/fd/0")))
             break
     return writers
-
-
-def _pipe_of_path(path):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return f"{st.st_dev}-{st.st_ino}" if stat.S_ISFIFO(st.st_mode) else None
 
 
 # Records of writers that died with no mirrorpipe reader (`read-disk | dd`) stay behind; they are
@@ -329,7 +322,7 @@ def _open_pipes():
         except OSError:
             continue
         for fd in fds:
-            pipe = _pipe_of_path(f"/proc/{pid}/fd/{fd}")
+            pipe = pipe_identity(f"/proc/{pid}/fd/{fd}")
             if pipe:
                 found.add(pipe)
     return found

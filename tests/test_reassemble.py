@@ -219,11 +219,17 @@ def flip_chunk(path, number):
         f.write(bytes([byte ^ 0x04]))
 
 
+def two_copies(directory, tmp_path):
+    """Two copies of the set in directory, as from two backup disks: a/ and copy/."""
+    a, b = tmp_path / "a", tmp_path / "copy"
+    shutil.copytree(directory, a)
+    shutil.copytree(directory, b)
+    return a, b
+
+
 def test_each_chunk_comes_from_an_intact_copy(tmp_path, volume_sets):
     base, stream = volume_sets
-    a, b = tmp_path / "a", tmp_path / "copy"
-    shutil.copytree(base / "image", a)
-    shutil.copytree(base / "image", b)
+    a, b = two_copies(base / "image", tmp_path)
     flip_chunk(a / "image.003", 2)
     flip_chunk(b / "image.003", 5)
     result = command("reassemble", a, b, check_status=0)
@@ -243,9 +249,7 @@ def test_each_chunk_comes_from_an_intact_copy(tmp_path, volume_sets):
 
 def test_a_chunk_damaged_in_every_copy_is_refused_naming_each(tmp_path, volume_sets):
     base, stream = volume_sets
-    a, b = tmp_path / "a", tmp_path / "copy"
-    shutil.copytree(base / "image", a)
-    shutil.copytree(base / "image", b)
+    a, b = two_copies(base / "image", tmp_path)
     flip_chunk(a / "image.003", 2)
     flip_chunk(b / "image.003", 2)
     with open(tmp_path / "stream.out", "wb") as out:
@@ -258,9 +262,7 @@ def test_a_chunk_damaged_in_every_copy_is_refused_naming_each(tmp_path, volume_s
 
 def test_a_truncated_copy_is_passed_over_for_a_whole_one(tmp_path, volume_sets):
     base, stream = volume_sets
-    a, b = tmp_path / "a", tmp_path / "copy"
-    shutil.copytree(base / "image", a)
-    shutil.copytree(base / "image", b)
+    a, b = two_copies(base / "image", tmp_path)
     os.truncate(a / "image.002", VOLUME - 1000)
     result = command("reassemble", a, b, check_status=0)
     assert result.stdout == stream
