@@ -167,9 +167,9 @@ class Stage:
         if problem:
             raise IncompleteInput(problem)
         if received == 0 and self.input:
-            # Its writer was gone before this command could look: a mirrorpipe command killed
-            # before it began looks like that, and so does an empty stream; only the first can
-            # be a backup's input, so nothing is not taken for a complete stream.
+            # Its writer was gone before this command could look. A mirrorpipe command killed
+            # before it began looks like that, and so does a program that wrote nothing; an
+            # empty stream is never a backup, so both are refused.
             raise IncompleteInput("no data arrived, and the program feeding it was gone before it "
                                   "could say that it finished (killed as it started?)")
 
