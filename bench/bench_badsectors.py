@@ -47,7 +47,7 @@ CHECKOUT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 sys.path.insert(0, CHECKOUT)
 sys.path.insert(0, os.path.join(CHECKOUT, "tests"))
 from faultfs import SECTOR, FaultFS, loop_device, missing_requirement  # noqa: E402
-from mirrorpipe.cli import format_size, parse_size  # noqa: E402
+from mirrorpipe.units import format_size, parse_size  # noqa: E402
 
 READ_DISK = os.path.join(CHECKOUT, "bin", "read-disk")
 BAD_FRACTION = 0.01

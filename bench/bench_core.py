@@ -26,7 +26,7 @@ import time
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 sys.path.insert(0, CHECKOUT)
-from mirrorpipe.cli import format_size, parse_size  # noqa: E402 - the checkout, not installed
+from mirrorpipe.units import format_size, parse_size  # noqa: E402 - the checkout, not installed
 
 BIN = os.path.join(CHECKOUT, "bin")
 TIME = "/usr/bin/time"

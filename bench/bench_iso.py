@@ -25,7 +25,7 @@ import time
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 sys.path.insert(0, CHECKOUT)
 from mirrorpipe import iso, manifests, media  # noqa: E402 - the checkout, not installed
-from mirrorpipe.cli import format_size, parse_size  # noqa: E402
+from mirrorpipe.units import format_size, parse_size  # noqa: E402
 
 BIN = os.path.join(CHECKOUT, "bin")
 MIN_RATIO = 0.8

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 from bench_core import CHECKOUT, MB, BenchError, sh, time_side_by_side  # noqa: E402
 from bench_volumes import make_stream  # noqa: E402
 from mirrorpipe import manifests, volumes  # noqa: E402 - bench_core put the checkout on sys.path
-from mirrorpipe.cli import format_size, parse_size  # noqa: E402
+from mirrorpipe.units import format_size, parse_size  # noqa: E402
 
 MIN_SPLIT_RATIO = 0.5
 MIN_REBUILD_RATIO = 0.4

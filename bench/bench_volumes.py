@@ -26,7 +26,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 from bench_core import (BIN, CHECKOUT, MAX_RSS, MB, TIME, BenchError, fresh_dir, measurements,  # noqa: E402
                         sh, time_side_by_side, warm_cache)
-from mirrorpipe.cli import format_size, parse_size  # noqa: E402 - bench_core put the checkout on sys.path
+from mirrorpipe.units import format_size, parse_size  # noqa: E402 - bench_core put the checkout on sys.path
 
 MIN_SPEED_RATIO = 0.9
 

@@ -15,3 +15,11 @@ class UsageError(Error):
     """The command line asks for something that cannot work."""
 
     status = EXIT_USAGE
+
+
+def describe_os_error(exc):
+    """An OSError as one line: 'PATH: what happened'."""
+    text = exc.strerror or str(exc)
+    if exc.filename is not None:
+        return f"{exc.filename}: {text}"
+    return text

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from conftest import sh
 from faultfs import SECTOR, FaultFS
-from mirrorpipe import badsectors, mapfile
+from mirrorpipe.disk import badsectors, mapfile
 from mirrorpipe.commands.read_disk import EXIT_UNREADABLE
 from mirrorpipe.errors import UsageError
 

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from conftest import assert_one_line_error, need_tools, sh
-from mirrorpipe import discreadme, iso, manifests
+from mirrorpipe.disc import discreadme, iso
+from mirrorpipe.sets import manifests
 
 pytestmark = pytest.mark.usefixtures("tools")
 

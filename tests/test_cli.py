@@ -6,7 +6,7 @@ import re
 import pytest
 
 from conftest import assert_one_line_error, sh
-from mirrorpipe import cli
+from mirrorpipe import units
 
 COMMANDS = ["read-disk", "compress", "checksum", "write-disk"]
 
@@ -16,13 +16,13 @@ COMMANDS = ["read-disk", "compress", "checksum", "write-disk"]
     ("1KiB", 1024), ("1KB", 1000), ("1MB", 10 ** 6), ("1GB", 10 ** 9), ("1.5M", 3 << 19), ("0", 0),
 ])
 def test_sizes_accept_binary_and_decimal_suffixes(text, value):
-    assert cli.parse_size(text) == value
+    assert units.parse_size(text) == value
 
 
 @pytest.mark.parametrize("text", ["", "M", "-1", "1X", "1.3B", "ten"])
 def test_sizes_reject_nonsense(text):
     with pytest.raises(ValueError, match="invalid size"):
-        cli.parse_size(text)
+        units.parse_size(text)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

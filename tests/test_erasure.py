@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirrorpipe import erasure
+from mirrorpipe.sets import erasure
 
 byte = st.integers(0, 255)
 nonzero = st.integers(1, 255)

@@ -9,7 +9,7 @@ import pytest
 import zstandard
 
 from conftest import assert_one_line_error, need_tools, sh
-from mirrorpipe import frames
+from mirrorpipe.stream import frames
 from mirrorpipe.errors import Error
 
 MiB = 1 << 20

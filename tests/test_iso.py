@@ -9,7 +9,8 @@ import pytest
 import xxhash
 
 from conftest import REPO, need_tools, sh
-from mirrorpipe import discreadme, iso, manifests, media
+from mirrorpipe.disc import discreadme, iso, media
+from mirrorpipe.sets import manifests
 from mirrorpipe.errors import Error
 
 CHUNK = manifests.DEFAULT_CHUNK_SIZE

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mirrorpipe import erasure, manifests
+from mirrorpipe.sets import erasure, manifests
 from mirrorpipe.errors import Error
 
 CHUNK = 1 << 20

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirrorpipe import mapfile
+from mirrorpipe.disk import mapfile
 from mirrorpipe.errors import Error
 
 SECTOR = 512

@@ -8,7 +8,8 @@ import re
 import pytest
 
 from conftest import REPO, sh
-from mirrorpipe import manifests, media
+from mirrorpipe.disc import media
+from mirrorpipe.sets import manifests
 
 DESIGN_CAPACITIES = {   # flag: (sectors, bytes), the table of DESIGN.md
     "cd650": (333_000, 681_984_000),

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirrorpipe import erasure, manifests, parity
+from mirrorpipe.sets import erasure, manifests, parity
 from mirrorpipe.errors import Error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -334,7 +334,7 @@ def test_a_parity_worker_that_dies_stops_the_group(tmp_path):
 
 
 def test_parity_workers_end_when_their_caller_is_killed(tmp_path):
-    script = (f"import os, sys, time; sys.path.insert(0, {str(REPO)!r}); from mirrorpipe import parity; "
+    script = (f"import os, sys, time; sys.path.insert(0, {str(REPO)!r}); from mirrorpipe.sets import parity; "
               f"a = parity.ParallelParityAccumulator([{str(tmp_path / 'p1')!r}, {str(tmp_path / 'p2')!r}], "
               f"{CHUNK}, workers=2); print(*[p.pid for p, _ in a.workers], flush=True); time.sleep(60)")
     caller = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

@@ -16,7 +16,7 @@ import tempfile
 import pytest
 
 from conftest import assert_one_line_error, need_tools, sh
-from mirrorpipe import erasure, manifests, setreader, volumes
+from mirrorpipe.sets import erasure, manifests, setreader, volumes
 from mirrorpipe.errors import Error
 from test_split_span import command, split
 

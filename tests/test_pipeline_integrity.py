@@ -1,6 +1,6 @@
 """A stream cut short is never a complete backup: members of real pipelines are SIGKILLed at
 random moments, locally and behind ssh, and nothing they leave is accepted as complete
-(mirrorpipe.pipeline, frames.check_stream_end, compress's incomplete marker)."""
+(mirrorpipe.stream.pipeline, frames.check_stream_end, compress's incomplete marker)."""
 
 import os
 import random
@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import BIN, assert_one_line_error, need_tools, sh
-from mirrorpipe import pipeline
+from mirrorpipe.stream import pipeline
 from test_ssh import ssh, remote  # noqa: F401 - the private sshd fixture
 
 MIB = 1 << 20
@@ -227,7 +227,7 @@ def test_killing_a_member_before_ssh_leaves_no_remote_set(tmp_path, source, ssh,
 
 def test_end_of_input_with_the_readers_of_stdout_gone_is_a_cut_not_an_end():
     """What sshd does when the connection dies: the readers of the command's stdout go away."""
-    probe = [sys.executable, "-c", "from mirrorpipe import pipeline; "
+    probe = [sys.executable, "-c", "from mirrorpipe.stream import pipeline; "
              "print(pipeline.cut_connection('split-span'), file=__import__('sys').stderr)"]
     for reader_alive in (True, False):
         read_end, write_end = os.pipe()

@@ -12,7 +12,7 @@ import pytest
 import xxhash
 
 from conftest import assert_one_line_error, sh
-from mirrorpipe import manifests
+from mirrorpipe.sets import manifests
 from test_split_span import MIB, command, split
 
 VOLUME = 2 * MIB

@@ -12,7 +12,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirrorpipe import manifests, setreader, volumes
+from mirrorpipe.sets import manifests, setreader, volumes
 from mirrorpipe.errors import Error
 
 KIB = 1 << 10

@@ -3,7 +3,7 @@
 import os as _os
 import sys as _sys
 
-from .. import pipeline as _pipeline
+from ..stream import pipeline as _pipeline
 
 # A command joins its pipeline before its other imports (60 ms of them): one killed while it
 # starts then still leaves the record that names it, and sees the processes feeding it early.

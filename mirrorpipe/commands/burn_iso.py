@@ -3,7 +3,9 @@
 import os
 import tempfile
 
-from .. import cli, iso, manifests, media, optical
+from .. import cli, terminal, units
+from ..disc import iso, media, optical
+from ..sets import manifests
 from ..errors import Error, UsageError
 
 STOP_ANSWERS = ("q", "quit", "stop")
@@ -76,7 +78,7 @@ class BurnIso(cli.Command):
         size = iso.package(volume_path, image_path, progress=progress)
         manifest = manifests.read(manifests.manifest_path(volume_path))
         preset = media.PRESETS.get(manifest.media)
-        progress.finish(f"wrote {image_path} ({cli.format_size(size)})")
+        progress.finish(f"wrote {image_path} ({units.format_size(size)})")
         if preset and not iso.fits(size, preset.sectors):
             self.messages.warn(f"{image_path} needs {iso.burned_sectors(size)} sectors burned, more than "
                                f"the {preset.sectors} of a {preset.media} disc")
@@ -105,7 +107,7 @@ class Burner:
         self.messages = messages
         self.device = device
         self.overwrite = overwrite
-        self.tty = None
+        self.prompter = None
         self.burned = []
 
     def burn_all(self, files):
@@ -122,8 +124,8 @@ class Burner:
                 self._burn_volume(volume_argument(path), ask_first=number > 0)
             else:
                 self._burn_image(path, ask_first=number > 0)
-        if self.tty:
-            self.tty.close()
+        if self.prompter:
+            self.prompter.close()
 
     def _burn_volume(self, volume_path, ask_first):
         directory = os.path.dirname(volume_path) or "."
@@ -134,7 +136,7 @@ class Burner:
             progress = self.messages.progress(total=_size(volume_path))
             progress.set_detail(f"packaging {os.path.basename(volume_path)}")
             size = iso.package(volume_path, image_path, progress=progress)
-            progress.finish(f"packaged {os.path.basename(volume_path)} ({cli.format_size(size)} image)")
+            progress.finish(f"packaged {os.path.basename(volume_path)} ({units.format_size(size)} image)")
             self._burn_image(image_path, ask_first, name=os.path.basename(volume_path))
         finally:
             for leftover in (image_path, image_path + ".part"):
@@ -186,7 +188,7 @@ class Burner:
         except Error:
             progress.finish(f"{label}: failed")
             raise
-        summary = f"{label}: burned and verified ({cli.format_size(size)})"
+        summary = f"{label}: burned and verified ({units.format_size(size)})"
         if self.messages.show_progress:
             progress.finish(summary)
         else:
@@ -195,11 +197,11 @@ class Burner:
     def _ask(self, label, problem):
         """Say what went wrong, if anything, and wait for the user to put a disc for LABEL in the
         drive; Error naming the disc when they stop or cannot be asked."""
-        if self.tty is None:
-            self.tty = cli.open_terminal()
+        if self.prompter is None:
+            self.prompter = terminal.Prompter.open()
         told = f"{label}: {problem}.\n" if problem else ""
         question = f"Insert a blank disc for {label} into {self.device} and press Enter (q to stop): "
-        answer = cli.ask(told + question, tty=self.tty) if self.tty else None
+        answer = self.prompter.ask(told + question) if self.prompter else None
         if answer is None or answer.strip().lower() in STOP_ANSWERS:
             done = f"; burned: {', '.join(self.burned)}" if self.burned else "; no disc was burned"
             reason = "no terminal to ask for another disc" if answer is None else "stopped"

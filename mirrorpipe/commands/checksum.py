@@ -2,9 +2,10 @@
 
 import os
 
-from .. import cli, digests, pipeline
+from .. import cli
+from ..stream import digests, pipeline
 from ..errors import EXIT_FAILURE, Error, UsageError
-from ..streams import write_all
+from ..stream.streams import write_all
 
 
 class Checksum(cli.Command):

@@ -2,7 +2,8 @@
 
 import re
 
-from .. import cli, frames, pipeline
+from .. import cli, units
+from ..stream import frames, pipeline
 from ..errors import UsageError
 
 _LEVEL_FLAG = re.compile(r"^-(\d{1,2})$")
@@ -84,7 +85,7 @@ class Compress(cli.Command):
         raw, packed = stats.raw_bytes, stats.compressed_bytes
         cli.finish_output(dst)
         ratio = f"{100 * packed / raw:.1f}%" if raw else "-"
-        progress.finish(f"{cli.format_size(raw)} raw, {cli.format_size(packed)} compressed ({ratio})")
+        progress.finish(f"{units.format_size(raw)} raw, {units.format_size(packed)} compressed ({ratio})")
         if args.decompress and stats.seek_table_damage:
             for problem in stats.seek_table_damage:
                 self.messages.warn(problem)

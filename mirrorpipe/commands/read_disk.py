@@ -2,11 +2,14 @@
 
 import contextlib
 import json
+import socket
 
-from .. import badsectors, blockdev, cli, mapfile, pipeline
+from .. import cli
+from ..disk import badsectors, blockdev, mapfile
+from ..stream import pipeline
 from ..errors import UsageError
-from ..source import Source
-from ..streams import write_named_output
+from ..disk.source import Source
+from ..stream.streams import write_named_output
 
 # The image is complete, but unreadable sectors in it hold the fill pattern instead of data.
 EXIT_UNREADABLE = 3
@@ -77,7 +80,7 @@ class ReadDisk(cli.Command):
                                    "while it is read may be inconsistent in the image; unmount it or "
                                    "remount it read-only for a clean image")
             if args.info:
-                write_named_output(args.info, (json.dumps(source.info(cli.host_name()), indent=2)
+                write_named_output(args.info, (json.dumps(source.info(socket.gethostname()), indent=2)
                                                + "\n").encode(), what="the info file")
             progress = self.messages.progress(total=source.length)
             # A stream (pipe, character device) has no sectors to go back to: read it plainly.

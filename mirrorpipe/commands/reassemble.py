@@ -2,7 +2,8 @@
 
 import sys
 
-from .. import cli, replacements, setreader, volumes
+from .. import cli, terminal, units
+from ..sets import replacements, setreader, volumes
 from ..errors import Error, UsageError
 
 # --verify: the set is damaged or incomplete, but its parity volumes can rebuild what is lost.
@@ -82,11 +83,11 @@ class Reassemble(cli.Command):
             replace = replacements.ReplacementWriter(args.rebuild_into, volume_set, say=self.messages.note)
         # Disc by disc only for directories and drives (they can be read again) and with a terminal
         # to ask on.
-        tty = None
+        prompter = None
         directories = args.sources if all(volumes.rereadable(s) for s in args.sources) else None
         if not volume_set.restorable() and directories:
-            tty = cli.open_terminal()
-        disc_by_disc = tty is not None
+            prompter = terminal.Prompter.open()
+        disc_by_disc = prompter is not None
         out_fd = None
         if not args.verify:
             problem = setreader.check_before_reading(volume_set, found, disc_by_disc)
@@ -97,7 +98,7 @@ class Reassemble(cli.Command):
             out_fd = cli.open_output(args.output)
         progress = self.messages.progress()
         reader = setreader.SetReader(volume_set, found, out_fd=out_fd, progress=progress,
-                                   directories=directories, tty=tty, verify_only=args.verify,
+                                   directories=directories, prompter=prompter, verify_only=args.verify,
                                    say=None if args.verify else self.messages.warn,
                                    replace=replace)
         try:
@@ -110,7 +111,7 @@ class Reassemble(cli.Command):
             reader.close()
         cli.finish_output(out_fd)
         last = volume_set.end
-        progress.finish(f"{cli.format_size(last.total_length)} from {last.volume_count} "
+        progress.finish(f"{units.format_size(last.total_length)} from {last.volume_count} "
                         f"volume{'s' if last.volume_count > 1 else ''} of set '{last.set_name}', "
                         "every chunk, volume and the stream verified")
 

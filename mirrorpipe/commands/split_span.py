@@ -1,6 +1,9 @@
 """split-span: cut a stream into disc-sized volumes, each with a manifest beside it."""
 
-from .. import cli, erasure, iso, manifests, media, pipeline, volumes
+from .. import cli, units
+from ..disc import iso, media
+from ..sets import erasure, manifests, volumes
+from ..stream import pipeline
 from ..errors import Error, UsageError
 
 
@@ -100,7 +103,7 @@ class SplitSpan(cli.Command):
         finished = writer.write(src, confirm_end=pipeline.confirm_input_end)
         last = finished[-1]
         parity_note = f" and {len(writer.finished_parity)} parity volumes" if scheme else ""
-        progress.finish(f"{cli.format_size(last.total_length)} in {last.volume_count} "
+        progress.finish(f"{units.format_size(last.total_length)} in {last.volume_count} "
                         f"volume{'s' if last.volume_count > 1 else ''}{parity_note} of set '{args.name}' "
                         f"(set id {last.set_id}) in {args.outdir}")
 

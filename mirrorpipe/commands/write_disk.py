@@ -1,8 +1,9 @@
 """write-disk: a raw stream from standard input to a block device or a file."""
 
-from .. import cli, pipeline
+from .. import cli, terminal, units
+from ..stream import pipeline
 from ..errors import Error
-from ..target import open_target
+from ..disk.target import open_target
 
 
 class WriteDisk(cli.Command):
@@ -45,7 +46,7 @@ class WriteDisk(cli.Command):
             written = target.write_stream(src, progress, verify=args.verify,
                                           confirm_end=pipeline.confirm_input_end)
             checked = ", verified" if args.verify else ""
-            progress.finish(f"{cli.format_size(written)} written to {args.target}, "
+            progress.finish(f"{units.format_size(written)} written to {args.target}, "
                             f"flushed to stable storage{checked}")
         finally:
             target.close()
@@ -54,9 +55,9 @@ class WriteDisk(cli.Command):
         contents = target.existing_contents()
         if not contents or force:
             return
-        question = (f"{self.name}: {target.path} ({cli.format_size(target.capacity)}) holds {contents}; "
+        question = (f"{self.name}: {target.path} ({units.format_size(target.capacity)}) holds {contents}; "
                     "everything on it will be overwritten. Type 'yes' to continue: ")
-        answer = cli.ask(question)
+        answer = terminal.ask(question)
         if answer is None:
             raise Error(f"{target.path} holds {contents}; refusing to overwrite it without "
                         "confirmation: run in a terminal to be asked, or add --force")

@@ -31,7 +31,7 @@ import stat
 import threading
 import time
 
-from .errors import Error
+from ..errors import Error
 
 # /dev/shm is a memory file system every user may write: records cost no disk and vanish at boot.
 RECORDS_DIR = "/dev/shm/mirrorpipe-streams" if os.path.isdir("/dev/shm") else "/tmp/mirrorpipe-streams"
@@ -214,7 +214,7 @@ def _records_of(directory, pipe):
 
 # The mirrorpipe commands, as their launchers are named (bin/NAME, console scripts).
 COMMAND_NAMES = frozenset(name.removesuffix(".py").replace("_", "-") for name in
-                          os.listdir(os.path.join(os.path.dirname(__file__), "commands"))
+                          os.listdir(os.path.join(os.path.dirname(os.path.dirname(__file__)), "commands"))
                           if name.endswith(".py") and not name.startswith("_"))
 
 

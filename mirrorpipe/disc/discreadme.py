@@ -6,7 +6,8 @@ changes are the two placeholders, the mount point /media/cdrom and the target di
 
 import shlex
 
-from . import cli, manifests
+from .. import units
+from ..sets import manifests
 
 DISC_PLACEHOLDER = "/media/cdrom"
 TARGET_PLACEHOLDER = "/dev/sdX"
@@ -46,9 +47,9 @@ def readme_text(manifest, volume_name, compressed=None):
         lines.append("The last disc of the set says how many discs there are.")
     lines += [
         f"It holds {volume_name}, bytes {manifest.offset:,} to {manifest.offset + manifest.length:,} "
-        f"({cli.format_size(manifest.length)}) of the backup stream,",
+        f"({units.format_size(manifest.length)}) of the backup stream,",
         f"and {volume_name}.manifest, the xxh3-128 hashes of the volume and of every "
-        f"{cli.format_size(manifest.chunk_size)} chunk of it.",
+        f"{units.format_size(manifest.chunk_size)} chunk of it.",
         f"Made {manifest.created or 'at an unknown time'}"
         f"{f' on {manifest.host}' if manifest.host else ''}"
         f"{f' for {manifest.media} discs' if manifest.media else ''}.",

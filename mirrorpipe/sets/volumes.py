@@ -27,15 +27,19 @@ import os
 import re
 import secrets
 import shlex
+import socket
 import stat
 import subprocess
 import time
 from dataclasses import dataclass, field
 
-from . import cli, erasure, frames, manifests, pipeline
-from .errors import Error
+from .. import units
+from . import erasure, manifests
+from ..stream import frames, pipeline
+from ..progress import NoProgress
+from ..errors import Error, describe_os_error
 from .manifests import Manifest
-from .streams import Writeback, fsync_directory, read_full, write_all
+from ..stream.streams import Writeback, fsync_directory, read_full, write_all
 
 PART_SUFFIX = ".part"
 IMAGE_SUFFIX = ".iso"
@@ -181,14 +185,14 @@ class VolumeSetWriter:
             raise Error(f"invalid set name {set_name!r}: use up to 100 letters, digits and . _ + -, "
                         "starting with a letter or digit")
         if not manifests.MIN_CHUNK_SIZE <= chunk_size <= manifests.MAX_CHUNK_SIZE:
-            raise Error(f"chunk size {chunk_size} is outside {cli.format_size(manifests.MIN_CHUNK_SIZE)}"
-                        f"-{cli.format_size(manifests.MAX_CHUNK_SIZE)}")
+            raise Error(f"chunk size {chunk_size} is outside {units.format_size(manifests.MIN_CHUNK_SIZE)}"
+                        f"-{units.format_size(manifests.MAX_CHUNK_SIZE)}")
         if not manifests.MIN_VOLUME_SIZE <= volume_size <= manifests.MAX_VOLUME_SIZE:
-            raise Error(f"volume size {volume_size} is outside {cli.format_size(manifests.MIN_VOLUME_SIZE)}"
-                        f"-{cli.format_size(manifests.MAX_VOLUME_SIZE)}")
+            raise Error(f"volume size {volume_size} is outside {units.format_size(manifests.MIN_VOLUME_SIZE)}"
+                        f"-{units.format_size(manifests.MAX_VOLUME_SIZE)}")
         if manifests.chunk_count(volume_size, chunk_size) > manifests.MAX_CHUNKS:
-            raise Error(f"{cli.format_size(volume_size)} volumes need more than {manifests.MAX_CHUNKS} "
-                        f"chunks of {cli.format_size(chunk_size)}; choose a larger chunk size")
+            raise Error(f"{units.format_size(volume_size)} volumes need more than {manifests.MAX_CHUNKS} "
+                        f"chunks of {units.format_size(chunk_size)}; choose a larger chunk size")
         self.directory = directory
         self.set_name = set_name
         self.set_id = secrets.token_hex(16)
@@ -196,11 +200,11 @@ class VolumeSetWriter:
         self.chunk_size = chunk_size
         self.media = media
         self.on_finished = on_finished
-        self.progress = progress or cli.NoProgress()
+        self.progress = progress or NoProgress()
         self.stream_hash = manifests.new_hash()
         self.finished = []        # manifests of the finished volumes
         self.finished_parity = []  # manifests of the finished parity volumes
-        self.host = cli.host_name()[:manifests.MAX_HOST_LENGTH]
+        self.host = socket.gethostname()[:manifests.MAX_HOST_LENGTH]
         self.parity = parity
         self.parity_workers = parity_workers
         self.group_parity = None  # the accumulator of the group being written
@@ -232,7 +236,7 @@ class VolumeSetWriter:
     def _holds_last_volume(self, names):
         """Whether one of these finished files holds the manifest of a set's last data volume: a
         manifest file, or an ISO image (split-span --iso). One that cannot be read counts: it may."""
-        from . import iso   # iso builds on this module
+        from ..disc import iso   # iso builds on this module
         for name in names:
             path = os.path.join(self.directory, name)
             try:
@@ -433,7 +437,7 @@ class VolumeSetWriter:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return (f"no space left in {self.directory} while writing {where}; "
                     + self._describe_incomplete("free space, or move finished volumes away with --exec"))
-        return f"cannot write {where}: {cli.describe_os_error(exc)}; " + self._describe_incomplete()
+        return f"cannot write {where}: {describe_os_error(exc)}; " + self._describe_incomplete()
 
     def _describe_incomplete(self, first=None):
         """What a failed run leaves and the command that clears the way to run it again."""
@@ -587,7 +591,7 @@ def scan(sources):
 
     def take_disc(path):
         """An ISO image or a disc in a drive: its volume is read straight out of the image."""
-        from . import iso   # iso builds on this module
+        from ..disc import iso   # iso builds on this module
         key = os.path.realpath(path)
         if key not in seen:
             seen.add(key)
@@ -635,7 +639,7 @@ def _is_disc(path):
         return False
     if stat.S_ISBLK(mode):
         return True
-    from . import iso
+    from ..disc import iso
     return stat.S_ISREG(mode) and not path.endswith(manifests.SUFFIX) and iso.is_image(path)
 
 
@@ -818,13 +822,13 @@ class VolumeSet:
         where = os.environ.get("TMPDIR") or "/var/tmp"
         try:
             info = os.statvfs(where)
-            free = f", which has {cli.format_size(info.f_bavail * info.f_frsize)} free"
+            free = f", which has {units.format_size(info.f_bavail * info.f_frsize)} free"
         except OSError:
             free = ""
         return (f". The set has parity: run reassemble again and answer l when it asks for disc "
                 f"{index}; it rebuilds volume {index} from the other discs of group {group} (data discs "
                 f"{indices[0]}-{indices[-1]} and a parity disc of group {group}), which it asks for, in "
-                f"{cli.format_size(self.reference.volume_size)} of scratch space in {where} (TMPDIR)"
+                f"{units.format_size(self.reference.volume_size)} of scratch space in {where} (TMPDIR)"
                 f"{free}. Or copy those discs' volumes into one directory and give it with the drive")
 
     def usable_data(self, group):

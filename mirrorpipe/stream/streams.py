@@ -9,7 +9,7 @@ import os
 import re
 import stat
 
-from .errors import Error, UsageError
+from ..errors import Error, UsageError
 
 BLOCK_SIZE = 1 << 20
 

@@ -10,8 +10,8 @@ import bisect
 import sys
 import time
 
-from . import __version__
-from .streams import NamedOutput
+from .. import __version__
+from ..stream.streams import NamedOutput
 
 # Statuses as GNU ddrescue defines them.
 NON_TRIED = "?"    # not read yet

@@ -29,7 +29,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import zstandard
 
-from .errors import Error
+from ..errors import Error
 from .streams import BLOCK_SIZE, is_zero, read_full, write_all
 
 DEFAULT_LEVEL = 3

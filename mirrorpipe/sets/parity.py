@@ -20,8 +20,9 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-from . import cli, erasure, manifests, streams
-from .errors import Error
+from . import erasure, manifests
+from ..stream import streams
+from ..errors import Error, describe_os_error
 
 # Bytes folded per step: large enough for few Python-level steps, small enough that a block and
 # its scaled copy stay in the CPU cache.
@@ -155,7 +156,7 @@ class ParityAccumulator:
                     volume_digest=volume_digest, data_lengths=list(self.data_lengths),
                     coefficients=[self.coefficient(target, i) for i in range(len(self.data_lengths))]))
         except OSError as exc:
-            raise Error(f"cannot finish parity volume {path}: {cli.describe_os_error(exc)}") from None
+            raise Error(f"cannot finish parity volume {path}: {describe_os_error(exc)}") from None
         self._close()
         self.finished = True
         return finished
@@ -196,7 +197,7 @@ def _fold(files, data, index, offset, held):
             erasure.add_scaled(total, files.coefficient(target, index), data)
             streams.pwrite_all(fd, total, offset)
     except OSError as exc:
-        raise Error(f"cannot write parity volume {path}: {cli.describe_os_error(exc)}; "
+        raise Error(f"cannot write parity volume {path}: {describe_os_error(exc)}; "
                     "the parity volumes of this group are incomplete") from None
 
 

@@ -12,7 +12,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-from .errors import Error
+from ..errors import Error
 from .iso import burned_sectors
 
 XORRISO = "xorriso"

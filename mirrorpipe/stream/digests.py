@@ -8,7 +8,7 @@ import re
 
 import xxhash
 
-from .errors import Error
+from ..errors import Error
 from .streams import BLOCK_SIZE, read_full, write_all
 
 ALGORITHMS = {

@@ -47,7 +47,7 @@ import os
 import time
 
 from . import mapfile
-from .errors import Error, UsageError
+from ..errors import Error, UsageError
 
 # The errno values of a medium that cannot deliver a sector (the block layer reports a medium
 # error as ENODATA, a timeout as ETIMEDOUT, others as EIO). Any other error ends the read.
@@ -151,7 +151,7 @@ class BadSectorReader:
     The map (a mapfile.Map of the whole source, saved as it goes when it has a path) records
     what was read, what was found bad and what was never tried. `sector_size` is the source's
     logical sector size, the unit of bad sectors; `name` names the source in messages; a
-    `progress` meter (cli.Progress) shows the count of unreadable sectors.
+    `progress` meter (mirrorpipe.progress) shows the count of unreadable sectors.
     """
 
     def __init__(self, fd, start, end, sector_size=512, retries=DEFAULT_RETRIES, fill=b"\0",

@@ -13,9 +13,10 @@ group's parity is lost, one made from the data manifests.
 import dataclasses
 import os
 
-from . import cli, erasure, manifests, volumes
-from .errors import Error
-from .streams import write_all
+from .. import units
+from . import erasure, manifests, volumes
+from ..errors import Error, describe_os_error
+from ..stream.streams import write_all
 from .volumes import PART_SUFFIX
 
 
@@ -65,12 +66,12 @@ class ReplacementWriter:
                                       bytes(chunk_digests), volume_hash.digest())
             volumes.publish(path, manifest)
         except OSError as exc:
-            raise Error(f"cannot write the replacement {path}: {cli.describe_os_error(exc)}") from None
+            raise Error(f"cannot write the replacement {path}: {describe_os_error(exc)}") from None
         except BaseException:
             _remove(path + PART_SUFFIX)
             raise
         self.written.append(path)
-        self.say(f"wrote {path} ({cli.format_size(rebuilder.members[row].length)}), a replacement for "
+        self.say(f"wrote {path} ({units.format_size(rebuilder.members[row].length)}), a replacement for "
                  f"{volumes.name_of(key)}, with its manifest")
 
     def _manifest(self, key, group, indices, length, chunk_digests, volume_digest):

@@ -7,7 +7,7 @@ size: the smallest common disc of each kind, Blu-ray with the spare area drives 
 import math
 from dataclasses import dataclass
 
-from . import manifests
+from ..sets import manifests
 
 SECTOR_SIZE = 2048
 

@@ -21,8 +21,8 @@ import struct
 import xxhash
 
 from . import blockdev
-from .errors import Error, UsageError
-from .streams import (BLOCK_SIZE, ZEROS, Writeback, fsync_directory, is_zero, read_full,
+from ..errors import Error, UsageError
+from ..stream.streams import (BLOCK_SIZE, ZEROS, Writeback, fsync_directory, is_zero, read_full,
                       refuse_binary_terminal, write_all)
 
 BLKZEROOUT = 0x127F

@@ -9,9 +9,10 @@ import errno
 import os
 import stat
 
-from . import __version__, blockdev
-from .errors import Error
-from .streams import BLOCK_SIZE, write_all, write_zeros
+from .. import __version__
+from . import blockdev
+from ..errors import Error
+from ..stream.streams import BLOCK_SIZE, write_all, write_zeros
 
 
 class Source:

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 
 import pycdlib
 
-from . import discreadme, manifests, streams, volumes
-from .errors import Error
+from . import discreadme
+from ..sets import manifests, volumes
+from ..stream import streams
+from ..errors import Error
 
 SECTOR_SIZE = 2048
 README_NAME = "README.TXT"

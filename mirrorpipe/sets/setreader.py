@@ -21,9 +21,11 @@ import os
 import shutil
 import tempfile
 
-from . import cli, manifests
-from .errors import Error
-from .streams import read_full, write_all
+from .. import units
+from . import manifests
+from ..progress import NoProgress
+from ..errors import Error
+from ..stream.streams import read_full, write_all
 from .volumes import (IO_BUFFER_SIZE, PARITY_PREFIX, Scan, set_label, leftovers_note, name_of, scan,
                       volume_key, volume_name)
 
@@ -156,7 +158,7 @@ class VolumeCopies(io.RawIOBase):
         first = damaged[0] if damaged else 0
         what = self.read_errors.get((first, number)) or (
             f"corrupt data in {self.copies[first].label} at offset {start} (stream offset "
-            f"{manifest.offset + start}): the {cli.format_size(size)} chunk there does not match "
+            f"{manifest.offset + start}): the {units.format_size(size)} chunk there does not match "
             "its manifest")
         others = [self.copies[p].path for p in damaged[1:]]
         return what + (f"; no other copy holds it intact ({', '.join(others)} damaged there too)"
@@ -217,7 +219,7 @@ class SetReader:
     are collected in the reports instead of stopping at the first.
     """
 
-    def __init__(self, volume_set, found, out_fd=None, progress=None, directories=None, tty=None,
+    def __init__(self, volume_set, found, out_fd=None, progress=None, directories=None, prompter=None,
                  verify_only=False, say=None, replace=None):
         """say(text): tells the user what was rebuilt from parity (a warning line). replace(group,
         rebuilder, health): with verify_only, called for each group with parity once checked
@@ -225,9 +227,9 @@ class SetReader:
         self.set = volume_set
         self.found = found
         self.out_fd = out_fd
-        self.progress = progress or cli.NoProgress()
+        self.progress = progress or NoProgress()
         self.directories = directories    # re-read when the next disc is needed
-        self.tty = tty
+        self.prompter = prompter
         self.verify_only = verify_only
         self.say = say or (lambda text: None)
         self.replace = replace
@@ -278,7 +280,7 @@ class SetReader:
     def repairs_from_discs(self):
         """Disc by disc, a set with parity: a lost disc or a damaged chunk is rebuilt from the
         group's other discs, asked for one at a time."""
-        return bool(self.set.scheme and self.directories and self.tty is not None)
+        return bool(self.set.scheme and self.directories and self.prompter is not None)
 
     def verify_present(self):
         """Check every volume found, without asking for the others (--verify of a local set)."""
@@ -431,7 +433,7 @@ class SetReader:
             self._tell_copies(member.file, report)
         if member.file is None:
             report.rebuilt, report.status = True, "missing: rebuilt from parity"
-            self.say(f"rebuilt volume {index} ({cli.format_size(member.length)}) from parity")
+            self.say(f"rebuilt volume {index} ({units.format_size(member.length)}) from parity")
         elif member.bad_chunks:
             report.rebuilt = True
             report.status = f"damaged chunks at offset {_offsets(rebuilder, member)}: rebuilt from parity"
@@ -526,9 +528,9 @@ class SetReader:
                     f"({'l if it is lost or unreadable, ' if lost_allowed else ''}q to give up): ")
         note = ""     # what the last disc was, said before asking again
         while True:
-            if not self.directories or self.tty is None:
+            if not self.directories or self.prompter is None:
                 raise Error(self._missing_message(key))
-            answer = cli.ask(note + question, tty=self.tty)
+            answer = self.prompter.ask(note + question)
             answer = answer.strip().lower() if answer is not None else "q"
             if answer in ("q", "quit"):
                 raise Error(f"gave up waiting for {title} of set '{name}'"
@@ -685,12 +687,12 @@ class SetReader:
                         "TMPDIR to a directory with room") from None
         if free < need:
             os.rmdir(path)
-            raise Error(f"rebuilding needs {cli.format_size(need)} of scratch space, and {where} has only "
-                        f"{cli.format_size(free)} free; set TMPDIR to a directory with more room and run again")
+            raise Error(f"rebuilding needs {units.format_size(need)} of scratch space, and {where} has only "
+                        f"{units.format_size(free)} free; set TMPDIR to a directory with more room and run again")
         self.scratch_dirs.append(path)
         self.say(f"rebuilding {len(lengths)} volume{'s' if len(lengths) > 1 else ''} of group {group} from "
-                 f"its other discs, in {cli.format_size(need)} of scratch space in {path} ({where} has "
-                 f"{cli.format_size(free)} free); discs after the lost one are asked for twice")
+                 f"its other discs, in {units.format_size(need)} of scratch space in {path} ({where} has "
+                 f"{units.format_size(free)} free); discs after the lost one are asked for twice")
         return path
 
     def _emit_rebuilt(self, index, skip=0):
@@ -721,7 +723,7 @@ class SetReader:
         finally:
             os.close(fd)
         os.unlink(path)
-        self.say(f"rebuilt volume {index} ({cli.format_size(length)}) from parity")
+        self.say(f"rebuilt volume {index} ({units.format_size(length)}) from parity")
 
     def close(self):
         """Remove the scratch space of rebuilds."""

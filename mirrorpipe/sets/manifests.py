@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import xxhash
 
 from . import erasure
-from .errors import Error
+from ..errors import Error
 
 FORMAT = "mirrorpipe-volume"
 PARITY_FORMAT = "mirrorpipe-parity"
