@@ -293,3 +293,27 @@ def test_the_demo_runs_the_main_job_and_proves_each_restore(tmp_path):
     assert "result         OK: both restored disks byte-identical to the sample" in result.stdout
     for restored in ("restored.img", "stock-restored.img"):
         assert subprocess.run(["cmp", work / restored, work / "sample.img"]).returncode == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The end of a compressed stream
+
+def test_a_compressed_stream_just_past_a_mib_boundary_is_complete(tmp_path):
+    """The seek table that ends the stream may straddle split-span's last two reads."""
+    probe = command("compress", input=os.urandom(1 << 20)).stdout
+    overhead = len(probe) - (1 << 20)
+    for past in (1, 9, 16):
+        data = os.urandom((1 << 20) + past - overhead)
+        packed = command("compress", input=data).stdout
+        assert len(packed) % (1 << 20) == past
+        outdir = tmp_path / f"set{past}"
+        split(packed, outdir, "--size", "1M")
+        assert command("reassemble", outdir, check_status=0).stdout == packed
+
+
+def test_a_seek_table_listing_no_frame_is_refused_in_one_line(tmp_path):
+    header = command("compress", input=b"").stdout[:28]
+    empty_table = (0x184D2A5E).to_bytes(4, "little") + (9).to_bytes(4, "little") + \
+        (0).to_bytes(4, "little") + bytes([0x80]) + (0x8F92EAB1).to_bytes(4, "little")
+    result = command("split-span", "--size", "1M", tmp_path / "out", input=header + empty_table)
+    assert_one_line_error(result, "split-span", "without the seek table")

@@ -285,9 +285,10 @@ class VolumeSetWriter:
             while True:
                 turn ^= 1
                 view = memoryview(buffers[turn])
-                got = filled[turn] = read_full(src_fd, view)
+                got = read_full(src_fd, view)
                 if got == 0:
-                    break
+                    break   # buffers[turn] still holds the read before the last one
+                filled[turn] = got
                 if not head:
                     head = bytes(view[:64])
                 data = view[:got]
@@ -303,7 +304,7 @@ class VolumeSetWriter:
                 self.progress.advance(got)
             if confirm_end:
                 confirm_end(self.stream_length(volume))
-            tail = bytes(buffers[turn ^ 1][:filled[turn ^ 1]])
+            tail = bytes(buffers[turn][:filled[turn]]) + bytes(buffers[turn ^ 1][:filled[turn ^ 1]])
             frames.check_stream_end(head, tail, self.stream_length(volume))
             if volume is None:
                 volume = self._start(1)   # an empty stream still makes a set: one empty volume

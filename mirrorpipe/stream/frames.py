@@ -294,7 +294,7 @@ def check_stream_end(head, tail, length):
         return
     table = tail[-table_size:]
     sizes = _seek_table_sizes(table[8:])
-    if struct.unpack("<II", table[:8]) != (SEEK_TABLE_MAGIC, table_size - 8) or sizes is None \
+    if struct.unpack("<II", table[:8]) != (SEEK_TABLE_MAGIC, table_size - 8) or not sizes \
             or sizes[0] != len(header) or sum(sizes) + table_size > length:
         raise missing
 
