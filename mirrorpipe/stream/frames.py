@@ -584,11 +584,11 @@ class _StreamCheck:
 
     def end(self, offset):
         if offset == 0:
-            raise Error("no compressed data on input (the stream is empty)")
+            raise TruncatedInput("no compressed data on input (the stream is empty)")
         if self.start is not None:
-            raise TruncatedInput(f"truncated input: the stream ends at compressed offset {offset} after "
-                        f"{len(self.frames) - 1} complete frames, without the seek table that ends "
-                        "every compress stream: its end is missing")
+            raise TruncatedInput(f"truncated input: the stream ends at compressed offset {offset} "
+                                 f"after {len(self.frames) - 1} complete frames, without the seek "
+                                 "table that ends every compress stream: its end is missing")
 
 
 def _seek_table_header(entries):
