@@ -240,3 +240,14 @@ def test_end_of_input_with_the_readers_of_stdout_gone_is_a_cut_not_an_end():
             assert result.stderr == "None\n"
         else:
             assert "fed split-span closed before the end of the stream" in result.stderr
+
+
+def test_a_restore_whose_set_is_not_there_names_reassemble_and_changes_nothing(tmp_path):
+    victim = tmp_path / "victim.img"
+    old = os.urandom(1 << 20)
+    victim.write_bytes(old)
+    (tmp_path / "empty").mkdir()
+    result = sh(f"reassemble {tmp_path}/empty | compress -d | write-disk {victim}")
+    error = assert_one_line_error(result, "write-disk", "reassemble", "no finished volume")
+    assert "unchanged" in error, error
+    assert victim.read_bytes() == old
