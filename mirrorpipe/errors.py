@@ -1,8 +1,14 @@
 """Exceptions the engine raises; mirrorpipe.cli turns them into one-line messages and exit codes."""
 
+# Every exit status of the commands, named here once; each command's man page says which it uses.
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# 3 is a command's own "done, but look": what it means depends on the command.
+EXIT_SECTORS_FILLED = 3         # read-disk: complete, but unreadable sectors hold the fill pattern
+EXIT_REBUILDABLE = 3            # reassemble --verify: restorable only by making up for damage
+EXIT_SEEK_TABLE_DAMAGED = 3     # compress -d: the output is complete, the seek table damaged
+EXIT_INTERRUPTED = 130          # Ctrl-C, as the shell reports a process killed by SIGINT
 
 
 class Error(Exception):

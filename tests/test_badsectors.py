@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from conftest import sh
 from faultfs import SECTOR, FaultFS
 from mirrorpipe.disk import badsectors, mapfile
-from mirrorpipe.commands.read_disk import EXIT_UNREADABLE
+from mirrorpipe.errors import EXIT_SECTORS_FILLED
 from mirrorpipe.errors import UsageError
 
 
@@ -83,7 +83,7 @@ def test_bad_sectors_are_filled_mapped_and_reported(image, tmp_path, faultfs):
     disk = faultfs.mount(image, bad=SCATTERED)
     result, out, map_path = read_disk(disk.path, tmp_path, "--fill 0xDEADBEEF")
     bad = sectors_of(SCATTERED)
-    assert result.returncode == EXIT_UNREADABLE, result.stderr_text
+    assert result.returncode == EXIT_SECTORS_FILLED, result.stderr_text
     assert out == expected_image(image, bad, bytes.fromhex("DEADBEEF") * (SECTOR // 4))
     assert listed_bad_sectors(map_path) == bad
     summary = result.stderr_text
@@ -95,7 +95,7 @@ def test_bad_sectors_are_filled_mapped_and_reported(image, tmp_path, faultfs):
 def test_text_fill_can_be_found_in_the_image(image, tmp_path, faultfs):
     disk = faultfs.mount(image, bad=[(3000, 2)])
     result, out, _ = read_disk(disk.path, tmp_path, "--fill 'BAD SECTOR '")
-    assert result.returncode == EXIT_UNREADABLE
+    assert result.returncode == EXIT_SECTORS_FILLED
     fill = (b"BAD SECTOR " * 47)[:SECTOR]
     assert out.find(fill) == 3000 * SECTOR and out.find(fill, 3001 * SECTOR) == 3001 * SECTOR
     assert out == expected_image(image, [3000, 3001], fill)
@@ -106,7 +106,7 @@ def test_whole_pipeline_restores_with_the_filled_sectors(image, tmp_path, faultf
     restored = tmp_path / "restored.img"
     result = sh(f"read-disk -q {disk.path} | compress | compress -d > {restored}; "
                 "echo ${PIPESTATUS[@]}")
-    assert result.stdout.split() == [str(EXIT_UNREADABLE).encode(), b"0", b"0"], result.stderr_text
+    assert result.stdout.split() == [str(EXIT_SECTORS_FILLED).encode(), b"0", b"0"], result.stderr_text
     assert result.stderr_text == ""
     assert restored.read_bytes() == expected_image(image, sectors_of(SCATTERED))
 
@@ -138,7 +138,7 @@ def test_offset_and_length_with_bad_sectors(image, tmp_path, faultfs):
     disk = faultfs.mount(image, bad=SCATTERED)
     start, length = 3000, 5 * MIB  # not sector-aligned
     result, out, map_path = read_disk(disk.path, tmp_path, f"--offset {start} --length {length}")
-    assert result.returncode == EXIT_UNREADABLE
+    assert result.returncode == EXIT_SECTORS_FILLED
     assert out == expected_image(image, sectors_of(SCATTERED))[start:start + length]
     first, last = start // SECTOR, (start + length - 1) // SECTOR
     assert listed_bad_sectors(map_path) == [s for s in sectors_of(SCATTERED) if first <= s <= last]
@@ -149,7 +149,7 @@ def test_source_that_stops_answering_is_crossed_by_probes(image, tmp_path, fault
     half = SIZE // 2 + 3 * SECTOR
     disk = faultfs.mount(image, fail_from=half)
     result, out, map_path = read_disk(disk.path, tmp_path, "--max-retry-time 0")
-    assert result.returncode == EXIT_UNREADABLE
+    assert result.returncode == EXIT_SECTORS_FILLED
     assert out == expected_image(image, range(half // SECTOR, SECTORS))
     # Not one read per sector (8189 of them): probes in growing steps, then halving.
     assert disk.stats()["failed"] < 60
@@ -165,7 +165,7 @@ def test_with_time_the_skipped_area_is_read_sector_by_sector(image, tmp_path, fa
     half = SIZE // 2 + 3 * SECTOR
     disk = faultfs.mount(image, fail_from=half, bad=[(100, 1)])
     result, out, map_path = read_disk(disk.path, tmp_path)
-    assert result.returncode == EXIT_UNREADABLE
+    assert result.returncode == EXIT_SECTORS_FILLED
     bad = [100] + list(range(half // SECTOR, SECTORS))
     assert out == expected_image(image, bad)
     assert listed_bad_sectors(map_path) == bad
@@ -177,7 +177,7 @@ def test_retry_time_bounds_the_time_spent_in_a_dead_area(image, tmp_path, faultf
     # Each failing read takes 2 ms, like a disk giving up on a sector (real ones take longer).
     disk = faultfs.mount(image, fail_from=half, error_delay_us=2000)
     result, out, map_path = read_disk(disk.path, tmp_path, "--max-retry-time 1")
-    assert result.returncode == EXIT_UNREADABLE
+    assert result.returncode == EXIT_SECTORS_FILLED
     assert out == expected_image(image, range(half // SECTOR, SECTORS))
     # About 1 s of sector-by-sector reading, not the 8192 reads (16 s) of the whole dead half.
     assert disk.stats()["failed"] < 2000
@@ -194,7 +194,7 @@ def test_loop_device_saves_the_readable_sectors_of_a_failing_page(image, tmp_pat
     bad = [(4101, 1), (9, 1), (SECTORS - 1, 1)]
     device = faulty_loop_device(faultfs.mount(image, bad=bad).path)
     result, out, map_path = read_disk(device, tmp_path)
-    assert result.returncode == EXIT_UNREADABLE, result.stderr_text
+    assert result.returncode == EXIT_SECTORS_FILLED, result.stderr_text
     assert out == expected_image(image, sectors_of(bad))
     assert listed_bad_sectors(map_path) == sectors_of(bad)
 
@@ -210,7 +210,7 @@ def test_a_block_device_meets_a_dead_area_with_few_failed_requests(tmp_path, fau
     disk = faultfs.mount(str(big), fail_from=size // 2)
     device = faulty_loop_device(disk.path)
     result, out, _ = read_disk(device, tmp_path, "--max-retry-time 0")
-    assert result.returncode == EXIT_UNREADABLE, result.stderr_text
+    assert result.returncode == EXIT_SECTORS_FILLED, result.stderr_text
     assert len(out) == size and out == bytes(size)
     assert disk.stats()["failed"] < 80
 

@@ -10,7 +10,7 @@ import zstandard
 
 from conftest import assert_one_line_error, need_tools, sh
 from mirrorpipe.stream import frames
-from mirrorpipe.errors import Error
+from mirrorpipe.errors import EXIT_SEEK_TABLE_DAMAGED, Error
 
 MiB = 1 << 20
 
@@ -283,7 +283,7 @@ def test_a_damaged_seek_table_entry_names_its_frame_and_the_data_is_delivered(tm
     frame_offset = parts[frame][1]
     (tmp_path / "damaged.zst").write_bytes(flipped(packed, table_offset + 8 + 12 * frame + at))
     result = sh(f"compress -d < {tmp_path}/damaged.zst")
-    assert result.returncode == 3, result.stderr_text
+    assert result.returncode == EXIT_SEEK_TABLE_DAMAGED, result.stderr_text
     assert result.stdout == data
     assert "Traceback" not in result.stderr_text
     assert (f"compress: warning: the seek table at compressed offset {table_offset}: the entry of frame "
@@ -314,7 +314,7 @@ def test_a_damaged_seek_table_footer_still_checks_every_entry(tmp_path):
     for offset in (len(packed) - 9, len(packed) - 5, len(packed) - 1):   # count, descriptor, magic
         (tmp_path / "damaged.zst").write_bytes(flipped(packed, offset))
         result = sh(f"compress -d < {tmp_path}/damaged.zst")
-        assert result.returncode == 3 and result.stdout == data, result.stderr_text
+        assert result.returncode == EXIT_SEEK_TABLE_DAMAGED and result.stdout == data, result.stderr_text
         assert "its footer is damaged" in result.stderr_text
 
 
@@ -327,7 +327,7 @@ def test_a_damaged_seek_table_header_is_named_and_the_data_delivered(tmp_path):
     for at, mask in ((0, 0x10), (3, 0x01), (4, 0x01), (5, 0x80), (7, 0x40)):
         (tmp_path / "damaged.zst").write_bytes(flipped(packed, table_offset + at, mask))
         result = sh(f"compress -d < {tmp_path}/damaged.zst")
-        assert result.returncode == 3 and result.stdout == data, (at, result.stderr_text)
+        assert result.returncode == EXIT_SEEK_TABLE_DAMAGED and result.stdout == data, (at, result.stderr_text)
         assert f"the seek table at compressed offset {table_offset}: its header is damaged" in result.stderr_text
     cut = packed[:table_offset] + packed[table_offset + 8:]   # the header lost, not damaged: still whole
     (tmp_path / "cut.zst").write_bytes(cut)

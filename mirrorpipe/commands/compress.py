@@ -4,13 +4,9 @@ import re
 
 from .. import cli, units
 from ..stream import frames, pipeline
-from ..errors import UsageError
+from ..errors import EXIT_SEEK_TABLE_DAMAGED, UsageError
 
 _LEVEL_FLAG = re.compile(r"^-(\d{1,2})$")
-
-# compress -d: the output is complete and every frame checked by its own checksum, but entries
-# of the seek table do not match the frames they list. The image is good; the file is damaged.
-EXIT_SEEK_TABLE_DAMAGED = 3
 
 
 class Compress(cli.Command):

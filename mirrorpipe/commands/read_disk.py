@@ -5,19 +5,16 @@ import json
 import socket
 
 from .. import cli
-from ..disk import badsectors, blockdev, mapfile
+from ..disk import badsectors
 from ..stream import pipeline
-from ..errors import UsageError
+from ..errors import EXIT_SECTORS_FILLED, UsageError
 from ..disk.source import Source
 from ..stream.streams import write_named_output
-
-# The image is complete, but unreadable sectors in it hold the fill pattern instead of data.
-EXIT_UNREADABLE = 3
 
 
 class ReadDisk(cli.Command):
     name = "read-disk"
-    complete_statuses = (EXIT_UNREADABLE,)
+    complete_statuses = (EXIT_SECTORS_FILLED,)
     description = (
         "Write the raw bytes of a disk, a partition or an image file to standard output, exactly,\n"
         "nothing added. Block devices are sized by the kernel; holes in sparse image files are\n"
@@ -34,7 +31,7 @@ class ReadDisk(cli.Command):
         "to the sector so every readable sector is saved; unreadable ones are filled. A bad area\n"
         "is crossed in growing steps, then read sector by sector while --max-retry-time lasts.\n"
         "\n"
-        f"exit status: 0 success, 1 failure, 2 usage error, {EXIT_UNREADABLE} the image is complete but\n"
+        f"exit status: 0 success, 1 failure, 2 usage error, {EXIT_SECTORS_FILLED} the image is complete but\n"
         "unreadable sectors in it were filled (listed on stderr and in the --map file).")
 
     def add_arguments(self, parser):
@@ -83,8 +80,8 @@ class ReadDisk(cli.Command):
                 write_named_output(args.info, (json.dumps(source.info(socket.gethostname()), indent=2)
                                                + "\n").encode(), what="the info file")
             progress = self.messages.progress(total=source.length)
-            # A stream (pipe, character device) has no sectors to go back to: read it plainly.
-            reader = None if source.size is None else bad_sector_reader(source, args, fill, progress)
+            reader = source.bad_sector_reader(args.map, progress, retries=args.retries, fill=fill,
+                                              max_retry_time=args.max_retry_time)
             with reader or contextlib.nullcontext():
                 written = source.copy_to(out, progress, reader)
             if args.source == "-" and source.size is None:
@@ -93,19 +90,8 @@ class ReadDisk(cli.Command):
             summary = reader and reader.summary()
             if summary:
                 self.messages.warn(summary + (f"; map in {args.map}" if args.map else ""))
-                return EXIT_UNREADABLE
+                return EXIT_SECTORS_FILLED
         return None
-
-
-def bad_sector_reader(source, args, fill, progress):
-    """The reader that takes source's read errors: retries, fill, map, as the options say."""
-    sector = blockdev.sector_sizes(source.fd)[0] if source.rdev is not None else 512
-    bad_map = mapfile.Map(source.size, args.map)
-    bad_map.save()
-    return badsectors.BadSectorReader(
-        source.fd, source.offset, source.offset + source.length, sector_size=sector,
-        retries=args.retries, fill=fill, max_retry_time=args.max_retry_time, map=bad_map,
-        name=args.source, progress=progress, direct=source.rdev is not None)
 
 
 main = cli.entry_point(ReadDisk)

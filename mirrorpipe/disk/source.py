@@ -10,7 +10,7 @@ import os
 import stat
 
 from .. import __version__
-from . import blockdev
+from . import badsectors, blockdev, mapfile
 from ..errors import Error
 from ..stream.streams import BLOCK_SIZE, write_all, write_zeros
 
@@ -98,6 +98,21 @@ class Source:
             facts["partition_table"] = blockdev.partition_table(head, sector)
             facts["contents"] = blockdev.describe_contents(head, sector)
         return facts
+
+    def bad_sector_reader(self, map_path=None, progress=None, **options):
+        """The badsectors.BadSectorReader that takes this source's read errors (options: retries,
+        fill, max_retry_time), its ddrescue map saved to MAP_PATH as it goes; None for a stream (a
+        pipe or character device), which has no sectors to go back to and is read plainly. A block
+        device is read in its logical sectors and with O_DIRECT (badsectors says why), an image
+        file in 512-byte sectors through the page cache."""
+        if self.size is None:
+            return None
+        sector = blockdev.sector_sizes(self.fd)[0] if self.rdev is not None else 512
+        bad_map = mapfile.Map(self.size, map_path)
+        bad_map.save()
+        return badsectors.BadSectorReader(
+            self.fd, self.offset, self.offset + self.length, sector_size=sector, map=bad_map,
+            name=self.path, progress=progress, direct=self.rdev is not None, **options)
 
     def extents(self):
         """(start, end, is_data) ranges covering the range to read; holes only for image files."""

@@ -21,7 +21,7 @@ import struct
 import xxhash
 
 from . import blockdev
-from ..errors import Error, UsageError
+from ..errors import EXIT_INTERRUPTED, Error, UsageError
 from ..stream.streams import (BLOCK_SIZE, ZEROS, Writeback, fsync_directory, is_zero, read_full,
                       refuse_binary_terminal, write_all)
 
@@ -35,7 +35,7 @@ VERIFY_SEGMENT = 64 << 20
 class Interrupted(Error):
     """Ctrl-C during the copy: reported with what the target holds, with the shell's status."""
 
-    status = 130
+    status = EXIT_INTERRUPTED
 
 
 class Target:
