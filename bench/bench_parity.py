@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 from bench_core import CHECKOUT, MB, BenchError, sh, time_side_by_side  # noqa: E402
 from bench_volumes import make_stream  # noqa: E402
-from mirrorpipe import manifests, volumes  # noqa: E402 - bench_core put the checkout on sys.path
+from mirrorpipe.sets import manifests, names  # noqa: E402 - bench_core put the checkout on sys.path
 from mirrorpipe.units import format_size, parse_size  # noqa: E402
 
 MIN_SPLIT_RATIO = 0.5
@@ -117,7 +117,7 @@ def bench(args):
                  cpu.median("parity"), cpu.median("plain")))
     subprocess.run(["bash", "-o", "pipefail", "-c", split_plain], env=env, check=True)
 
-    lost = os.path.join(with_parity, volumes.volume_name("image", LOST_VOLUME))
+    lost = os.path.join(with_parity, names.volume_name("image", LOST_VOLUME))
     os.unlink(lost)
     os.unlink(manifests.manifest_path(lost))
     print(f"bench: rebuild, {args.runs} runs each", file=sys.stderr)

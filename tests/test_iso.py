@@ -10,7 +10,7 @@ import xxhash
 
 from conftest import REPO, need_tools, sh
 from mirrorpipe.disc import discreadme, iso, media
-from mirrorpipe.sets import manifests
+from mirrorpipe.sets import manifests, names
 from mirrorpipe.errors import Error
 
 CHUNK = manifests.DEFAULT_CHUNK_SIZE
@@ -315,9 +315,9 @@ def test_names_and_labels_follow_each_file_systems_rules():
     long_name = "a" * 100 + ".90000.manifest"
     assert len(iso.iso9660_name(long_name)) <= 32
     assert len(iso.joliet_name(long_name)) == 64 and iso.joliet_name(long_name).endswith(".90000.manifest")
-    labels = iso.disc_labels("pc1-2026-11-25", 3)
+    labels = iso.disc_labels("pc1-2026-11-25", names.VolumeKey(3))
     assert labels == iso.Labels("PC1_2026_11_25_003", "PC1_2026_11_003", "pc1-2026-11-25 disc 3")
-    long_labels = iso.disc_labels("x" * 100, 12345)
+    long_labels = iso.disc_labels("x" * 100, names.VolumeKey(12345))
     assert len(long_labels.iso9660) <= 32 and re.fullmatch(r"[A-Z0-9_]+", long_labels.iso9660)
     assert len(long_labels.joliet) <= 16
 

@@ -12,7 +12,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirrorpipe.sets import manifests, setreader, volumes
+from mirrorpipe.sets import finder, manifests, names, reader, volumeset, writer
 from mirrorpipe.errors import Error
 
 KIB = 1 << 10
@@ -24,22 +24,18 @@ def write_set(directory, data, volume_size, chunk_size=64 * KIB, name="image", *
     with tempfile.TemporaryFile() as source:
         source.write(data)
         source.seek(0)
-        writer = volumes.VolumeSetWriter(str(directory), name, volume_size, chunk_size=chunk_size, **kwargs)
-        return writer.write(source.fileno())
+        set_writer = writer.VolumeSetWriter(str(directory), name, volume_size, chunk_size=chunk_size, **kwargs)
+        return set_writer.write(source.fileno())
 
 
 def read_set(*sources):
-    found = volumes.scan([str(s) for s in sources])
-    volume_set = volumes.gather(found)
-    problem = setreader.check_before_reading(volume_set, found, disc_by_disc=False)
-    if problem:
-        raise Error(problem)
+    """What `reassemble SOURCES` writes, run in-process."""
     read_end, write_end = os.pipe()
     out = bytearray()
     collector = threading.Thread(target=lambda: _drain(read_end, out))
     collector.start()
     try:
-        setreader.SetReader(volume_set, found, out_fd=write_end).run()
+        reader.restore([str(s) for s in sources], lambda: write_end)
     finally:
         os.close(write_end)
         collector.join()
@@ -59,21 +55,21 @@ def _drain(fd, out):
 # Names
 
 def test_volume_numbers_widen_like_gnu_split():
-    assert [volumes.volume_suffix(i) for i in (1, 9, 899, 900, 9899, 9900)] == \
+    assert [names.volume_suffix(i) for i in (1, 9, 899, 900, 9899, 9900)] == \
         ["001", "009", "899", "90000", "98999", "9900000"]
-    assert volumes.suffix_index("000") is None and volumes.suffix_index("0001") is None
-    assert volumes.suffix_index("manifest") is None and volumes.suffix_index("9001") is None
+    assert names.suffix_index("000") is None and names.suffix_index("0001") is None
+    assert names.suffix_index("manifest") is None and names.suffix_index("9001") is None
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 10 ** 8), st.integers(1, 10 ** 8))
 def test_property_names_sort_in_stream_order_and_read_back(a, b):
-    assert volumes.suffix_index(volumes.volume_suffix(a)) == a
-    assert (volumes.volume_suffix(a) < volumes.volume_suffix(b)) == (a < b)
+    assert names.suffix_index(names.volume_suffix(a)) == a
+    assert (names.volume_suffix(a) < names.volume_suffix(b)) == (a < b)
 
 
 def test_describe_indices():
-    assert volumes.describe_indices([5, 1, 2, 3, 7, 8]) == "1-3, 5, 7-8"
+    assert names.describe_indices([5, 1, 2, 3, 7, 8]) == "1-3, 5, 7-8"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,9 +128,9 @@ def test_invalid_parameters_are_refused(tmp_path):
                             ({"volume_size": 1000}, "volume size")]:
         args = {"name": "image", "chunk_size": 64 * KIB, "volume_size": MIB, **kwargs}
         with pytest.raises(Error, match=message):
-            volumes.VolumeSetWriter(str(tmp_path), args["name"], args["volume_size"], chunk_size=args["chunk_size"])
+            writer.VolumeSetWriter(str(tmp_path), args["name"], args["volume_size"], chunk_size=args["chunk_size"])
     with pytest.raises(Error, match="choose a larger chunk size"):
-        volumes.VolumeSetWriter(str(tmp_path), "x", 10 ** 12, chunk_size=64 * KIB)
+        writer.VolumeSetWriter(str(tmp_path), "x", 10 ** 12, chunk_size=64 * KIB)
 
 
 @pytest.fixture
@@ -174,7 +170,7 @@ def test_out_of_space_says_which_volumes_are_complete_and_leaves_no_partial_volu
 def test_exec_hook_gets_the_volume_safely_with_its_environment(tmp_path):
     odd = tmp_path / "o'dd $(touch pwned) dir"
     log = tmp_path / "log"
-    hook = volumes.ExecHook(
+    hook = writer.ExecHook(
         f'printf "%s|%s|%s|%s|%s|%s|" {{}} "$MIRRORPIPE_VOLUME" "$MIRRORPIPE_VOLUME_INDEX" '
         f'"$MIRRORPIPE_SET_NAME" "$MIRRORPIPE_LAST" "$MIRRORPIPE_SET_ID" >> {log}; '
         f'cat >> {log}; echo >> {log}; test -f {{}}')
@@ -189,7 +185,7 @@ def test_exec_hook_gets_the_volume_safely_with_its_environment(tmp_path):
 
 
 def test_a_failing_exec_hook_stops_the_run(tmp_path):
-    hook = volumes.ExecHook("test {} != '" + str(tmp_path / "out" / "image.002") + "'")
+    hook = writer.ExecHook("test {} != '" + str(tmp_path / "out" / "image.002") + "'")
     with pytest.raises(Error, match=r"--exec command failed with status 1 for .*image\.002; stopping"):
         write_set(tmp_path / "out", os.urandom(5 * MIB), 2 * MIB, on_finished=hook)
     # Volume 2 itself is complete (the hook runs on finished volumes); nothing after it was written.

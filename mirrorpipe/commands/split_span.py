@@ -2,7 +2,8 @@
 
 from .. import cli, units
 from ..disc import iso, media
-from ..sets import erasure, manifests, volumes
+from ..sets import erasure, manifests
+from ..sets.writer import ExecHook, VolumeSetWriter
 from ..stream import pipeline
 from ..errors import Error, UsageError
 
@@ -94,7 +95,7 @@ class SplitSpan(cli.Command):
         src = cli.open_input("-")
         progress = self.messages.progress()
         try:
-            writer = volumes.VolumeSetWriter(
+            writer = VolumeSetWriter(
                 args.outdir, args.name, volume_size, chunk_size=args.chunk_size, media=args.preset,
                 on_finished=finished_hook(args),
                 progress=progress, parity=scheme)
@@ -119,7 +120,7 @@ def group_size(text):
 def finished_hook(args):
     """What runs after each finished volume: --exec, and with --iso the packaging before it, so
     that --exec is handed the image."""
-    exec_hook = volumes.ExecHook(args.exec_command) if args.exec_command else None
+    exec_hook = ExecHook(args.exec_command) if args.exec_command else None
     return iso.ImageHook(then=exec_hook) if args.iso else exec_hook
 
 

@@ -84,7 +84,7 @@ class Burner:
         with iso.Disc(image_path) as image:
             manifest, manifest_bytes = image.manifest, image.manifest_bytes
         size = file_size(image_path)
-        label = f"{manifest.disc_title} of set '{manifest.set_name}' ({name or os.path.basename(image_path)})"
+        label = f"{manifest.key.disc_title()} of set '{manifest.set_name}' ({name or os.path.basename(image_path)})"
         problem = None
         while True:
             if ask_first or problem:

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 import pycdlib
 
 from . import discreadme
-from ..sets import manifests, volumes
+from ..sets import manifests
+from ..sets.names import IMAGE_SUFFIX, VolumeKey, volume_suffix
 from ..stream import streams
 from ..errors import Error
 
 SECTOR_SIZE = 2048
 README_NAME = "README.TXT"
-IMAGE_SUFFIX = volumes.IMAGE_SUFFIX
 
 # README.TXT is a few KiB; this bounds it for any set name and host a manifest can hold.
 README_ALLOWANCE = 16 * 1024
@@ -79,24 +79,17 @@ class Labels:
     udf: str
 
 
-def disc_labels(set_name, index, parity_group=None):
-    """Volume labels for disc INDEX of SET_NAME, within each file system's limits:
-    'PC1_2026_11_25_003' (ISO 9660), 'PC1_2026_11_003' (Joliet), 'pc1-2026-11-25 disc 3' (UDF);
-    for parity disc INDEX of group PARITY_GROUP: 'PC1_2026_11_25_P001_2', 'pc1-2026-11-25 parity
-    1-2'."""
-    number = f"{index:03d}" if parity_group is None else f"P{parity_group:03d}_{index}"
-    title = f"disc {index}" if parity_group is None else f"parity {parity_group}-{index}"
+def disc_labels(set_name, key):
+    """Volume labels for the disc of the volume of KEY (a names.VolumeKey) of SET_NAME, within
+    each file system's limits: 'PC1_2026_11_25_003' (ISO 9660), 'PC1_2026_11_003' (Joliet),
+    'pc1-2026-11-25 disc 3' (UDF); for parity disc 2 of group 1: 'PC1_2026_11_25_P001_2',
+    'pc1-2026-11-25 parity 1-2'."""
+    number, title = key.label_number(), key.label_title()
     upper = _NOT_D_CHARACTERS.sub("_", set_name.upper())
     return Labels(
         iso9660=f"{upper[:ISO_LABEL_LENGTH - 1 - len(number)].rstrip('_')}_{number}",
         joliet=f"{upper[:JOLIET_LABEL_LENGTH - 1 - len(number)].rstrip('_')}_{number}",
         udf=f"{set_name[:UDF_LABEL_LENGTH - 1 - len(title)]} {title}")
-
-
-def labels_for(manifest):
-    if isinstance(manifest, manifests.ParityManifest):
-        return disc_labels(manifest.set_name, manifest.parity_index, manifest.group)
-    return disc_labels(manifest.set_name, manifest.index)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +171,7 @@ def image_size(volume_name, volume_length, manifest_length, readme_length):
     given lengths (file names and labels affect only the directory records, not the size)."""
     image = _layout([(volume_name, volume_length, _Zeros()),
                      (volume_name + manifests.SUFFIX, manifest_length, _Zeros()),
-                     (README_NAME, readme_length, _Zeros())], disc_labels("size", 1))
+                     (README_NAME, readme_length, _Zeros())], disc_labels("size", VolumeKey(1)))
     return image.pvd.space_size * SECTOR_SIZE
 
 
@@ -234,16 +227,16 @@ def package(volume_path, image_path, compressed=None, progress=None):
         compressed = stream_compressed(volume_path, manifest)
     readme = discreadme.readme_text(manifest, os.path.basename(volume_path), compressed)
     return write_image(volume_path, manifest_bytes, readme, image_path,
-                       labels_for(manifest), progress)
+                       disc_labels(manifest.set_name, manifest.key), progress)
 
 
 def stream_compressed(volume_path, manifest):
     """Whether the set's stream is zstd, from the first bytes of volume 1 when it is this volume
     or lies beside it; None when it is not at hand."""
     first = volume_path
-    if not is_first_volume(manifest):
+    if manifest.key != VolumeKey(1):
         prefix = volume_path.rpartition(".")[0]
-        first = f"{prefix}.{volumes.volume_suffix(1)}"
+        first = f"{prefix}.{volume_suffix(1)}"
         try:
             if manifests.read(manifests.manifest_path(first)).set_id != manifest.set_id:
                 return None
@@ -254,10 +247,6 @@ def stream_compressed(volume_path, manifest):
             return discreadme.looks_compressed(stream.read(4))
     except OSError:
         return None
-
-
-def is_first_volume(manifest):
-    return isinstance(manifest, manifests.Manifest) and manifest.index == 1
 
 
 def replace_with_image(volume_path, compressed=None, progress=None):
@@ -281,7 +270,7 @@ class ImageHook:
         self.compressed = None
 
     def __call__(self, manifest, path):
-        if is_first_volume(manifest):
+        if manifest.key == VolumeKey(1):
             self.compressed = stream_compressed(path, manifest)
         image_path = replace_with_image(path, self.compressed)
         if self.then:
@@ -675,7 +664,7 @@ class Disc:
 
 @dataclass
 class DiscVolume:
-    """A volume inside an ISO image or on a disc, with the interface of volumes.VolumeFile
+    """A volume inside an ISO image or on a disc, with the interface of finder.VolumeFile
     (manifest, manifest_path, path, open_checked()), so that reassemble reads it like a file."""
 
     manifest: manifests.Manifest    # or a ParityManifest
@@ -689,7 +678,7 @@ class DiscVolume:
 
     @property
     def label(self):
-        return volumes.describe_volume(self.manifest, self.path)
+        return self.manifest.key.describe_at(self.path)
 
     def open_file(self):
         """The volume as a file object (seek, readinto), checked as open_checked() does."""

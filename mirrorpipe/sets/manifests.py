@@ -32,6 +32,7 @@ import xxhash
 
 from . import erasure
 from ..errors import Error
+from .names import VolumeKey
 
 FORMAT = "mirrorpipe-volume"
 PARITY_FORMAT = "mirrorpipe-parity"
@@ -101,14 +102,13 @@ class Manifest:
     def chunk_digest(self, number):
         return self.chunk_digests[number * DIGEST_SIZE:(number + 1) * DIGEST_SIZE]
 
-    def describe(self):
-        """'volume 3 of set 'pc1'' for messages."""
-        return f"volume {self.index} of set '{self.set_name}'"
-
     @property
-    def disc_title(self):
-        """What the disc holding this volume is called: 'disc 3'."""
-        return f"disc {self.index}"
+    def key(self):
+        return VolumeKey(self.index)
+
+    def describe(self):
+        """'volume 3 of set 'pc1'' (or 'parity volume 1 of group 2 ...') for messages."""
+        return f"{self.key.describe()} of set '{self.set_name}'"
 
     def to_json(self):
         """The manifest file's bytes: readable JSON, one chunk digest per line."""
@@ -204,12 +204,11 @@ class ParityManifest:
         """The set's ParityScheme, as a data volume's manifest gives it."""
         return ParityScheme(self.parity_count, self.group_size)
 
-    def describe(self):
-        return f"parity volume {self.parity_index} of group {self.group} of set '{self.set_name}'"
+    describe = Manifest.describe
 
     @property
-    def disc_title(self):
-        return f"parity disc {self.parity_index} of group {self.group}"
+    def key(self):
+        return VolumeKey.parity(self.group, self.parity_index)
 
     def to_json(self):
         document = _document(self, PARITY_FORMAT, {

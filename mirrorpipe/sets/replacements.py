@@ -14,10 +14,11 @@ import dataclasses
 import os
 
 from .. import units
-from . import erasure, manifests, volumes
+from . import erasure, manifests
 from ..errors import Error, describe_os_error
 from ..stream.streams import write_all
-from .volumes import PART_SUFFIX
+from .names import PART_SUFFIX, VolumeKey
+from .writer import publish
 
 
 class ReplacementWriter:
@@ -38,13 +39,11 @@ class ReplacementWriter:
             return      # beyond repair: --verify names what is lost
         indices = self.set.group_indices(group)
         for row in sorted(health.lost_chunks):
-            key = indices[row] if row < len(indices) else (group, row - len(indices) + 1)
+            key = VolumeKey(indices[row]) if row < len(indices) else VolumeKey.parity(group, row - len(indices) + 1)
             self._write(rebuilder, row, key, group, indices)
 
     def _write(self, rebuilder, row, key, group, indices):
-        name = (volumes.parity_name(self.set.reference.set_name, *key) if isinstance(key, tuple)
-                else volumes.volume_name(self.set.reference.set_name, key))
-        path = os.path.join(self.directory, name)
+        path = os.path.join(self.directory, key.file_name(self.set.reference.set_name))
         if os.path.lexists(path) or os.path.lexists(manifests.manifest_path(path)):
             raise Error(f"{path} already exists; give --rebuild-into an empty directory")
         chunk_digests = bytearray()
@@ -64,7 +63,7 @@ class ReplacementWriter:
                 os.close(fd)
             manifest = self._manifest(key, group, indices, rebuilder.members[row].length,
                                       bytes(chunk_digests), volume_hash.digest())
-            volumes.publish(path, manifest)
+            publish(path, manifest)
         except OSError as exc:
             raise Error(f"cannot write the replacement {path}: {describe_os_error(exc)}") from None
         except BaseException:
@@ -72,22 +71,22 @@ class ReplacementWriter:
             raise
         self.written.append(path)
         self.say(f"wrote {path} ({units.format_size(rebuilder.members[row].length)}), a replacement for "
-                 f"{volumes.name_of(key)}, with its manifest")
+                 f"{key.describe()}, with its manifest")
 
     def _manifest(self, key, group, indices, length, chunk_digests, volume_digest):
         """The manifest of a rebuilt volume; errors.Error when its content contradicts the set."""
-        found = self.set.parity.get(key) if isinstance(key, tuple) else self.set.by_index.get(key)
+        found = self.set.volume(key)
         if found:
             # Its chunks were checked against this manifest as they were read or rebuilt.
             manifest, expected = found.manifest, found.manifest.volume_digest
-        elif isinstance(key, tuple):
+        elif key.is_parity:
             manifest = self._parity_manifest(key, indices, length, chunk_digests, volume_digest)
             expected = volume_digest    # a parity volume made anew: nothing else records it
         else:
-            manifest = self._data_manifest(key, group, length, chunk_digests, volume_digest)
-            expected = self._recorded_digest(key, group)
+            manifest = self._data_manifest(key.index, group, length, chunk_digests, volume_digest)
+            expected = self._recorded_digest(key.index, group)
         if volume_digest != expected:
-            raise Error(f"{volumes.name_of(key)} as rebuilt does not match the volume hash the set's "
+            raise Error(f"{key.describe()} as rebuilt does not match the volume hash the set's "
                         "manifests give for it; they were altered")
         return manifest
 
@@ -109,7 +108,7 @@ class ReplacementWriter:
             parity=self.set.scheme, **self._stream_end(last))
 
     def _parity_manifest(self, key, indices, length, chunk_digests, volume_digest):
-        group, parity_index = key
+        group, parity_index = key.group, key.index
         coefficients = [erasure.coefficient(parity_index - 1, i) for i in range(len(indices))]
         siblings = self._parity_of(group)
         if siblings:
@@ -134,7 +133,7 @@ class ReplacementWriter:
                     stream_digest=end.stream_digest) if last else {}
 
     def _parity_of(self, group):
-        return [volume for (g, _), volume in sorted(self.set.parity.items()) if g == group]
+        return [volume for key, volume in sorted(self.set.parity.items()) if key.group == group]
 
 
 def _remove(path):
