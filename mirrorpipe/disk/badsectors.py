@@ -47,6 +47,7 @@ import os
 import time
 
 from . import mapfile
+from ..stream.streams import BLOCK_SIZE, pread_full
 from ..errors import Error, UsageError
 
 # The errno values of a medium that cannot deliver a sector (the block layer reports a medium
@@ -86,21 +87,15 @@ def parse_fill_pattern(text):
     return pattern
 
 
-def _read_into(fd, offset, view, name):
-    """preadv until view is full; (bytes read, whether a media error stopped it). Fewer bytes
-    without an error means the end of the source."""
-    got = 0
-    while got < len(view):
-        try:
-            n = os.preadv(fd, [view[got:]], offset + got)
-        except OSError as exc:
-            if exc.errno not in MEDIA_ERRORS:
-                raise Error(f"read error on {name} at byte {offset + got}: {exc.strerror}") from None
-            return got, True
-        if n == 0:
-            break
-        got += n
-    return got, False
+def _read_into(fd, view, offset, name):
+    """pread_full: (bytes read, whether a media error stopped it). Fewer bytes without an error
+    means the end of the source."""
+    try:
+        return pread_full(fd, view, offset), False
+    except OSError as exc:
+        if exc.errno not in MEDIA_ERRORS:
+            raise Error(f"read error on {name} at byte {offset + exc.received}: {exc.strerror}") from None
+        return exc.received, True
 
 
 def _search_costs(ratio, split, longest):
@@ -155,7 +150,7 @@ class BadSectorReader:
     """
 
     def __init__(self, fd, start, end, sector_size=512, retries=DEFAULT_RETRIES, fill=b"\0",
-                 max_retry_time=DEFAULT_MAX_RETRY_TIME, map=None, block_size=1 << 20,
+                 max_retry_time=DEFAULT_MAX_RETRY_TIME, map=None, block_size=BLOCK_SIZE,
                  name="the source", progress=None, direct=False):
         if block_size % sector_size:
             raise Error(f"block size {block_size} is not a multiple of the sector size {sector_size}")
@@ -220,7 +215,7 @@ class BadSectorReader:
                 readable_to = self._read_sectors(start, end, view, offset)
                 count, failed = max(readable_to - start, 0), readable_to < end
             else:
-                count, failed = _read_into(self.fd, start, view[start - offset:], self.name)
+                count, failed = _read_into(self.fd, view[start - offset:], start, self.name)
             if failed:
                 count = self._rescue(offset, view, start, start + count) - start
             else:
@@ -476,7 +471,7 @@ class BadSectorReader:
             buffer = self._bounce[:length]
             began = time.monotonic()
             try:
-                count, failed = _read_into(self._direct_fd, position, buffer, self.name)
+                count, failed = _read_into(self._direct_fd, buffer, position, self.name)
             except Error:
                 if self._direct_fd == self.fd:
                     raise

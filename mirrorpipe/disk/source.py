@@ -12,7 +12,7 @@ import stat
 from .. import __version__
 from . import badsectors, blockdev, mapfile
 from ..errors import Error
-from ..stream.streams import BLOCK_SIZE, write_all, write_zeros
+from ..stream.streams import BLOCK_SIZE, pread_full, read_full, write_all, write_zeros
 
 
 class Source:
@@ -169,16 +169,7 @@ class Source:
 
     def _read_at(self, pos, view):
         """Read up to len(view) bytes at pos; fewer only at the end of the source."""
-        got = 0
-        while got < len(view):
-            try:
-                n = os.preadv(self.fd, [view[got:]], pos + got) if self.size is not None \
-                    else os.readv(self.fd, [view[got:]])
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise Error(f"read error on {self.path} at byte {pos + got}: {exc.strerror}") from None
-            if n == 0:
-                break
-            got += n
-        return got
+        try:
+            return pread_full(self.fd, view, pos) if self.size is not None else read_full(self.fd, view)
+        except OSError as exc:
+            raise Error(f"read error on {self.path} at byte {pos + exc.received}: {exc.strerror}") from None

@@ -21,7 +21,6 @@ DEFAULT_ALGORITHM = "xxh128"
 STDIN_NAME = "stdin"
 
 _TAGS = {"XXH128": "xxh128", "XXH3": "xxh3", "XXH64": "xxh64"}
-_TAG_OF = {algorithm: tag for tag, algorithm in _TAGS.items()}
 _GNU_LINE = re.compile(r"^\\?([0-9a-fA-F]+) [ *](.*)$")
 _TAG_LINE = re.compile(r"^\\?(XXH\w+) \((.*)\) = ([0-9a-fA-F]+)$")
 _LENGTH_ALGORITHM = {32: "xxh128", 16: "xxh64"}

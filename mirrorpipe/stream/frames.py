@@ -330,10 +330,7 @@ class _Input:
                 if count > len(self.buf):
                     self.buf.extend(bytes(max(count, 2 * len(self.buf)) - len(self.buf)))
             with memoryview(self.buf) as view:
-                try:
-                    got = os.readv(self.fd, [view[self.end:]])
-                except InterruptedError:
-                    continue
+                got = os.readv(self.fd, [view[self.end:]])
             self.end += got
             self.eof = got == 0
         return self.end - self.pos >= count
@@ -416,14 +413,9 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
     def decode_job(frame_buf, frame_length, frame_offset, content_size):
         buf = buffers.acquire(content_size)
         view = memoryview(buf)[:content_size]
-        got = 0
         try:
             with decompressor().stream_reader(memoryview(frame_buf)[:frame_length]) as reader:
-                while got < content_size:
-                    n = reader.readinto(view[got:])
-                    if not n:
-                        break
-                    got += n
+                got = read_full(reader, view)
                 # Reading past the content reaches the frame's end, where the checksum is checked.
                 if got < content_size or reader.readinto(bytearray(1)):
                     raise zstandard.ZstdError("the decoded size differs from the frame's content size")

@@ -11,6 +11,9 @@ import stat
 
 from ..errors import Error, UsageError
 
+# Bytes moved per read or write on the data path, everywhere: with 1 MiB pipes (cli) a filter
+# passes a stream on faster than `cat | cat`; a parity block and its scaled copy still stay in
+# the CPU cache.
 BLOCK_SIZE = 1 << 20
 
 # A bytes object of zeros: bytearray.startswith(ZEROS, pos) compares with memcmp at memory speed
@@ -31,18 +34,34 @@ def is_zero(buf, start=0, length=None):
     return True
 
 
-def read_full(fd, view):
-    """Fill the writable memoryview from fd; return how many bytes arrived (less only at end of input)."""
+def read_full(source, view):
+    """Fill the writable buffer VIEW from SOURCE, a file descriptor or a file object (through its
+    readinto), however many reads it takes; how many bytes came (fewer only at the end of input).
+    An OSError on the way carries in `received` the bytes that came before it."""
+    if isinstance(source, int):
+        return _fill(view, lambda part, done: os.readv(source, [part]))
+    return _fill(view, lambda part, done: source.readinto(part))
+
+
+def pread_full(fd, view, offset):
+    """read_full from file descriptor FD at OFFSET (preadv: FD's file position is left alone)."""
+    return _fill(view, lambda part, done: os.preadv(fd, [part], offset + done))
+
+
+def _fill(view, read):
+    """The loop of read_full: read(the part of VIEW still empty, bytes so far) -> bytes read.
+    (Since Python 3.5 a signal never interrupts a read with InterruptedError: PEP 475 retries.)"""
     got = 0
-    size = len(view)
-    while got < size:
+    with memoryview(view).cast("B") as whole:
         try:
-            n = os.readv(fd, [view[got:]])
-        except InterruptedError:
-            continue
-        if n == 0:
-            break
-        got += n
+            while got < len(whole):
+                count = read(whole[got:], got)
+                if not count:
+                    break
+                got += count
+        except OSError as exc:
+            exc.received = got
+            raise
     return got
 
 
@@ -50,11 +69,7 @@ def write_all(fd, data):
     """Write every byte of data to fd, however many calls the kernel needs."""
     view = memoryview(data)
     while view:
-        try:
-            n = os.write(fd, view)
-        except InterruptedError:
-            continue
-        view = view[n:]
+        view = view[os.write(fd, view):]
 
 
 def pwrite_all(fd, data, offset):
