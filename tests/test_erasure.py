@@ -64,6 +64,20 @@ def test_scale_and_combine_work_bytewise_and_zero_pad_short_buffers():
     assert erasure.combine([], 5) == bytes(5)
 
 
+def test_the_worked_example_of_the_format_document():
+    """doc/format.md 4.6, byte for byte: the parity volumes and both rebuilds."""
+    data = [bytes.fromhex(h) for h in ("01020304", "10203040", "a0b0c0d0")]
+    rows = encode(data)[:5]
+    assert rows[3:] == [bytes.fromhex("b192f394"), bytes.fromhex("7e71aade")]
+    code = erasure.Code(3, 2)
+    plan = code.recovery([1], {0, 2, 4})[1]
+    assert plan == {4: 241, 0: 241, 2: 142}
+    assert erasure.combine([(c, rows[s]) for s, c in plan.items()], 4) == data[1]
+    plans = code.recovery([0, 1], {2, 3, 4})
+    assert plans == {0: {3: 227, 4: 226, 2: 28}, 1: {3: 226, 4: 226, 2: 29}}
+    assert [erasure.combine([(c, rows[s]) for s, c in plans[r].items()], 4) for r in (0, 1)] == data[:2]
+
+
 def matrix_product(a, b):
     return [[_dot(row, column) for column in zip(*b)] for row in a]
 

@@ -87,7 +87,11 @@ def add_scaled(total, constant, buffer):
 
 def combine(terms, length):
     """sum of constant * buffer over the (constant, buffer) terms, as `length` bytes; a buffer
-    shorter than length counts as zero-padded."""
+    shorter than length counts as zero-padded.
+
+    The code's definition as one sum, kept as its reference: the engine folds one volume at a
+    time (parity.ParityAccumulator, Rebuilder), and the tests check those folds, and doc/format.md's
+    worked example, against this."""
     import numpy
     total = numpy.zeros(length, numpy.uint8)
     for constant, buffer in terms:
