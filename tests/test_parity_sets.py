@@ -16,7 +16,7 @@ import tempfile
 import pytest
 
 from conftest import assert_one_line_error, need_tools, sh
-from mirrorpipe.sets import erasure, manifests, setreader, volumes
+from mirrorpipe.sets import erasure, finder, manifests, names, reader
 from mirrorpipe.errors import Error
 from test_split_span import command, split
 
@@ -40,13 +40,8 @@ def manifest_files(outdir):
 
 def restore(sources):
     """What `reassemble SOURCES` writes, run in-process; errors.Error as the command would say it."""
-    found = volumes.scan(sources)
-    volume_set = volumes.gather(found)
-    problem = setreader.check_before_reading(volume_set, found, disc_by_disc=False)
-    if problem:
-        raise Error(problem)
     with tempfile.TemporaryFile() as out:
-        setreader.SetReader(volume_set, found, out_fd=out.fileno()).run()
+        reader.restore(sources, out.fileno)
         out.seek(0)
         return out.read()
 
@@ -85,8 +80,8 @@ def test_every_combination_of_up_to_k_lost_volumes_is_rebuilt(tmp_path, data_cou
 def _group_of(name, group_size):
     suffix = name.rpartition(".")[2]
     if suffix.startswith("parity-"):
-        return volumes.suffix_index(suffix.split("-")[1])
-    return (volumes.suffix_index(suffix) - 1) // group_size + 1
+        return names.suffix_index(suffix.split("-")[1])
+    return (names.suffix_index(suffix) - 1) // group_size + 1
 
 
 def _losses(names, most):
@@ -331,7 +326,7 @@ def test_burn_iso_packages_and_burns_a_parity_volume(tmp_path):
     result = command("burn-iso", "-o", tmp_path / "images", tmp_path / "out" / "image.parity-001-1")
     assert result.returncode == 0, result.stderr.decode()
     image = tmp_path / "images" / "image.parity-001-1.iso"
-    found = volumes.scan([str(image)])
+    found = finder.scan([str(image)])
     assert not found.volumes and len(found.parity) == 1
     assert found.parity[0].manifest.parity_index == 1
 

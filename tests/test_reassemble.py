@@ -2,6 +2,7 @@
 volume, refused with the exact problem and status 1, no byte of a bad chunk written), --verify,
 and disc-by-disc reading through a pseudo-terminal."""
 
+import json
 import os
 import re
 import select
@@ -12,6 +13,7 @@ import pytest
 import xxhash
 
 from conftest import assert_one_line_error, sh
+from mirrorpipe.errors import EXIT_REBUILDABLE
 from mirrorpipe.sets import manifests
 from test_split_span import MIB, command, split
 
@@ -166,6 +168,48 @@ def test_verify_prints_a_table_and_finds_every_problem(tmp_path, volume_sets):
     # Each problem names its volume once.
     assert re.search(r"error: corrupt data in volume 2 \(.*; volume 4 \(.*\) is truncated", error), error
     assert "volume 2: corrupt" not in error and "volume 4: volume 4" not in error
+
+
+def test_verify_json_gives_a_verdict_that_agrees_with_the_exit_status(tmp_path):
+    stream = os.urandom(3 * VOLUME + 300_000)
+    out = tmp_path / "out"
+    split(stream, out, "--size", "2M", "--chunk-size", "256K", "--parity", "1")
+
+    def verify_json(status):
+        result = command("reassemble", "--verify", "--json", out)
+        assert result.returncode == status, result.stderr.decode()
+        document = json.loads(result.stdout)
+        assert document["exit_status"] == result.returncode
+        return result, document, {row["volume"]: row for row in document["volumes"]}
+
+    _, intact, rows = verify_json(0)
+    assert intact["verdict"] == "intact" and intact["problems"] == [] and intact["made_up"] == []
+    assert intact["set"] == {"name": "image", "id": set_id(out / "image.001.manifest"), "volumes": 4,
+                             "bytes": len(stream)}
+    assert list(rows) == ["1", "2", "3", "4", "p1-1"] and rows["p1-1"]["parity"]
+    assert {row["status"] for row in rows.values()} == {"ok"}
+    assert intact["groups"] == [{"group": 1, "data_volumes": [1, 4], "parity_volumes": 1, "lost_volumes": 0,
+                                 "most_lost_at_one_place": 0, "can_still_lose": 1, "rebuildable": True}]
+
+    (out / "image.002").unlink()
+    _, rebuildable, rows = verify_json(EXIT_REBUILDABLE)
+    assert rebuildable["verdict"] == "repairable" and rebuildable["problems"] == []
+    assert rows["2"]["status"] == "REBUILDABLE" and rows["1"]["status"] == "ok"
+    assert rebuildable["groups"][0]["can_still_lose"] == 0 and rebuildable["groups"][0]["lost_volumes"] == 1
+    assert "rebuilds them from parity" in rebuildable["made_up"][0]
+
+    (out / "image.003").unlink()
+    result, lost, rows = verify_json(1)
+    assert lost["verdict"] == "unrestorable" and not lost["groups"][0]["rebuildable"]
+    assert "group 1 cannot be rebuilt" in lost["problems"]
+    assert_one_line_error(result, "reassemble", "group 1 cannot be rebuilt")
+
+
+def test_json_needs_verify(tmp_path, volume_sets):
+    base, _ = volume_sets
+    result = command("reassemble", "--json", base / "image")
+    assert result.returncode == 2 and not result.stdout
+    assert_one_line_error(result, "reassemble", "--json needs --verify")
 
 
 # ---------------------------------------------------------------------------------------------
