@@ -41,7 +41,7 @@ def manifest_files(outdir):
 def restore(sources):
     """What `reassemble SOURCES` writes, run in-process; errors.Error as the command would say it."""
     with tempfile.TemporaryFile() as out:
-        reader.restore(sources, out.fileno)
+        reader.Restore(sources).run(out.fileno())
         out.seek(0)
         return out.read()
 

@@ -35,7 +35,7 @@ def read_set(*sources):
     collector = threading.Thread(target=lambda: _drain(read_end, out))
     collector.start()
     try:
-        reader.restore([str(s) for s in sources], lambda: write_end)
+        reader.Restore([str(s) for s in sources]).run(write_end)
     finally:
         os.close(write_end)
         collector.join()

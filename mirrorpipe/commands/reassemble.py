@@ -79,30 +79,20 @@ class Reassemble(cli.Command):
             raise UsageError("--json needs --verify (it prints the result of the check)")
         # Disc by disc (directories and drives holding part of the set) asks on the terminal.
         if args.verify:
-            result = verifier.verify(args.sources, open_progress=self.messages.progress,
-                                     open_prompter=terminal.Prompter.open, rebuild_into=args.rebuild_into,
-                                     say=self.messages.note)
+            verify = verifier.Verify(args.sources, open_prompter=terminal.Prompter.open,
+                                     rebuild_into=args.rebuild_into, say=self.messages.note)
+            result = verify.run(self.messages.progress())
             sys.stdout.write(result.to_json() if args.json else result.table())
             sys.stdout.flush()
             if result.error():
                 raise result.error()
             return result.exit_status
-        out_fd = None
-
-        def open_output():
-            nonlocal out_fd
-            out_fd = cli.open_output(args.output)
-            return out_fd
-
-        progress = None
-
-        def open_progress():
-            nonlocal progress
-            progress = self.messages.progress()
-            return progress
-
-        end = reader.restore(args.sources, open_output, open_progress=open_progress,
-                             open_prompter=terminal.Prompter.open, say=self.messages.warn)
+        restore = reader.Restore(args.sources, open_prompter=terminal.Prompter.open)
+        for note in restore.notes:
+            self.messages.warn(note)
+        out_fd = cli.open_output(args.output)
+        progress = self.messages.progress()
+        end = restore.run(out_fd, progress, say=self.messages.warn)
         cli.finish_output(out_fd)
         progress.finish(f"{units.format_size(end.total_length)} from {end.volume_count} "
                         f"volume{'s' if end.volume_count > 1 else ''} of set '{end.set_name}', "

@@ -1,4 +1,4 @@
-"""Restoring a set: restore() writes the stream a set holds to a file descriptor, every chunk
+"""Restoring a set: Restore writes the stream a set holds to a file descriptor, every chunk
 checked before it is written, each volume's hash at the volume's end and the stream hash at the
 stream's (walk.SetWalk reads it).
 
@@ -28,32 +28,40 @@ class SetReader(SetWalk):
         write_all(self.out_fd, piece)
 
 
-def restore(sources, open_output, open_progress=None, open_prompter=None, say=None):
-    """Write the stream of the set the sources hold (directories, volume files, manifests, ISO
-    images, drives) to the descriptor open_output() gives; the manifest that says where the
-    stream ends. What the command line owns is opened only when needed: open_output() once the
-    set passed every check made before the first byte, open_progress() (a progress meter) next,
-    open_prompter() (a terminal.Prompter, or None) when the sources can hold other discs
-    (directories, drives) and do not hold the whole set now. say(text): warning lines (files
-    under another volume's name, rebuilds, what a copy made up for)."""
-    say = say or (lambda text: None)
-    found = scan(sources)
-    volume_set = gather(found)
-    directories = discs_in(sources)
-    prompter = open_prompter() if open_prompter and directories and not volume_set.restorable() else None
-    problem = check_before_reading(volume_set, found, disc_by_disc=prompter is not None)
-    if problem:
-        raise Error(problem)
-    for note in volume_set.notes:
-        say(f"{note}; reading it as the volume it holds")
-    out_fd = open_output()
-    reader = SetReader(volume_set, found, out_fd, progress=open_progress() if open_progress else None,
-                       directories=directories, prompter=prompter, say=say)
-    try:
-        reader.run()
-    finally:
-        reader.close()
-    return volume_set.end
+class Restore:
+    """A restore of the set some sources hold (directories, volume files, manifests, ISO images,
+    drives): made, it has checked all that can be checked before the first byte (errors.Error
+    naming what is wrong otherwise); run() writes the stream. The command and the tests both
+    restore through it."""
+
+    def __init__(self, sources, open_prompter=None):
+        """open_prompter() gives a terminal.Prompter (or None) to ask for discs on; it is called
+        when the sources can hold other discs (directories, drives) and do not hold the whole set
+        now."""
+        self.found = scan(sources)
+        self.set = gather(self.found)
+        self.directories = discs_in(sources)
+        self.prompter = open_prompter() if open_prompter and self.directories and not self.set.restorable() \
+            else None
+        problem = check_before_reading(self.set, self.found, disc_by_disc=self.prompter is not None)
+        if problem:
+            raise Error(problem)
+
+    @property
+    def notes(self):
+        """What to tell before the first byte: volume files read as the volume whose data they hold."""
+        return [f"{note}; reading it as the volume it holds" for note in self.set.notes]
+
+    def run(self, out_fd, progress=None, say=None):
+        """Write the stream to out_fd, every chunk checked before it is written; the manifest that
+        says where the stream ends. say(text): warning lines (rebuilds, what a copy made up for)."""
+        reader = SetReader(self.set, self.found, out_fd, progress=progress, directories=self.directories,
+                           prompter=self.prompter, say=say)
+        try:
+            reader.run()
+        finally:
+            reader.close()
+        return self.set.end
 
 
 def discs_in(sources):

@@ -1,4 +1,4 @@
-"""Verifying a set (reassemble --verify): verify() reads every volume and every copy of it to the
+"""Verifying a set (reassemble --verify): Verify reads every volume and every copy of it to the
 end, without writing the stream, and returns a Verification: a row per volume, the health of
 each parity group, the problems, what the set makes up for, and the verdict with its exit
 status. What is lost is rebuilt in memory to check the stream hash, so a set that verifies as
@@ -92,37 +92,44 @@ class SetVerifier(SetWalk):
                 report.status = f"damaged chunks at offset {damaged_offsets(rebuilder, member)}"
 
 
-def verify(sources, open_progress=None, open_prompter=None, rebuild_into=None, say=None):
-    """Check the set the sources hold, every copy of every volume, writing nothing; a
-    Verification. open_progress() and open_prompter() as reader.restore() takes them; with
-    rebuild_into (a directory), a set with parity gets a replacement there for each volume lost
-    or damaged, each named through say(text)."""
-    found = scan(sources)
-    volume_set = gather(found)
-    replace = None
-    if rebuild_into:
-        if not volume_set.has_parity():
-            raise Error("--rebuild-into rebuilds from parity volumes, and none of this set's were "
-                        "found (or its last volume is missing too)")
-        replace = ReplacementWriter(rebuild_into, volume_set, say=say)
-    directories = discs_in(sources)
-    prompter = open_prompter() if open_prompter and directories and not volume_set.restorable() else None
-    problems = list(volume_set.problems)
-    verifier = SetVerifier(volume_set, found, replace=replace, directories=directories, prompter=prompter,
-                           progress=open_progress() if open_progress else None)
-    try:
-        if prompter is not None:    # disc by disc
-            reports = verifier.run()
-        else:
-            reports = verifier.verify_present()
-            missing = volume_set.describe_missing()
-            if missing and not verifier.health:
-                problems.append(missing)
-    finally:
-        verifier.close()
-    rows = [reports[index] for index in sorted(reports)] + \
-        [verifier.parity_reports[key] for key in sorted(verifier.parity_reports)]
-    return Verification(volume_set, rows, verifier.health, problems, replace.written if replace else [])
+class Verify:
+    """A check of the set some sources hold, every copy of every volume, writing nothing; run()
+    makes it and gives a Verification. The command and the tests both verify through it."""
+
+    def __init__(self, sources, open_prompter=None, rebuild_into=None, say=None):
+        """open_prompter as reader.Restore takes it; with rebuild_into (a directory), a set with
+        parity gets a replacement there for each volume lost or damaged, each named through
+        say(text)."""
+        self.found = scan(sources)
+        self.set = gather(self.found)
+        self.replace = None
+        if rebuild_into:
+            if not self.set.has_parity():
+                raise Error("--rebuild-into rebuilds from parity volumes, and none of this set's were "
+                            "found (or its last volume is missing too)")
+            self.replace = ReplacementWriter(rebuild_into, self.set, say=say)
+        self.directories = discs_in(sources)
+        self.prompter = open_prompter() if open_prompter and self.directories and not self.set.restorable() \
+            else None
+
+    def run(self, progress=None):
+        problems = list(self.set.problems)
+        verifier = SetVerifier(self.set, self.found, replace=self.replace, directories=self.directories,
+                               prompter=self.prompter, progress=progress)
+        try:
+            if self.prompter is not None:    # disc by disc
+                reports = verifier.run()
+            else:
+                reports = verifier.verify_present()
+                missing = self.set.describe_missing()
+                if missing and not verifier.health:
+                    problems.append(missing)
+        finally:
+            verifier.close()
+        rows = [reports[index] for index in sorted(reports)] + \
+            [verifier.parity_reports[key] for key in sorted(verifier.parity_reports)]
+        return Verification(self.set, rows, verifier.health, problems,
+                            self.replace.written if self.replace else [])
 
 
 class Verification:
