@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from conftest import assert_one_line_error, sh
-from mirrorpipe import units
+from conftest import REPO, assert_one_line_error, sh
+from mirrorpipe import errors, units
 
 COMMANDS = ["read-disk", "compress", "checksum", "write-disk"]
 
@@ -175,3 +175,24 @@ def test_a_closed_standard_input_is_named_before_any_work(tmp_path, script):
     line = assert_one_line_error(result, script.split()[0], "standard input is closed", "redirect")
     assert "Bad file descriptor" not in line
     assert not (tmp_path / "x.img").exists() and not (tmp_path / "out").exists()
+
+
+# The statuses beyond 0, 1 and 2 that each command may exit with, as errors.py names them.
+OWN_EXIT_STATUSES = {
+    "read-disk": [errors.EXIT_SECTORS_FILLED],
+    "compress": [errors.EXIT_SEEK_TABLE_DAMAGED],
+    "reassemble": [errors.EXIT_REBUILDABLE],
+    "write-disk": [errors.EXIT_INTERRUPTED],
+    "checksum": [], "split-span": [], "burn-iso": [],
+}
+
+
+@pytest.mark.parametrize("command", sorted(OWN_EXIT_STATUSES))
+def test_every_exit_status_of_a_command_is_documented_in_its_man_page_and_help(command):
+    page = (REPO / "man" / f"{command}.1").read_text()
+    section = page.split(".Sh EXIT STATUS\n", 1)[1].split("\n.Sh ", 1)[0]
+    help_text = re.sub(r"\s+", " ", sh(f"{command} --help", check=True).stdout.decode())
+    for status in [errors.EXIT_OK, errors.EXIT_FAILURE, errors.EXIT_USAGE] + OWN_EXIT_STATUSES[command]:
+        assert re.search(rf"(?m)^\.It {status}$|(^|[ ,]){status} (when|on|for|with)\b", section), \
+            (command, status, section)
+        assert re.search(rf"exit status:.*[ ,]{status} ", help_text), (command, status)
