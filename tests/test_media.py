@@ -8,7 +8,7 @@ import re
 import pytest
 
 from conftest import REPO, sh
-from mirrorpipe.disc import media
+from mirrorpipe.disc import iso, media
 from mirrorpipe.sets import manifests
 
 DESIGN_CAPACITIES = {   # flag: (sectors, bytes), the table of DESIGN.md
@@ -35,8 +35,9 @@ def test_volume_leaves_room_for_its_iso_packaging(name):
     reserve = preset.capacity - volume
     # Room for the file systems, the largest manifest this volume can have, README and padding.
     chunks = manifests.chunk_count(volume, manifests.DEFAULT_CHUNK_SIZE)
-    assert reserve >= (media.FILE_SYSTEM_RESERVE + manifests.largest_size(chunks)
-                       + media.README_RESERVE + media.BURNER_PADDING)
+    image = volume + media.FILE_SYSTEM_RESERVE + manifests.largest_size(chunks) + media.README_RESERVE
+    assert iso.fits(image, preset.sectors)
+    assert reserve >= image - volume + iso.BURNER_PADDING
     # ... but not wasteful: under 0.5% of any disc from DVD up (and of CDs).
     assert reserve < preset.capacity * 0.005
 
@@ -63,13 +64,17 @@ def test_the_rule_split_span_states_gives_every_preset_volume_size():
     """The reserve rule in --help and the man page, with its numbers as stated, gives exactly the
     volume size of every preset for any chunk size."""
     words = re.sub(r"\s+", " ", split_span_help())
-    rule = re.search(r"The reserve is ([\d,]+) bytes .*?, plus ([\d,]+) per started ([\d,]+) bytes of the disc, "
-                     r"plus the largest manifest of a volume as large as the disc \(([\d,]+) bytes \+ (\d+) per "
-                     r"chunk, rounded up to 2048\)", words)
+    rule = re.search(r"the disc's sectors rounded down to (\d+) \(the burner's write unit\) x 2048, less the "
+                     r"([\d,]+) bytes a burner pads a track with, less a reserve for the ISO image, rounded down "
+                     r"to 2048 bytes. The reserve is ([\d,]+) bytes .*?, plus ([\d,]+) per started ([\d,]+) bytes "
+                     r"of the disc, plus the largest manifest of a volume as large as the disc \(([\d,]+) bytes "
+                     r"\+ (\d+) per chunk, rounded up to 2048\)", words)
     assert rule, words
-    fixed, per_extent, extent, base, per_chunk = (int(n.replace(",", "")) for n in rule.groups())
+    unit, padding, fixed, per_extent, extent, base, per_chunk = (int(n.replace(",", "")) for n in rule.groups())
     page = re.sub(r"\s+", " ", (REPO / "man" / "split-span.1").read_text())
-    assert (f"The reserve is {fixed:,} bytes (file systems, README.TXT, burner padding), plus {per_extent:,} "
+    assert (f"the disc's sectors rounded down to {unit} (the burner's write unit) \\(mu 2048, less the "
+            f"{padding:,} bytes a burner pads a track with, less the reserve for the ISO image, rounded down "
+            f"to 2048 bytes. The reserve is {fixed:,} bytes (file systems, README.TXT), plus {per_extent:,} "
             f"per started {extent:,} bytes of the disc, plus the largest manifest of a volume as large as "
             f"the disc: {base:,} bytes and {per_chunk} per chunk, rounded up to 2048.") in page
     for chunks in (1, 2, 3, 1000, 1_900_000):   # the stated manifest size is the real one
@@ -79,9 +84,10 @@ def test_the_rule_split_span_states_gives_every_preset_volume_size():
     for preset in media.PRESETS.values():
         for chunk_size in chunk_sizes:
             capacity = preset.sectors * 2048
+            burnable = preset.sectors // unit * unit * 2048 - padding
             manifest = base + per_chunk * math.ceil(capacity / chunk_size)
             reserve = fixed + per_extent * math.ceil(capacity / extent) + math.ceil(manifest / 2048) * 2048
-            assert (capacity - reserve) // 2048 * 2048 == media.volume_size_for(preset, chunk_size), \
+            assert (burnable - reserve) // 2048 * 2048 == media.volume_size_for(preset, chunk_size), \
                 (preset.name, chunk_size)
 
 

@@ -193,6 +193,11 @@ def fits(image_length, disc_sectors):
     return burned_sectors(image_length) <= disc_sectors
 
 
+def largest_image(disc_sectors):
+    """The longest image that fits DISC_SECTORS once burned: burned_sectors turned round."""
+    return disc_sectors // WRITE_UNIT_SECTORS * WRITE_UNIT_SECTORS * SECTOR_SIZE - BURNER_PADDING
+
+
 def largest_volume(disc_sectors, chunk_size):
     """The largest volume length (whole sectors) whose image, burned, fits DISC_SECTORS."""
     capacity = disc_sectors * SECTOR_SIZE

@@ -1,4 +1,5 @@
-"""Disc media presets and how large a volume may be so that its ISO image fits the disc.
+"""Disc media presets and how large a volume may be so that its ISO image, burned, fits the disc
+(iso.fits: the one rule of what a burned image takes, used by burning too).
 
 Capacities are what a blank disc really holds in 2048-byte sectors (DESIGN.md), not the marketed
 size: the smallest common disc of each kind, Blu-ray with the spare area drives format by default.
@@ -8,8 +9,7 @@ import math
 from dataclasses import dataclass
 
 from ..sets import manifests
-
-SECTOR_SIZE = 2048
+from .iso import BURNER_PADDING, SECTOR_SIZE, WRITE_UNIT_SECTORS, largest_image
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,6 @@ FILE_SYSTEM_RESERVE = 2 << 20
 ISO_EXTENT_SIZE = (4 << 30) - SECTOR_SIZE
 EXTENT_RESERVE = SECTOR_SIZE
 README_RESERVE = 64 << 10
-# cdrecord/xorriso append 300 KiB of padding by default; DVD writes round to 32 KiB ECC blocks and
-# BD writes to 64 KiB clusters.
-BURNER_PADDING = 1 << 20
 
 
 def _sectors(size):
@@ -62,8 +59,7 @@ def iso_reserve(capacity, chunk_size=manifests.DEFAULT_CHUNK_SIZE):
     an upper bound for the real (smaller) volume."""
     chunks = manifests.chunk_count(capacity, chunk_size)
     extents = math.ceil(capacity / ISO_EXTENT_SIZE)
-    return (FILE_SYSTEM_RESERVE + extents * EXTENT_RESERVE + _sectors(largest_manifest(chunks))
-            + README_RESERVE + BURNER_PADDING)
+    return FILE_SYSTEM_RESERVE + extents * EXTENT_RESERVE + _sectors(largest_manifest(chunks)) + README_RESERVE
 
 
 # The largest manifest grows by one hex digest per chunk, a fixed number of bytes: two samples
@@ -83,15 +79,16 @@ TABLED_CHUNK_SIZES = (64 << 10, 1 << 20, 4 << 20, manifests.DEFAULT_CHUNK_SIZE, 
 
 # iso_reserve and volume_size_for in words, for split-span's --help (its man page says the same).
 RESERVE_RULE = (
-    "A preset's volume is the disc's capacity (sectors x 2048) less a reserve for its ISO image,\n"
-    f"rounded down to 2048 bytes. The reserve is {FILE_SYSTEM_RESERVE + README_RESERVE + BURNER_PADDING:,} "
-    "bytes (file systems, README.TXT,\n"
-    f"burner padding), plus {EXTENT_RESERVE:,} per started {ISO_EXTENT_SIZE:,} bytes of the disc, plus "
-    "the largest\n"
-    f"manifest of a volume as large as the disc ({_MANIFEST_BASE:,} bytes + {_MANIFEST_PER_CHUNK} per chunk, "
-    "rounded up to\n"
-    f"2048): the smaller the chunks, the smaller the volumes. A volume holds at most\n"
-    f"{manifests.MAX_CHUNKS:,} chunks: a dash below marks a chunk size too small for the disc.")
+    "A preset's volume is the largest whose ISO image, burned, fits the disc: the disc's sectors\n"
+    f"rounded down to {WRITE_UNIT_SECTORS} (the burner's write unit) x 2048, less the {BURNER_PADDING:,} "
+    "bytes a burner pads a\n"
+    "track with, less a reserve for the ISO image, rounded down to 2048 bytes. The reserve is\n"
+    f"{FILE_SYSTEM_RESERVE + README_RESERVE:,} bytes (file systems, README.TXT), plus {EXTENT_RESERVE:,} "
+    f"per started {ISO_EXTENT_SIZE:,} bytes of the\n"
+    f"disc, plus the largest manifest of a volume as large as the disc ({_MANIFEST_BASE:,} bytes + "
+    f"{_MANIFEST_PER_CHUNK} per\n"
+    "chunk, rounded up to 2048): the smaller the chunks, the smaller the volumes. A volume holds\n"
+    f"at most {manifests.MAX_CHUNKS:,} chunks: a dash below marks a chunk size too small for the disc.")
 
 
 def size_label(size):
@@ -100,8 +97,9 @@ def size_label(size):
 
 
 def volume_size_for(preset, chunk_size=manifests.DEFAULT_CHUNK_SIZE):
-    """The largest volume, in whole sectors, whose ISO image still fits a disc of the preset."""
-    usable = preset.capacity - iso_reserve(preset.capacity, chunk_size)
+    """The largest volume, in whole sectors, whose ISO image, burned, still fits a disc of the
+    preset."""
+    usable = largest_image(preset.sectors) - iso_reserve(preset.capacity, chunk_size)
     return usable // SECTOR_SIZE * SECTOR_SIZE
 
 
