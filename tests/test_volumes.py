@@ -1,5 +1,6 @@
 """Volume sets in Python: names, writing while streaming, finding and checking a set."""
 
+import fnmatch
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mirrorpipe.sets import finder, manifests, names, reader, volumeset, writer
+from mirrorpipe.sets import manifests, names, reader, writer
 from mirrorpipe.errors import Error
 
 KIB = 1 << 10
@@ -70,6 +71,37 @@ def test_property_names_sort_in_stream_order_and_read_back(a, b):
 
 def test_describe_indices():
     assert names.describe_indices([5, 1, 2, 3, 7, 8]) == "1-3, 5, 7-8"
+
+
+def test_shell_patterns_give_every_volume_in_stream_order_and_nothing_else():
+    """What README.TXT's stock restore `cat PATTERNS` relies on: each pattern one tier, in order."""
+    for last in (1, 899, 900, 9899, 9900, 12345):
+        patterns = names.volume_patterns("image", last).split()
+        assert len(patterns) == (len(names.volume_suffix(last)) - 1) // 2
+        files = [names.volume_name("image", index) for index in range(1, names.tier_end(last) + 1)]
+        expanded = [name for pattern in patterns for name in sorted(fnmatch.filter(files, pattern))]
+        assert expanded == files
+        others = ["image.001.manifest", "image.parity-001-1", "image.001.part", "image.001.iso",
+                  "image.90000.manifest"]
+        assert not [name for pattern in patterns for name in fnmatch.filter(others, pattern)]
+    assert [names.tier_end(index) for index in (1, 899, 900, 9899, 9900)] == [899, 899, 9899, 9899, 99899]
+
+
+def test_a_volume_key_names_its_volume_everywhere_and_sorts_in_writing_order():
+    data, parity = names.VolumeKey(3), names.VolumeKey.parity(2, 1)
+    assert (data.describe(), parity.describe()) == ("volume 3", "parity volume 1 of group 2")
+    assert data.describe_at("out/image.003") == "volume 3 (out/image.003)"
+    assert (data.file_name("image"), parity.file_name("image")) == ("image.003", "image.parity-002-1")
+    assert (data.disc_title(), parity.disc_title()) == ("disc 3", "parity disc 1 of group 2")
+    assert not data.is_parity and parity.is_parity and parity == names.VolumeKey(1, group=2)
+    keys = [names.VolumeKey.parity(1, 2), names.VolumeKey(10), names.VolumeKey.parity(2, 1),
+            names.VolumeKey.parity(1, 1), names.VolumeKey(9)]
+    assert sorted(keys) == [names.VolumeKey(9), names.VolumeKey(10), names.VolumeKey.parity(1, 1),
+                            names.VolumeKey.parity(1, 2), names.VolumeKey.parity(2, 1)]
+    manifest = manifests.Manifest(set_id="0" * 32, set_name="pc1", index=3, offset=0, length=0,
+                                  chunk_size=64 * KIB, volume_size=64 * KIB, chunk_digests=b"",
+                                  volume_digest=bytes(16))
+    assert manifest.key == data and manifest.describe() == "volume 3 of set 'pc1'"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,8 +305,8 @@ def test_a_set_of_more_than_899_volumes_widens_its_numbers_in_order():
         data = os.urandom(901 * volume + 10)
         finished = write_set(directory, data, volume)
         assert len(finished) == 902
-        names = sorted(name for name in os.listdir(directory) if not name.endswith(".manifest"))
-        assert names[898:] == ["image.899", "image.90000", "image.90001", "image.90002"]
+        files = sorted(name for name in os.listdir(directory) if not name.endswith(".manifest"))
+        assert files[898:] == ["image.899", "image.90000", "image.90001", "image.90002"]
         # Name order is stream order: what `cat` of the sorted names relies on.
-        assert b"".join(open(os.path.join(directory, name), "rb").read() for name in names) == data
+        assert b"".join(open(os.path.join(directory, name), "rb").read() for name in files) == data
         assert read_set(directory) == data

@@ -7,7 +7,7 @@ changes are the two placeholders, the mount point /media/cdrom and the target di
 import shlex
 
 from .. import units
-from ..sets import manifests
+from ..sets import manifests, names
 
 DISC_PLACEHOLDER = "/media/cdrom"
 TARGET_PLACEHOLDER = "/dev/sdX"
@@ -31,9 +31,11 @@ def readme_text(manifest, volume_name, compressed=None):
     cannot tell, in which case both ways are given."""
     if isinstance(manifest, manifests.ParityManifest):
         return _parity_readme_text(manifest, volume_name, compressed)
-    prefix, _, suffix = volume_name.rpartition(".")
-    pattern = f"{shlex.quote(prefix)}.{'?' * len(suffix)}"
+    prefix = volume_name.rpartition(".")[0]
     count = manifest.volume_count if manifest.last else None
+    # A disc before the last cannot know how far the set's numbering reaches: its command covers
+    # the tiers up to its own, and the last disc's covers the whole set.
+    pattern = names.volume_patterns(shlex.quote(prefix), count or manifest.index)
     single = count == 1
     lines = [
         "MIRRORPIPE BACKUP DISC",
@@ -60,7 +62,7 @@ def readme_text(manifest, volume_name, compressed=None):
     if compressed is None:
         lines += ["This disc cannot tell which: disc 1's volume starts with the bytes 5b 2a 4d 18 (compress)",
                   "or 28 b5 2f fd (stock zstd) when it is zstd (see its README.TXT, or run:",
-                  f"head -c 4 {prefix}.{'0' * (len(suffix) - 1)}1 | od -An -tx1)."]
+                  f"head -c 4 {names.volume_name(shlex.quote(prefix), 1)} | od -An -tx1)."]
     else:
         lines.append("This set's stream is " + ("zstd-compressed." if compressed else "not compressed."))
     lines += [
@@ -91,6 +93,9 @@ def readme_text(manifest, volume_name, compressed=None):
             "",
         ] + [f"    {line}" for line in _copy_loop(prefix, manifest.set_name)] + [""]
     source = f"{DISC_PLACEHOLDER}/{shlex.quote(volume_name)}" if single else pattern
+    if not manifest.last:
+        lines += [f"The cat below joins a set of up to {names.tier_end(manifest.index):,} discs; for a larger set, use the",
+                  "one in README.TXT on the set's last disc.", ""]
     for variant in variants:
         if compressed is None:
             lines.append("  then, if the stream is zstd-compressed:" if variant else "  if it is not compressed:")

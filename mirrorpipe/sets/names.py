@@ -40,6 +40,20 @@ def suffix_index(suffix):
     return sum(TIER0_VOLUMES * 10 ** tier for tier in range(nines)) + int(match.group(2))
 
 
+def volume_patterns(set_name, last_index):
+    """Shell patterns that match the volumes 1 to last_index of a set and no other file of it
+    (manifests, parity volumes, .part, .iso), tier by tier, so that they expand in stream order:
+    'image.???', then ' image.9????', ' image.99?????' ... as the tiers reach that far."""
+    tiers = (len(volume_suffix(last_index)) - 3) // 2
+    return " ".join(f"{set_name}.{'9' * tier}{'?' * (3 + tier)}" for tier in range(tiers + 1))
+
+
+def tier_end(index):
+    """The last index numbered in the same tier as `index`: 899, 9899, 99899, ..."""
+    nines = (len(volume_suffix(index)) - 3) // 2
+    return suffix_index("9" * nines + "8" + "9" * (2 + nines))
+
+
 def volume_name(set_name, index):
     return f"{set_name}.{volume_suffix(index)}"
 

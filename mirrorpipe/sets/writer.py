@@ -31,9 +31,7 @@ from ..progress import NoProgress
 from ..errors import Error, describe_os_error
 from .manifests import Manifest
 from .names import IMAGE_SUFFIX, PARITY_PREFIX, PART_SUFFIX, is_parity_suffix, parity_name, suffix_index, volume_name
-from ..stream.streams import Writeback, fsync_directory, read_full, write_all
-
-IO_BUFFER_SIZE = 1 << 20
+from ..stream.streams import BLOCK_SIZE, Writeback, fsync_directory, read_full, write_all
 
 
 class ExecHook:
@@ -197,7 +195,7 @@ class VolumeSetWriter:
         self.prepare_directory()
         # Two buffers read in turn: the previous one still holds the stream's last MiB at the end,
         # for the seek table check, without copying every byte.
-        buffers = [bytearray(IO_BUFFER_SIZE), bytearray(IO_BUFFER_SIZE)]
+        buffers = [bytearray(BLOCK_SIZE), bytearray(BLOCK_SIZE)]
         filled = [0, 0]
         turn = 0
         head = b""
