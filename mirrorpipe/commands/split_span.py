@@ -22,17 +22,7 @@ class SplitSpan(cli.Command):
         "Sets of more than 899 volumes continue with wider numbers that still sort in order:\n"
         "NAME.90000 ... NAME.98999, then NAME.9900000 ...")
     epilog = (
-        "media presets:\n"
-        + "\n".join(f"  --{p.name:<7} {p.media:<22} {p.sectors:>11,} sectors" for p in media.PRESETS.values())
-        + "\n\n"
-        f"{media.RESERVE_RULE}\n\n"
-        f"volume bytes by --chunk-size (default {manifests.DEFAULT_CHUNK_SIZE >> 20}M):\n"
-        f"  {'':<9}" + "".join(f"{media.size_label(size):>16}" for size in media.TABLED_CHUNK_SIZES)
-        + "\n"
-        + "\n".join(f"  --{p.name:<7}" + "".join(f"{media.tabled_volume_size(p, size):>16}"
-                                                 for size in media.TABLED_CHUNK_SIZES)
-                    for p in media.PRESETS.values())
-        + "\n\n"
+        media.presets_help() + "\n\n"
         "--exec CMD runs `sh -c CMD` after each finished volume with {} standing for the volume's\n"
         "path (passed as an argument, never as shell code: do not quote {}), stdin from /dev/null,\n"
         "and in the environment MIRRORPIPE_VOLUME, MIRRORPIPE_SET_ID, MIRRORPIPE_SET_NAME,\n"

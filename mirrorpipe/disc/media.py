@@ -91,6 +91,20 @@ RESERVE_RULE = (
     f"at most {manifests.MAX_CHUNKS:,} chunks: a dash below marks a chunk size too small for the disc.")
 
 
+def presets_help():
+    """The presets, the rule of their volume sizes and the sizes it gives, as split-span's --help
+    says them (its man page says the same)."""
+    capacities = "\n".join(f"  --{p.name:<7} {p.media:<22} {p.sectors:>11,} sectors"
+                           for p in PRESETS.values())
+    header = f"  {'':<9}" + "".join(f"{size_label(size):>16}" for size in TABLED_CHUNK_SIZES)
+    rows = "\n".join(f"  --{p.name:<7}" + "".join(f"{tabled_volume_size(p, size):>16}"
+                                                 for size in TABLED_CHUNK_SIZES)
+                     for p in PRESETS.values())
+    return (f"media presets:\n{capacities}\n\n{RESERVE_RULE}\n\n"
+            f"volume bytes by --chunk-size (default {manifests.DEFAULT_CHUNK_SIZE >> 20}M):\n"
+            f"{header}\n{rows}")
+
+
 def size_label(size):
     """A tabled chunk size as --chunk-size takes it: '64K', '16M'."""
     return f"{size >> 20}M" if size >= 1 << 20 else f"{size >> 10}K"
