@@ -1,2 +1,3 @@
-"""Volume sets: the manifest formats (manifests), writing, finding and checking a set (volumes),
-reading it back (setreader), parity volumes (erasure, parity) and replacements for lost ones."""
+"""Volume sets: names of volumes and VolumeKey (names), the manifest formats (manifests), writing a
+set (writer), finding one (finder) and checking it (volumeset), reading it back (reader, verifier), parity
+volumes (erasure, parity) and replacements for lost ones."""

@@ -1,7 +1,7 @@
 """A set as found and checked: VolumeSet holds the volumes of one set by their VolumeKey and tells
 what is wrong with them as a whole (another set's volumes, disagreeing manifests, missing
 volumes, files that hold another volume's data) and what parity can rebuild; gather() makes one
-of what finder.scan() found. setreader.py reads a set back.
+of what finder.scan() found. reader.py and verifier.py read a set back.
 """
 
 import os
@@ -216,7 +216,7 @@ class VolumeSet:
 
     def usable_parity(self, group):
         return [p for p in range(1, self.scheme.count + 1)
-                if VolumeKey.parity(group, p) in self.parity and VolumeKey.parity(group, p) not in self.lost]
+                if (key := VolumeKey.parity(group, p)) in self.parity and key not in self.lost]
 
     def unrebuildable(self):
         """'group 1 (volumes 1-7) lost 3 data volumes (...) ...' for each group that lost more
