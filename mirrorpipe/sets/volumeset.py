@@ -1,7 +1,8 @@
-"""A set as found and checked: VolumeSet holds the volumes of one set by their VolumeKey and tells
-what is wrong with them as a whole (another set's volumes, disagreeing manifests, missing
-volumes, files that hold another volume's data) and what parity can rebuild; gather() makes one
-of what finder.scan() found. reader.py and verifier.py read a set back.
+"""A set as found and checked: VolumeSet holds the volumes of one set (data volumes by index,
+parity volumes, and what is said of any volume, by VolumeKey) and tells what is wrong with them
+as a whole (another set's volumes, disagreeing manifests, missing volumes, files that hold another
+volume's data) and what parity can rebuild; gather() makes one of what finder.scan() found.
+reader.py and verifier.py read a set back.
 """
 
 import os
@@ -88,15 +89,14 @@ class VolumeSet:
         if all(os.path.realpath(volume.path) != os.path.realpath(known.path) for known in self.copies_of(key)):
             self.copies.setdefault(key, []).append(volume)
 
+    def _slot(self, key):
+        """The table that files the volume of `key`, and its place there."""
+        return (self.parity, key) if key.is_parity else (self.by_index, key.index)
+
     def volume(self, key):
         """The volume of `key` (its first copy found), or None."""
-        return self.parity.get(key) if key.is_parity else self.by_index.get(key.index)
-
-    def _put(self, key, volume):
-        if key.is_parity:
-            self.parity[key] = volume
-        else:
-            self.by_index[key.index] = volume
+        table, place = self._slot(key)
+        return table.get(place)
 
     def copies_of(self, key):
         """Every copy found of the volume of `key`, the first found first."""
@@ -105,10 +105,8 @@ class VolumeSet:
 
     def forget(self, key):
         """Disc by disc: the volume of `key` and its copies are no longer at hand."""
-        if key.is_parity:
-            self.parity.pop(key, None)
-        else:
-            self.by_index.pop(key.index, None)
+        table, place = self._slot(key)
+        table.pop(place, None)
         self.copies.pop(key, None)
 
     def _check_end(self):
@@ -293,7 +291,8 @@ class VolumeSet:
             if not holders:
                 self.lost[key] = f"{misplaced[key]}; no file given holds the data of {key.describe()}: give it"
                 continue
-            self._put(key, holders[0])
+            table, place = self._slot(key)
+            table[place] = holders[0]
             self.copies[key] = holders[1:]
 
 
