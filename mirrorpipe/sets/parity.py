@@ -20,37 +20,12 @@ import os
 import signal
 from dataclasses import dataclass, field
 
-from . import erasure, manifests
+from . import chunks, erasure, manifests
 from ..stream import streams
 from ..errors import Error, describe_os_error
 
-# Bytes folded per step: large enough for few Python-level steps, small enough that a block and
-# its scaled copy stay in the CPU cache.
-FOLD_BLOCK_SIZE = 1 << 20
-
-
-def _read_into(read_file, offset, view):
-    """Fill view from read_file at offset; how many bytes came (fewer only at its end)."""
-    read_file.seek(offset)
-    got = 0
-    while got < len(view):
-        count = read_file.readinto(view[got:])
-        if not count:
-            break
-        got += count
-    return got
-
-
-def _pread_into(fd, view, offset):
-    """Fill view (a writable buffer) from fd at offset; how many bytes came."""
-    view = memoryview(view).cast("B")
-    got = 0
-    while got < len(view):
-        count = os.preadv(fd, [view[got:]], offset + got)
-        if not count:
-            break
-        got += count
-    return got
+# Data is folded a streams.BLOCK_SIZE block at a time: few Python-level steps, and a block and its
+# scaled copy stay in the CPU cache.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +58,7 @@ class ParityAccumulator:
     multiplied by for each of them (from erasure.Code.recovery); see rebuild_coefficient().
     """
 
-    def __init__(self, paths, chunk_size, block_size=FOLD_BLOCK_SIZE, parities=None,
+    def __init__(self, paths, chunk_size, block_size=streams.BLOCK_SIZE, parities=None,
                  coefficient=erasure.coefficient):
         self.targets = list(parities if parities is not None else range(len(paths)))
         if not 1 <= len(paths) <= erasure.MAX_PARITY or len(paths) != len(self.targets):
@@ -190,7 +165,7 @@ def _fold(files, data, index, offset, held):
     total = files.scratch[:len(data)]
     try:
         for path, target, fd in zip(files.paths, files.targets, files.fds):
-            if _pread_into(fd, total[:held], offset) != held:
+            if streams.pread_full(fd, total[:held], offset) != held:
                 raise Error(f"parity volume {path} was shortened while being written; the parity "
                             "volumes of this group are incomplete")
             total[held:] = 0
@@ -216,8 +191,8 @@ def rebuild_coefficient(code, lost, sources):
 class ParallelParityAccumulator(ParityAccumulator):
     """A ParityAccumulator whose folding runs in worker processes, beside the caller's work.
 
-    Folding is CPU work in Python objects (int.from_bytes, bytes.translate) that holds the GIL,
-    so threads would not overlap it; processes do. Worker w folds the blocks at offsets
+    Folding is CPU work that holds the GIL (bytes.translate scales each block), so threads would
+    not overlap it; processes do. Worker w folds the blocks at offsets
     w, w + W, w + 2W, ... (in blocks) of every data volume into every parity file: the work is
     even for any number of parity volumes, and one offset is only ever folded by one worker, in
     order. Blocks reach the workers through a ring of RING_SLOTS shared-memory slots (an
@@ -228,7 +203,7 @@ class ParallelParityAccumulator(ParityAccumulator):
 
     RING_SLOTS = 8
 
-    def __init__(self, paths, chunk_size, workers=None, block_size=FOLD_BLOCK_SIZE, parities=None,
+    def __init__(self, paths, chunk_size, workers=None, block_size=streams.BLOCK_SIZE, parities=None,
                  coefficient=erasure.coefficient):
         super().__init__(paths, chunk_size, block_size, parities, coefficient)
         self.ring = mmap.mmap(-1, self.RING_SLOTS * block_size)
@@ -355,13 +330,13 @@ def _hash_file(fd, length, chunk_size):
     """(chunk digests, volume digest) of the first `length` bytes of fd."""
     chunk_digests = bytearray()
     volume_hash = manifests.new_hash()
-    piece_buffer = memoryview(bytearray(FOLD_BLOCK_SIZE))
+    piece_buffer = memoryview(bytearray(streams.BLOCK_SIZE))
     for start in range(0, length, chunk_size):
         chunk_hash = manifests.new_hash()
         end = min(length, start + chunk_size)
-        for offset in range(start, end, FOLD_BLOCK_SIZE):
-            piece = piece_buffer[:min(FOLD_BLOCK_SIZE, end - offset)]
-            if _pread_into(fd, piece, offset) != len(piece):
+        for offset in range(start, end, streams.BLOCK_SIZE):
+            piece = piece_buffer[:min(streams.BLOCK_SIZE, end - offset)]
+            if streams.pread_full(fd, piece, offset) != len(piece):
                 raise OSError(errno.EIO, "the file is shorter than the data folded into it")
             chunk_hash.update(piece)
             volume_hash.update(piece)
@@ -401,7 +376,7 @@ class Rebuilder:
     Rows are erasure.Code rows: data volumes 0 .. G-1, then parity volumes G .. G+K-1. A chunk
     counts as lost when its file is missing, cannot be read, is short or does not match its
     digest; what was found lost is remembered in the member's bad_chunks. Memory: the chunk being
-    read and one chunk-sized sum per row being rebuilt, plus a few FOLD_BLOCK_SIZE pieces.
+    read and one chunk-sized sum per row being rebuilt, plus a few streams.BLOCK_SIZE pieces.
     """
 
     def __init__(self, data_members, parity_members, chunk_size, group_name="the group"):
@@ -427,20 +402,16 @@ class Rebuilder:
         size = self.chunk_length(row, number)
         view = memoryview(self.buffer)[:size]
         try:
-            got = _read_into(member.file, number * self.chunk_size, view)
+            # Whole chunks at once: member.file may be a copies.VolumeCopies.
+            digest = chunks.read_chunk(member.file, number, self.chunk_size, view, piece_size=size)
         except (OSError, Error):
-            got = None      # an unreadable sector of a scratched disc: the chunk is lost
-        if got == size and (member.chunk_digests is None or
-                            manifests.digest_of(view) == _digest(member.chunk_digests, number)):
+            digest = None      # an unreadable sector of a scratched disc: the chunk is lost
+        if digest is not None and (member.chunk_digests is None or
+                                   digest == chunks.chunk_digest(member.chunk_digests, number)):
             self.checked.add((row, number))
             return view
         member.bad_chunks.add(number)
         return None
-
-    def chunk(self, row, number):
-        """The right content of chunk `number` of a row: as stored when good, else rebuilt."""
-        data = self.read_chunk(row, number)
-        return bytes(data) if data is not None else self.rebuild_chunks([row], number)[row]
 
     def rebuild_volume(self, row, write):
         """Pass the right content of a whole row to write(buffer), chunk by chunk (write must
@@ -448,11 +419,6 @@ class Rebuilder:
         for number in range(manifests.chunk_count(self.members[row].length, self.chunk_size)):
             data = self.read_chunk(row, number)
             write(data if data is not None else self._rebuilt([row], number)[row])
-
-    def rebuild_chunks(self, rows, number):
-        """Rebuild chunk `number` of the rows given from the others: {row: bytes}. errors.Error
-        naming what is lost when more rows than there are parity volumes are lost there."""
-        return {row: bytes(data) for row, data in self._rebuilt(rows, number).items()}
 
     def _rebuilt(self, rows, number):
         """{row: memoryview}: chunk `number` of each row, rebuilt (valid until the next call)."""
@@ -476,7 +442,7 @@ class Rebuilder:
         """A rebuilt chunk of a member whose digests are known must match its digest: the sources
         were all checked, so a mismatch means manifests that disagree with one another."""
         digests = self.members[row].chunk_digests
-        if digests is not None and manifests.digest_of(data) != _digest(digests, number):
+        if digests is not None and manifests.digest_of(data) != chunks.chunk_digest(digests, number):
             raise Error(f"chunk {number} of {self.members[row].name} as rebuilt from {self.group_name} "
                         "does not match its manifest: the manifests of the group disagree (altered)")
 
@@ -509,8 +475,8 @@ class Rebuilder:
             if data is None:
                 return None
             # Piece by piece, so that each piece is scaled and added while in the CPU cache.
-            for start in range(0, len(data), FOLD_BLOCK_SIZE):
-                piece = data[start:start + FOLD_BLOCK_SIZE]
+            for start in range(0, len(data), streams.BLOCK_SIZE):
+                piece = data[start:start + streams.BLOCK_SIZE]
                 for row, plan in plans.items():
                     erasure.add_scaled(sums[row][start:], plan.get(source, 0), piece)
         return sums
@@ -558,10 +524,6 @@ def _zeros(size):
     module: reading a healthy set with parity volumes never needs it (the import takes ~90 ms)."""
     import numpy
     return numpy.zeros(size, numpy.uint8)
-
-
-def _digest(digests, number):
-    return digests[number * manifests.DIGEST_SIZE:(number + 1) * manifests.DIGEST_SIZE]
 
 
 def _join(names):
