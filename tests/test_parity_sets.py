@@ -2,9 +2,8 @@
 volumes rebuilt byte-identical, K+1 refused before the first byte, damaged chunks in several
 volumes repaired, --verify's health report, --exec deleting each volume, ISO images, disc by disc.
 
-The exhaustive loss combinations run reassemble's engine in-process (scan, gather, check,
-SetReader: what the command runs) to keep hundreds of cases fast; the other tests run the
-commands."""
+The exhaustive loss combinations run reassemble's engine in-process (reader.Restore: what the
+command runs) to keep hundreds of cases fast; the other tests run the commands."""
 
 import dataclasses
 import itertools

@@ -22,7 +22,7 @@ from .writer import publish
 
 
 class ReplacementWriter:
-    """The `replace` hook of a setreader.SetReader run with verify_only."""
+    """The `replace` hook of a verifier.SetVerifier (reassemble --verify --rebuild-into)."""
 
     def __init__(self, directory, volume_set, say=None):
         self.directory = directory
