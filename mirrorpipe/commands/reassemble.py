@@ -77,7 +77,8 @@ class Reassemble(cli.Command):
             raise UsageError("--rebuild-into needs --verify (it writes replacement volumes, not the stream)")
         if args.json and not args.verify:
             raise UsageError("--json needs --verify (it prints the result of the check)")
-        # Disc by disc (directories and drives holding part of the set) asks on the terminal.
+        # Directories and drives that hold part of the set are read disc by disc, asking on the
+        # terminal for the next.
         if args.verify:
             verify = verifier.Verify(args.sources, open_prompter=terminal.Prompter.open,
                                      rebuild_into=args.rebuild_into, say=self.messages.note)

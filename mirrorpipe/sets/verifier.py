@@ -113,6 +113,7 @@ class Verify:
             else None
 
     def run(self, progress=None):
+        """Read the whole set (disc by disc when the sources hold part of it); the Verification."""
         problems = list(self.set.problems)
         verifier = SetVerifier(self.set, self.found, replace=self.replace, directories=self.directories,
                                prompter=self.prompter, progress=progress)
