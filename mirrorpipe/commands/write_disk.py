@@ -2,7 +2,7 @@
 
 from .. import cli, terminal, units
 from ..stream import pipeline
-from ..errors import Error
+from ..errors import EXIT_INTERRUPTED, Error
 from ..disk.target import open_target
 
 
@@ -26,7 +26,7 @@ class WriteDisk(cli.Command):
         "\n"
         "exit status: 0 the whole stream is written and durable, 1 failure (a refused target, an\n"
         "incomplete stream, a write error: the message says what the target holds), 2 usage error\n"
-        "or a terminal as input or target, 130 interrupted.")
+        f"or a terminal as input or target, {EXIT_INTERRUPTED} interrupted.")
 
     def add_arguments(self, parser):
         parser.add_argument("target", metavar="TARGET", help="block device or file to write")
