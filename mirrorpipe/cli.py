@@ -15,7 +15,8 @@ import sys
 
 from . import __version__, terminal
 from .stream import pipeline, streams
-from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Error, UsageError, describe_os_error
+from .errors import (EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Error, UsageError,
+                     describe_os_error)
 from .units import parse_size
 
 F_SETPIPE_SZ = 1031
@@ -214,7 +215,7 @@ class Command:
             status = self.run(args)
             return (EXIT_OK if status is None else status), None
         except KeyboardInterrupt as exc:
-            caught, failure, status = exc, Error("interrupted"), 130
+            caught, failure, status = exc, Error("interrupted"), EXIT_INTERRUPTED
         except Error as exc:
             caught, failure, status = exc, exc, exc.status
         except OSError as exc:
@@ -222,7 +223,7 @@ class Command:
         except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
             caught, failure, status = exc, Error(f"internal error: {exc!r} (run again with --debug "
                                                  "for details and report it)"), EXIT_FAILURE
-        if args.debug and status != 130:
+        if args.debug and status != EXIT_INTERRUPTED:
             stage.failed(failure)
             raise caught
         self.messages.error(str(failure))

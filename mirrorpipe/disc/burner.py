@@ -1,6 +1,6 @@
 """Burning volumes and ISO images disc by disc on one drive, each disc read back and checked.
 
-The matching reading workflow is sets/setreader.py. Both ask for the next disc through a prompter
+The matching reading workflow is sets/discs.py (reassemble disc by disc). Both ask for the next disc through a prompter
 the command hands them (terminal.Prompter: ask(question) -> the answer line, or None when there
 is no terminal to ask on), so the engine knows nothing of terminals.
 """

@@ -118,7 +118,7 @@ def volume_size_for(preset, chunk_size=manifests.DEFAULT_CHUNK_SIZE):
 
 
 def tabled_volume_size(preset, chunk_size):
-    """volume_size_for as split-span's --help and man page table it: '4,697,110,528', or '-' when
+    """volume_size_for as split-span's --help and man page table it: '4,697,851,904', or '-' when
     such a volume would need more chunks than a manifest may hold."""
     size = volume_size_for(preset, chunk_size)
     return f"{size:,}" if manifests.chunk_count(size, chunk_size) <= manifests.MAX_CHUNKS else "-"

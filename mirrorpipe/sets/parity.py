@@ -497,13 +497,6 @@ class Rebuilder:
     def _whole(self, rows):
         return all(self.members[r].file is None for r in rows)
 
-    def check(self):
-        """errors.Error when what is already known lost (missing files, bad chunks) is more than
-        the parity can rebuild at some chunk position."""
-        for number in range(self.chunks):
-            if len(self._lost_rows(number)) > self.code.parity_count:
-                raise Error(self._beyond_repair(number, set()))
-
     def health(self):
         """Read and check every chunk of every present member not read yet: a GroupHealth."""
         worst = 0
