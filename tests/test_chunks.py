@@ -53,4 +53,4 @@ def test_a_file_of_whole_chunks_is_given_the_chunk_at_once():
 
 def test_chunk_digest_picks_the_digest_of_a_chunk():
     digests = b"".join(bytes([n]) * manifests.DIGEST_SIZE for n in range(3))
-    assert chunks.chunk_digest(digests, 1) == bytes([1]) * manifests.DIGEST_SIZE
+    assert manifests.chunk_digest(digests, 1) == bytes([1]) * manifests.DIGEST_SIZE

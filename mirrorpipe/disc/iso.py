@@ -23,6 +23,7 @@ import pycdlib
 
 from . import discreadme
 from ..sets import manifests
+from ..sets.chunks import read_chunk
 from ..sets.names import IMAGE_SUFFIX, VolumeKey, volume_suffix
 from ..stream import streams
 from ..errors import Error
@@ -791,21 +792,17 @@ def verify(disc, progress=None):
     check_file_systems(disc)
     manifest = disc.manifest
     reader = disc.open_volume()
-    buffer = bytearray(manifest.chunk_size)
-    view = memoryview(buffer)
+    view = memoryview(bytearray(manifest.chunk_size))
     volume_hash = manifests.new_hash()
     for number in range(manifest.chunks):
         start = number * manifest.chunk_size
         want = min(manifest.chunk_size, manifest.length - start)
-        got = reader.readinto(view[:want])
-        chunk_hash = manifests.new_hash()
-        chunk_hash.update(view[:got])
-        if got != want or chunk_hash.digest() != manifest.chunk_digest(number):
+        if read_chunk(reader, number, manifest.chunk_size, view[:want], hashes=(volume_hash,)) \
+                != manifest.chunk_digest(number):
             raise Error(f"{disc.path}: {disc.volume_name} is corrupt at offset {start}: the "
                         f"{want}-byte chunk there does not match its manifest")
-        volume_hash.update(view[:got])
         if progress:
-            progress.advance(got)
+            progress.advance(want)
     if volume_hash.digest() != manifest.volume_digest:
         raise Error(f"{disc.path}: {disc.volume_name} does not match its manifest's volume hash")
 

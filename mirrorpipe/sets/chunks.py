@@ -28,8 +28,3 @@ def read_chunk(file, number, chunk_size, view, hashes=(), piece_size=BLOCK_SIZE)
             hash_.update(piece)
         got += count
     return chunk_hash.digest()
-
-
-def chunk_digest(digests, number):
-    """Chunk `number`'s digest out of a manifest's concatenated chunk digests."""
-    return digests[number * manifests.DIGEST_SIZE:(number + 1) * manifests.DIGEST_SIZE]

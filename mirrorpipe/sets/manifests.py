@@ -75,6 +75,11 @@ def chunk_count(length, chunk_size):
     return math.ceil(length / chunk_size)
 
 
+def chunk_digest(digests, number):
+    """Chunk `number`'s digest out of a manifest's concatenated chunk digests."""
+    return digests[number * DIGEST_SIZE:(number + 1) * DIGEST_SIZE]
+
+
 @dataclass
 class Manifest:
     set_id: str
@@ -100,7 +105,7 @@ class Manifest:
         return len(self.chunk_digests) // DIGEST_SIZE
 
     def chunk_digest(self, number):
-        return self.chunk_digests[number * DIGEST_SIZE:(number + 1) * DIGEST_SIZE]
+        return chunk_digest(self.chunk_digests, number)
 
     @property
     def key(self):

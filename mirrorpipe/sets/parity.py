@@ -407,7 +407,7 @@ class Rebuilder:
         except (OSError, Error):
             digest = None      # an unreadable sector of a scratched disc: the chunk is lost
         if digest is not None and (member.chunk_digests is None or
-                                   digest == chunks.chunk_digest(member.chunk_digests, number)):
+                                   digest == manifests.chunk_digest(member.chunk_digests, number)):
             self.checked.add((row, number))
             return view
         member.bad_chunks.add(number)
@@ -442,7 +442,7 @@ class Rebuilder:
         """A rebuilt chunk of a member whose digests are known must match its digest: the sources
         were all checked, so a mismatch means manifests that disagree with one another."""
         digests = self.members[row].chunk_digests
-        if digests is not None and manifests.digest_of(data) != chunks.chunk_digest(digests, number):
+        if digests is not None and manifests.digest_of(data) != manifests.chunk_digest(digests, number):
             raise Error(f"chunk {number} of {self.members[row].name} as rebuilt from {self.group_name} "
                         "does not match its manifest: the manifests of the group disagree (altered)")
 
