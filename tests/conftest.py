@@ -1,22 +1,33 @@
 """Fixtures shared by the test modules: the commands on PATH, shell pipelines, skips for root and
 tools, loop devices, real ext4 images, and running a command on a pseudo-terminal."""
 
+import fcntl
 import os
 import pty
+import random
+import re
 import select
 import shutil
+import socket
+import struct
 import subprocess
 import sys
+import tempfile
+import termios
 import time
 from pathlib import Path
 
 import pytest
+
+from mirrorpipe.sets import reader, writer
 
 # The FUSE fault-injection fixtures (faultfs, faulty_loop_device) for the bad-sector tests.
 pytest_plugins = ["faultfs"]
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / "bin"
+KIB = 1 << 10
+MIB = 1 << 20
 
 # The commands under test run from the checkout, with this interpreter's packages.
 os.environ["PATH"] = os.pathsep.join([str(BIN), os.path.dirname(sys.executable), os.environ.get("PATH", "")])
@@ -62,6 +73,71 @@ def assert_one_line_error(result, command, *fragments):
     return errors[0]
 
 
+def command(name, *args, stdin=None, input=None, stdout=subprocess.PIPE, check_status=None, **kwargs):
+    """Run bin/NAME without a terminal (its own session: /dev/tty cannot be opened); the result."""
+    result = subprocess.run([str(BIN / name), *map(str, args)], stdin=stdin, input=input,
+                            stdout=stdout, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+    if check_status is not None:
+        assert result.returncode == check_status, result.stderr.decode(errors="replace")
+    return result
+
+
+def split(data, outdir, *options):
+    """`split-span OPTIONS OUTDIR` with data on stdin; it must succeed."""
+    return command("split-span", *options, outdir, input=data, check_status=0)
+
+
+def write_set(directory, data, volume_size, chunk_size=64 * KIB, name="image", **kwargs):
+    """Cut data into a set in directory with VolumeSetWriter, in-process; the finished manifests."""
+    with tempfile.TemporaryFile() as source:
+        source.write(data)
+        source.seek(0)
+        set_writer = writer.VolumeSetWriter(str(directory), name, volume_size, chunk_size=chunk_size, **kwargs)
+        return set_writer.write(source.fileno())
+
+
+def restore_set(*sources):
+    """What `reassemble SOURCES` writes, run in-process (reader.Restore, the command's engine);
+    errors.Error as the command would say it."""
+    with tempfile.TemporaryFile() as out:
+        reader.Restore([str(source) for source in sources]).run(out.fileno())
+        out.seek(0)
+        return out.read()
+
+
+def random_data(size, seed=0):
+    """Incompressible bytes, the same for the same seed."""
+    return random.Random(seed).randbytes(size)
+
+
+def compressible_data(size, seed=0):
+    """Compressible but not trivial bytes, the same for the same seed: words from a small
+    vocabulary."""
+    rng = random.Random(seed)
+    words = [rng.randbytes(rng.randint(2, 9)) for _ in range(500)]
+    out = bytearray()
+    while len(out) < size:
+        out += rng.choice(words)
+    return bytes(out[:size])
+
+
+def flipped(data, offset, mask=0x10):
+    """data with the bits of mask flipped in its byte at offset."""
+    damaged = bytearray(data)
+    damaged[offset] ^= mask
+    return bytes(damaged)
+
+
+def flip(path, offset, mask=0x04):
+    """Flip the bits of mask in the byte at offset of the file at path, in place (the rest of a
+    large volume or image is not read)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ mask]))
+
+
 def make_file_tree(root, seed=1):
     """A directory of real files: text and binaries from the system plus a few random files."""
     root.mkdir(parents=True, exist_ok=True)
@@ -72,8 +148,7 @@ def make_file_tree(root, seed=1):
         path = shutil.which(name)
         if path:
             shutil.copy(path, root / name)
-    rng = __import__("random").Random(seed)
-    (root / "random.bin").write_bytes(rng.randbytes(3 << 20))
+    (root / "random.bin").write_bytes(random_data(3 << 20, seed))
     (root / "hidden").mkdir(exist_ok=True)
     (root / "hidden" / ".secret").write_text("hidden system file\n" * 1000)
     return root
@@ -170,8 +245,6 @@ class Terminal:
 
 
 def _take_terminal(fd):
-    import fcntl
-    import termios
     fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
 
 
@@ -190,3 +263,202 @@ def terminal():
         if term.process.poll() is None:
             term.process.kill()
             term.process.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# A user at the terminal of a disc-by-disc restore (test_terminal, test_disc_restore_pty)
+
+WIDTH = 200
+WRITE_DISK_QUESTION = re.compile(r"write-disk: \S+ \([0-9.]+ \w+\) holds .*; everything on it will be "
+                                 r"overwritten\. Type 'yes' to continue:")
+DISC_QUESTION = re.compile(r"insert disc (\d+)(?: \(of \d+\))? of set 'image' and press Enter "
+                           r"\(q to give up\):")
+QUESTION_ENDS = (b"Type 'yes' to continue: ", b"q to give up): ")
+
+
+class Screen:
+    """What a terminal WIDTH columns wide shows after `output`: text, carriage return, new line,
+    erase to the end of the line (ESC [ K); other escape sequences change nothing here."""
+
+    def __init__(self, output, width=WIDTH):
+        self.rows = [[]]
+        self.row = 0
+        col = 0
+        for token in re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|.", output.decode("utf-8", "replace"), re.S):
+            if token == "\x1b[K":
+                del self.rows[self.row][col:]
+            elif token.startswith("\x1b"):
+                continue
+            elif token == "\r":
+                col = 0
+            elif token == "\n":
+                self._down()
+            else:
+                if col >= width:
+                    self._down()
+                    col = 0
+                line = self.rows[self.row]
+                line.extend(" " * (col + 1 - len(line)))
+                line[col] = token
+                col += 1
+        self.rows = ["".join(row).rstrip() for row in self.rows]
+
+    def _down(self):
+        self.row += 1
+        if self.row == len(self.rows):
+            self.rows.append([])
+
+    @property
+    def current(self):
+        """The row the cursor is on."""
+        return self.rows[self.row]
+
+
+def widen(term):
+    """Give the pseudo-terminal WIDTH columns (a fresh one has none), so that lines do not wrap."""
+    fcntl.ioctl(term.master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, WIDTH, 0, 0))
+    return term
+
+
+def read_for(term, seconds):
+    """Collect what the terminal shows for `seconds`; False once the pipeline has ended."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        if select.select([term.master], [], [], remaining)[0]:
+            try:
+                chunk = os.read(term.master, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return False
+            term.output += chunk
+    return True
+
+
+def next_question(term, timeout=60):
+    """Wait until the terminal shows a question waiting for its answer and return it (the row
+    under the cursor), or None when the pipeline ends without one."""
+    deadline = time.monotonic() + timeout
+    while not term.output.endswith(QUESTION_ENDS):
+        assert time.monotonic() < deadline, f"no question; the terminal shows {term.output!r}"
+        if not read_for(term, 0.05):
+            return None
+    return Screen(term.output).current
+
+
+def reply(term, line):
+    """Type line and Enter, and wait for the terminal to echo them."""
+    seen = len(term.output)
+    term.send(line)
+    while b"\r\n" not in term.output[seen:] and read_for(term, 0.05):
+        pass
+    assert b"\r\n" in term.output[seen:], f"the pipeline ended before echoing {line!r}: {term.output!r}"
+
+
+def answer_as_a_user(term, drive, discs, hold=1.5):
+    """Run a disc-by-disc restore (`reassemble DRIVE | compress -d | write-disk DEVICE`) as a user
+    at the terminal: 'yes' to write-disk, the next disc into the drive for reassemble. Each
+    question must be shown whole on the cursor's row and stay the only thing there, with no
+    progress drawn, for `hold` seconds before it is answered. The questions asked, in order."""
+    asked = []
+    inserted = 1
+    while (question := next_question(term)) is not None:
+        seen = len(term.output)
+        read_for(term, hold)
+        later = term.output[seen:]
+        assert Screen(term.output).current == question, \
+            f"{question!r} was not left alone for {hold} s: then came {later!r}"
+        # A progress line is drawn as CR, status, erase to the end (a message erases first).
+        assert not re.search(rb"\r[^\x1b\r\n]+\x1b\[K", later), \
+            f"progress drawn while {question!r} was open: {later!r}"
+        if WRITE_DISK_QUESTION.fullmatch(question):
+            assert not any(WRITE_DISK_QUESTION.fullmatch(q) for q in asked), "asked twice to confirm"
+            reply(term, "yes")
+        else:
+            number = int(DISC_QUESTION.fullmatch(question).group(1))
+            assert number == inserted + 1, question
+            insert(drive, discs[number - 1])
+            inserted = number
+            reply(term, "")
+        asked.append(question)
+    return asked
+
+
+def make_discs(tmp_path, source, volume_size="512K"):
+    """The discs of `read-disk SOURCE | compress | split-span` (one directory each, as burn-iso
+    lays them out) and an empty drive directory standing for the mounted disc."""
+    sh(f"read-disk -q {source} | compress -q | split-span -q --size {volume_size} --chunk-size 256K "
+       f"{tmp_path}/set", check=True)
+    discs = []
+    for name in sorted(os.listdir(tmp_path / "set")):
+        if name.endswith(".manifest"):
+            disc = tmp_path / f"disc{len(discs) + 1}"
+            disc.mkdir()
+            for path in (name, name[:-len(".manifest")]):
+                shutil.copy(tmp_path / "set" / path, disc)
+            discs.append(disc)
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    return discs, drive
+
+
+def insert(drive, disc):
+    """Swap the drive's contents for a disc's (what ejecting and inserting does to a mount point)."""
+    for name in os.listdir(drive):
+        os.unlink(drive / name)
+    for name in os.listdir(disc):
+        shutil.copy(disc / name, drive / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# A private sshd (test_ssh, test_terminal, test_pipeline_integrity)
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+# The remote side runs the checkout's commands with this interpreter's packages.
+REMOTE_PATH = f"PATH={os.path.dirname(sys.executable)}:$PATH"
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ssh(tmp_path_factory):
+    """The ssh command line (a list) that logs into a private sshd as root."""
+    need_root()
+    if not os.path.exists(SSHD):
+        pytest.skip("needs sshd (Debian package openssh-server)")
+    need_tools("ssh", "ssh-keygen")
+    home = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", home / key], check=True)
+    shutil.copy(home / "client_key.pub", home / "authorized_keys")
+    port = free_port()
+    (home / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home}/host_key\n"
+        f"AuthorizedKeysFile {home}/authorized_keys\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        f"PidFile {home}/sshd.pid\n")
+    os.makedirs("/run/sshd", exist_ok=True)   # sshd's privilege separation directory
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", home / "sshd_config"], stderr=open(home / "log", "wb"))
+    client = ["ssh", "-i", str(home / "client_key"), "-p", str(port), "-o", "BatchMode=yes",
+              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+              "-o", "LogLevel=ERROR", "root@127.0.0.1"]
+    try:
+        for _ in range(100):
+            if subprocess.run(client + ["true"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.skip(f"sshd did not accept a login: {(home / 'log').read_text()[-500:]}")
+        yield client
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def remote(ssh, command):
+    """The ssh invocation running command on the far side, as one shell word list."""
+    return " ".join(f"'{word}'" for word in ssh) + f" '{REMOTE_PATH} {command}'"

@@ -4,10 +4,8 @@ confirmation and inserting the discs one after the other."""
 
 import subprocess
 
-from conftest import make_ext4_image, need_root, need_tools
-from test_reassemble import insert
-from test_terminal import (DISC_QUESTION, WRITE_DISK_QUESTION, answer_as_a_user, make_discs,
-                           widen)
+from conftest import (DISC_QUESTION, WRITE_DISK_QUESTION, answer_as_a_user, insert, make_discs,
+                      make_ext4_image, need_root, need_tools, widen)
 
 
 def test_disc_by_disc_restore_onto_a_disk_with_a_file_system(tmp_path, terminal, loop_device):

@@ -2,13 +2,12 @@
 of any zstd stream, and errors that name the compressed offset."""
 
 import os
-import random
 import struct
 
 import pytest
 import zstandard
 
-from conftest import assert_one_line_error, need_tools, sh
+from conftest import assert_one_line_error, compressible_data, flipped, need_tools, sh
 from mirrorpipe.stream import frames
 from mirrorpipe.errors import EXIT_SEEK_TABLE_DAMAGED, Error
 
@@ -65,19 +64,9 @@ def parse_frames(stream):
     return found
 
 
-def sample(size, seed=0):
-    """Compressible but not trivial data: words from a small vocabulary."""
-    rng = random.Random(seed)
-    words = [rng.randbytes(rng.randint(2, 9)) for _ in range(500)]
-    out = bytearray()
-    while len(out) < size:
-        out += rng.choice(words)
-    return bytes(out[:size])
-
-
 @pytest.mark.parametrize("size", [0, 1, 4095, MiB - 1, MiB, MiB + 1, 3 * MiB + 17])
 def test_round_trip_sizes_at_frame_boundaries(size):
-    data = sample(size)
+    data = compressible_data(size)
     packed, stats = compress_bytes(data, frame_size=MiB)
     assert stats.raw_bytes == size
     assert decompress_bytes(packed) == data
@@ -87,7 +76,7 @@ def test_round_trip_sizes_at_frame_boundaries(size):
 
 
 def test_frames_are_independent_bounded_and_carry_size_and_checksum():
-    data = sample(5 * MiB + 123)
+    data = compressible_data(5 * MiB + 123)
     packed, stats = compress_bytes(data, frame_size=MiB)
     parts = parse_frames(packed)
     assert [kind for kind, _, _ in parts] == ["skippable"] + ["zstd"] * 6 + ["skippable"]
@@ -104,7 +93,7 @@ def test_frames_are_independent_bounded_and_carry_size_and_checksum():
 
 
 def test_seek_table_follows_the_seekable_format():
-    data = sample(3 * MiB) + bytes(2 * MiB) + sample(MiB // 2, seed=2)
+    data = compressible_data(3 * MiB) + bytes(2 * MiB) + compressible_data(MiB // 2, seed=2)
     packed, stats = compress_bytes(data, frame_size=MiB)
     parts = parse_frames(packed)
     kind, offset, length = parts[-1]
@@ -128,7 +117,7 @@ def test_seek_table_follows_the_seekable_format():
 
 
 def test_zero_runs_become_one_reused_frame():
-    data = sample(MiB) + bytes(6 * MiB) + sample(MiB, seed=3)
+    data = compressible_data(MiB) + bytes(6 * MiB) + compressible_data(MiB, seed=3)
     packed, _ = compress_bytes(data, frame_size=2 * MiB)
     zstd_frames = [packed[o:o + n] for kind, o, n in parse_frames(packed) if kind == "zstd"]
     zero_frames = [f for f in zstd_frames if zstandard.get_frame_parameters(f).content_size == 2 * MiB
@@ -146,14 +135,14 @@ def test_all_zero_input_costs_no_compression_work():
 
 @pytest.mark.parametrize("level", [1, 3, 19])
 def test_levels(level):
-    data = sample(2 * MiB)
+    data = compressible_data(2 * MiB)
     packed, _ = compress_bytes(data, level=level, frame_size=MiB)
     assert decompress_bytes(packed) == data
 
 
 def test_stock_zstd_decodes_our_stream_identically(tmp_path):
     need_tools("zstd")
-    data = sample(3 * MiB) + bytes(3 * MiB) + os.urandom(MiB)
+    data = compressible_data(3 * MiB) + bytes(3 * MiB) + os.urandom(MiB)
     (tmp_path / "raw").write_bytes(data)
     result = sh(f"compress --frame-size 1M < {tmp_path}/raw | zstd -d -q", check=True)
     assert result.stdout == data
@@ -165,7 +154,7 @@ def test_stock_zstd_decodes_our_stream_identically(tmp_path):
                                           ["-T2", "--rsyncable"]])
 def test_we_decode_stock_zstd_output(tmp_path, zstd_options):
     need_tools("zstd")
-    data = sample(6 * MiB) + bytes(MiB)
+    data = compressible_data(6 * MiB) + bytes(MiB)
     (tmp_path / "raw").write_bytes(data)
     opts = " ".join(zstd_options)
     # through a pipe: stock zstd then writes one frame without a content size
@@ -177,7 +166,7 @@ def test_we_decode_stock_zstd_output(tmp_path, zstd_options):
 
 def test_concatenated_and_skippable_frames(tmp_path):
     need_tools("zstd")
-    a, b = sample(MiB), sample(MiB, seed=9)
+    a, b = compressible_data(MiB), compressible_data(MiB, seed=9)
     (tmp_path / "a").write_bytes(a)
     (tmp_path / "b").write_bytes(b)
     skippable = struct.pack("<II", 0x184D2A53, 5) + b"hello"
@@ -187,15 +176,11 @@ def test_concatenated_and_skippable_frames(tmp_path):
     assert sh(script, check=True).stdout == a + b + a
 
 
-def corrupt(data, offset, byte=0xFF):
-    return data[:offset] + bytes([data[offset] ^ byte]) + data[offset + 1:]
-
-
 def test_corrupt_frame_names_its_compressed_offset_and_keeps_earlier_frames(tmp_path):
-    data = sample(4 * MiB)
+    data = compressible_data(4 * MiB)
     packed, _ = compress_bytes(data, frame_size=MiB)
     _, third, length = parse_frames(packed)[3]
-    src = _fd_with(corrupt(packed, third + length // 2))
+    src = _fd_with(flipped(packed, third + length // 2, 0xFF))
     dst = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
     try:
         with pytest.raises(Error, match=f"compressed offset {third}"):
@@ -207,10 +192,10 @@ def test_corrupt_frame_names_its_compressed_offset_and_keeps_earlier_frames(tmp_
 
 
 def test_command_errors_on_corrupt_truncated_foreign_and_empty_input(tmp_path):
-    data = sample(3 * MiB)
+    data = compressible_data(3 * MiB)
     packed, _ = compress_bytes(data, frame_size=MiB)
     cases = {
-        "corrupt": (corrupt(packed, len(packed) // 2), "corrupt"),
+        "corrupt": (flipped(packed, len(packed) // 2, 0xFF), "corrupt"),
         "truncated": (packed[:len(packed) // 2], "truncated input"),
         "cut-in-table": (packed[:-3], "truncated input"),
         "foreign": (b"PK\x03\x04" + data[:1000], "not zstd data"),
@@ -226,7 +211,7 @@ def test_command_errors_on_corrupt_truncated_foreign_and_empty_input(tmp_path):
 
 def test_truncated_stock_single_frame_is_an_error(tmp_path):
     need_tools("zstd")
-    (tmp_path / "raw").write_bytes(sample(4 * MiB))
+    (tmp_path / "raw").write_bytes(compressible_data(4 * MiB))
     result = sh(f"zstd -q -c < {tmp_path}/raw | head -c 100000 | compress -d > /dev/null")
     assert result.returncode == 1
     assert_one_line_error(result, "compress", "truncated input", "offset 0")
@@ -248,7 +233,7 @@ def test_a_stream_cut_between_frames_is_truncated_not_short(tmp_path):
     """Cut at a frame boundary (compress killed between two writes) stock zstd accepts the rest
     as a valid, shorter stream; compress -d knows a seek table must end it."""
     need_tools("zstd")
-    packed, _ = compress_bytes(sample(4 * MiB), frame_size=MiB)
+    packed, _ = compress_bytes(compressible_data(4 * MiB), frame_size=MiB)
     parts = parse_frames(packed)
     cut = packed[:parts[3][1]]                                   # header and two whole frames
     dropped = packed[:parts[2][1]] + packed[parts[3][1]:]         # the second frame lost
@@ -261,12 +246,6 @@ def test_a_stream_cut_between_frames_is_truncated_not_short(tmp_path):
     assert sh(f"zstd -d -q < {tmp_path}/cut > /dev/null").returncode == 0  # what we guard against
 
 
-def flipped(data, offset, mask=0x10):
-    damaged = bytearray(data)
-    damaged[offset] ^= mask
-    return bytes(damaged)
-
-
 @pytest.mark.parametrize("field, at, shown", [
     ("compressed size", 0, "compressed size"),
     ("decompressed size", 4, "decompressed size"),
@@ -275,7 +254,7 @@ def flipped(data, offset, mask=0x10):
 def test_a_damaged_seek_table_entry_names_its_frame_and_the_data_is_delivered(tmp_path, field, at, shown):
     """A flipped byte in the seek table: compress -d names the frame whose entry is damaged and
     which field, delivers every byte (each frame checked by its own checksum) and exits 3."""
-    data = sample(5 * MiB)
+    data = compressible_data(5 * MiB)
     packed, _ = compress_bytes(data, frame_size=MiB)
     parts = parse_frames(packed)
     table_offset = parts[-1][1]
@@ -297,7 +276,7 @@ def test_a_damaged_seek_table_entry_names_its_frame_and_the_data_is_delivered(tm
 
 def test_a_restore_through_a_damaged_seek_table_is_complete_for_write_disk(tmp_path):
     """compress -d's exit 3 hands the stream on as complete: write-disk after it succeeds."""
-    data = sample(3 * MiB)
+    data = compressible_data(3 * MiB)
     packed, _ = compress_bytes(data, frame_size=MiB)
     table_offset = parse_frames(packed)[-1][1]
     (tmp_path / "damaged.zst").write_bytes(flipped(packed, table_offset + 8 + 12 * 2 + 9))
@@ -309,7 +288,7 @@ def test_a_restore_through_a_damaged_seek_table_is_complete_for_write_disk(tmp_p
 
 
 def test_a_damaged_seek_table_footer_still_checks_every_entry(tmp_path):
-    data = sample(3 * MiB)
+    data = compressible_data(3 * MiB)
     packed, _ = compress_bytes(data, frame_size=MiB)
     for offset in (len(packed) - 9, len(packed) - 5, len(packed) - 1):   # count, descriptor, magic
         (tmp_path / "damaged.zst").write_bytes(flipped(packed, offset))
@@ -321,7 +300,7 @@ def test_a_damaged_seek_table_footer_still_checks_every_entry(tmp_path):
 def test_a_damaged_seek_table_header_is_named_and_the_data_delivered(tmp_path):
     """A flipped bit in the table's magic or length: what is left of the input is still the table
     of the frames read, so the header alone is damaged (exit 3), not the stream cut."""
-    data = sample(3 * MiB)
+    data = compressible_data(3 * MiB)
     packed, _ = compress_bytes(data, frame_size=MiB)
     table_offset = parse_frames(packed)[-1][1]
     for at, mask in ((0, 0x10), (3, 0x01), (4, 0x01), (5, 0x80), (7, 0x40)):
@@ -337,7 +316,7 @@ def test_a_damaged_seek_table_header_is_named_and_the_data_delivered(tmp_path):
 def test_a_frame_that_differs_from_its_entry_in_two_fields_is_another_frame(tmp_path):
     """Two frames swapped: sizes and checksums both differ from what the table lists there; this
     is no flipped bit but a stream out of order, an error (exit 1)."""
-    data = sample(MiB) + sample(MiB // 2, seed=7) + sample(MiB, seed=8)
+    data = compressible_data(MiB) + compressible_data(MiB // 2, seed=7) + compressible_data(MiB, seed=8)
     packed, _ = compress_bytes(data, frame_size=MiB)
     parts = parse_frames(packed)
     one, two = (packed[offset:offset + length] for _, offset, length in parts[1:3])
@@ -361,6 +340,6 @@ def cli_size(text):
 
 
 def test_our_streams_concatenate_like_zstd_streams(tmp_path):
-    a, b = sample(MiB + 5), sample(2 * MiB, seed=4)
+    a, b = compressible_data(MiB + 5), compressible_data(2 * MiB, seed=4)
     (tmp_path / "ab").write_bytes(compress_bytes(a, frame_size=MiB)[0] + compress_bytes(b)[0])
     assert sh(f"compress -d < {tmp_path}/ab", check=True).stdout == a + b

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import need_root, need_tools, sh
+from conftest import flip, need_root, need_tools, sh
 
 MiB = 1 << 20
 
@@ -53,11 +53,7 @@ def test_stock_tools_read_the_volume_out_of_an_image(iso_set, tmp_path):
 def test_a_damaged_image_is_refused(iso_set):
     out, _, _ = iso_set
     image = out / sorted(os.listdir(out))[1]
-    with open(image, "r+b") as f:
-        f.seek(os.path.getsize(image) // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x40]))
+    flip(image, os.path.getsize(image) // 2, mask=0x40)
     result = sh(f"reassemble {out} > /dev/null")
     assert result.returncode == 1
     assert "corrupt data in volume 2" in result.stderr_text
@@ -117,16 +113,8 @@ def test_an_image_and_the_volume_file_make_up_for_each_other(tmp_path):
     image = images / "image.002.iso"
     volume = (out / "image.002").read_bytes()
     start = image.read_bytes().index(volume[:4096])      # where the volume lies in the image
-
-    def flip(path, offset):
-        with open(path, "r+b") as f:
-            f.seek(offset)
-            byte = f.read(1)[0]
-            f.seek(offset)
-            f.write(bytes([byte ^ 0x01]))
-
-    flip(out / "image.002", 1 * MiB + 77)           # chunk 1 of the volume file
-    flip(image, start + 3 * MiB + 77)               # chunk 3 of the image's volume
+    flip(out / "image.002", 1 * MiB + 77, mask=0x01)      # chunk 1 of the volume file
+    flip(image, start + 3 * MiB + 77, mask=0x01)          # chunk 3 of the image's volume
     result = sh(f"reassemble {out} {image}")
     assert result.returncode == 0, result.stderr_text
     assert result.stdout == raw

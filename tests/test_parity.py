@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import flipped, random_data
 from mirrorpipe.sets import erasure, manifests, parity
 from mirrorpipe.errors import Error
 
@@ -66,8 +67,8 @@ def build_group(tmp_path, data, parity_count, seed=0, delete_after_feeding=False
 
 
 def make_data(sizes, seed=1):
-    generator = random.Random(seed)
-    return [generator.randbytes(size) for size in sizes]
+    """One volume's data per size, random and the same for the same seed."""
+    return [random_data(size, seed=seed * 1000 + i) for i, size in enumerate(sizes)]
 
 
 def members(rows, lost=(), names=None):
@@ -184,12 +185,6 @@ def test_more_losses_than_parity_are_refused_naming_what_is_missing(parity_count
     assert f"{parity_count} parity volume" in message
 
 
-def damage(data, offset):
-    damaged = bytearray(data)
-    damaged[offset] ^= 0x10
-    return bytes(damaged)
-
-
 def test_damage_inside_several_volumes_is_repaired_chunk_by_chunk():
     """Flipped bits in four volumes, at most two per chunk position, with two parity volumes."""
     data = make_data([48_000] * 4 + [21_001], seed=9)
@@ -199,7 +194,7 @@ def test_damage_inside_several_volumes_is_repaired_chunk_by_chunk():
     for row, offsets in hits.items():
         damaged = rows[row]
         for offset in offsets:
-            damaged = damage(damaged, offset)
+            damaged = flipped(damaged, offset)
         group[row].file = io.BytesIO(damaged)
     rebuild = parity.Rebuilder(group[:5], group[5:], CHUNK)
     health = rebuild.health()
@@ -214,7 +209,7 @@ def test_a_third_damaged_chunk_at_one_position_with_two_parity_is_refused_with_i
     rows = data + expected_parity(data, 2)
     group = members(rows)
     for row in (0, 1, 3):
-        group[row].file = io.BytesIO(damage(rows[row], CHUNK + 7))
+        group[row].file = io.BytesIO(flipped(rows[row], CHUNK + 7))
     rebuild = parity.Rebuilder(group[:3], group[3:], CHUNK, group_name="group 2")
     assert rebuilt(rebuild, 2) == rows[2]                     # intact volumes still read
     with pytest.raises(Error, match=rf"cannot rebuild group 2: volume 0, volume 1 and volume 3 .* "
@@ -283,7 +278,7 @@ def test_random_groups_and_loss_patterns_are_rebuilt(draw):
         for row in hit - lost_volumes:
             offset = number * CHUNK
             if offset < len(rows[row]) and group[row].file is not None:
-                group[row].file = io.BytesIO(damage(group[row].file.getvalue(), offset))
+                group[row].file = io.BytesIO(flipped(group[row].file.getvalue(), offset))
     rebuild = parity.Rebuilder(group[:data_count], group[data_count:], CHUNK)
     for row in range(len(rows)):
         assert rebuilt(rebuild, row) == rows[row]

@@ -10,14 +10,12 @@ import itertools
 import os
 import re
 import shutil
-import tempfile
 
 import pytest
 
-from conftest import assert_one_line_error, need_tools, sh
-from mirrorpipe.sets import erasure, finder, manifests, names, reader
+from conftest import assert_one_line_error, command, flip, need_tools, restore_set, sh, split
+from mirrorpipe.sets import erasure, finder, manifests, names
 from mirrorpipe.errors import Error
-from test_split_span import command, split
 
 VOLUME = 256 << 10
 CHUNK = 64 << 10
@@ -35,14 +33,6 @@ def manifest_files(outdir):
     """{'image.001': path of its manifest, 'image.parity-001-1': ...}"""
     return {name[:-len(manifests.SUFFIX)]: os.path.join(outdir, name)
             for name in sorted(os.listdir(outdir)) if name.endswith(manifests.SUFFIX)}
-
-
-def restore(sources):
-    """What `reassemble SOURCES` writes, run in-process; errors.Error as the command would say it."""
-    with tempfile.TemporaryFile() as out:
-        reader.Restore(sources).run(out.fileno())
-        out.seek(0)
-        return out.read()
 
 
 @pytest.mark.parametrize("data_count, parity, group", [
@@ -63,7 +53,7 @@ def test_every_combination_of_up_to_k_lost_volumes_is_rebuilt(tmp_path, data_cou
     for first_lost in _losses(by_group[0], parity):
         for last_lost in _losses(by_group[-1], parity) if groups > 1 else [()]:
             lost = set(first_lost) | set(last_lost)
-            assert restore([path for name, path in files.items() if name not in lost]) == stream, lost
+            assert restore_set(*[path for name, path in files.items() if name not in lost]) == stream, lost
             cases += 1
     assert cases > data_count
     # One more loss in a group is refused before a byte is written, naming what is lost.
@@ -73,7 +63,7 @@ def test_every_combination_of_up_to_k_lost_volumes_is_rebuilt(tmp_path, data_cou
         # (with all its parity volumes lost, the set is told to have parity volumes to give)
         with pytest.raises(Error, match=r"group 1 \(volumes .*\) lost \d data volumes? .* cannot be "
                                         r"rebuilt|which can rebuild lost volumes: give them too"):
-            restore([path for name, path in files.items() if name not in lost])
+            restore_set(*[path for name, path in files.items() if name not in lost])
 
 
 def _group_of(name, group_size):
@@ -117,14 +107,6 @@ def test_more_losses_than_parity_are_refused_before_the_first_byte(tmp_path):
         "missing volumes 1, 3 of 4 of set 'image'",
         "group 1 (volumes 1-4) lost 2 data volumes (1, 3) and has 1 of its 2 parity volumes: they "
         "cannot be rebuilt; find 1 more of the group's volumes (data or parity)")
-
-
-def flip(path, offset):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x04]))
 
 
 def test_damaged_chunks_in_several_volumes_are_repaired(tmp_path):
@@ -272,7 +254,7 @@ def test_parity_is_right_when_exec_deletes_each_volume_at_once(tmp_path):
     # ...and rebuild lost volumes.
     files = manifest_files(kept)
     for lost in (("image.002", "image.004"), ("image.007", "image.parity-002-1"), ("image.005", "image.006")):
-        assert restore([path for name, path in files.items() if name not in lost]) == stream
+        assert restore_set(*[path for name, path in files.items() if name not in lost]) == stream
 
 
 def test_stock_restore_ignores_parity_volumes(tmp_path):

@@ -2,7 +2,7 @@
 
 import os
 
-from conftest import make_ext4_image, need_tools, sh
+from conftest import flip, make_ext4_image, need_tools, sh
 
 
 def test_disk_to_disk_through_compress_and_checksum(tmp_path, loop_device):
@@ -43,9 +43,7 @@ def test_stock_pipeline_restores_our_backup_to_a_device(tmp_path, loop_device):
 def test_corruption_in_transit_fails_the_restore(tmp_path):
     image = make_ext4_image(tmp_path / "disk.img")
     sh(f"read-disk {image} | compress > {tmp_path}/x.zst", check=True)
-    data = bytearray((tmp_path / "x.zst").read_bytes())
-    data[len(data) // 3] ^= 0x10
-    (tmp_path / "x.zst").write_bytes(data)
+    flip(tmp_path / "x.zst", os.path.getsize(tmp_path / "x.zst") // 3, mask=0x10)
     result = sh(f"compress -d < {tmp_path}/x.zst | write-disk {tmp_path}/out.img")
     assert result.returncode == 1
     assert "compress: error: corrupt" in result.stderr_text

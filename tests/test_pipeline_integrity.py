@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from conftest import BIN, assert_one_line_error, need_tools, sh
+from conftest import BIN, assert_one_line_error, need_tools, random_data, remote, sh
 from mirrorpipe.stream import pipeline
-from test_ssh import ssh, remote  # noqa: F401 - the private sshd fixture
 
 MIB = 1 << 20
 # Random data: compress cannot shrink it, so the pipeline takes long enough to be cut anywhere.
@@ -23,7 +22,7 @@ SOURCE_SIZE = 192 * MIB
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     path = tmp_path_factory.mktemp("source") / "disk.img"
-    path.write_bytes(random.Random(7).randbytes(SOURCE_SIZE))
+    path.write_bytes(random_data(SOURCE_SIZE, seed=7))
     return path
 
 
@@ -209,7 +208,7 @@ def test_records_a_mirrorpipe_reader_did_not_take_are_swept(tmp_path):
 
 
 @pytest.mark.parametrize("victim", ["read-disk", "checksum", "compress"])
-def test_killing_a_member_before_ssh_leaves_no_remote_set(tmp_path, source, ssh, victim):  # noqa: F811
+def test_killing_a_member_before_ssh_leaves_no_remote_set(tmp_path, source, ssh, victim):
     for number, moment in enumerate(kill_moments(hash(victim) % 1000 + 1, count=2)):
         out = tmp_path / f"remote{number}"
         script = (f"read-disk -q {source} | checksum -q | compress -q | "

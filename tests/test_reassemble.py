@@ -12,10 +12,9 @@ import time
 import pytest
 import xxhash
 
-from conftest import assert_one_line_error, sh
+from conftest import MIB, assert_one_line_error, command, flip, insert, sh, split
 from mirrorpipe.errors import EXIT_REBUILDABLE
 from mirrorpipe.sets import manifests
-from test_split_span import MIB, command, split
 
 VOLUME = 2 * MIB
 CHUNK = 256 << 10
@@ -48,10 +47,8 @@ def forge_volume(original, forged, data):
 
 def flip_bit(d, i, name):
     path = d / name
-    data = bytearray(path.read_bytes())
-    where = len(data) // 2 + 12345
-    data[where] ^= 0x10
-    path.write_bytes(data)
+    where = path.stat().st_size // 2 + 12345
+    flip(path, where, mask=0x10)
     start = where // CHUNK * CHUNK
     return (rf"corrupt data in volume {i} \({re.escape(str(path))}\) at offset {start} "
             rf"\(stream offset {(i - 1) * VOLUME + start}\)"), (i - 1) * VOLUME + start
@@ -256,11 +253,7 @@ def test_a_stream_hash_that_does_not_match_fails_after_the_last_byte(tmp_path, v
 
 def flip_chunk(path, number):
     """Flip a bit inside chunk `number` of a volume file or, given the chunk's place, an image."""
-    with open(path, "r+b") as f:
-        f.seek(number * CHUNK + 1000)
-        byte = f.read(1)[0]
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte ^ 0x04]))
+    flip(path, number * CHUNK + 1000)
 
 
 def two_copies(directory, tmp_path):
@@ -364,14 +357,6 @@ def test_a_volume_whose_data_is_nowhere_is_named_before_the_first_byte(tmp_path,
 
 # ---------------------------------------------------------------------------------------------
 # Disc by disc, through a pseudo-terminal
-
-def insert(drive, disc):
-    """Swap the drive's contents for a disc's (what ejecting and inserting does to a mount point)."""
-    for name in os.listdir(drive):
-        os.unlink(drive / name)
-    for name in os.listdir(disc):
-        shutil.copy(disc / name, drive / name)
-
 
 @pytest.fixture
 def discs(tmp_path, volume_sets):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import assert_one_line_error, need_root, sh
+from conftest import assert_one_line_error, flip, need_root, sh
 
 MIB = 1 << 20
 SIZE = 24 * MIB          # the backed-up disk
@@ -110,9 +110,7 @@ def test_a_flipped_bit_in_the_middle_leaves_a_named_partial_image(tmp_path, back
     copy = tmp_path / "copy"
     shutil.copytree(set_dir, copy)
     volume = copy / "image.003"
-    data = bytearray(volume.read_bytes())
-    data[len(data) // 2] ^= 0x04
-    volume.write_bytes(data)
+    flip(volume, volume.stat().st_size // 2)
     target = target()
     written = assert_partial(restore(copy, target), target, source)
     # The flip is at compressed byte 10 MiB (random data: about raw byte 10 MiB); no byte of the

@@ -10,22 +10,7 @@ import time
 
 import pytest
 
-from conftest import BIN, assert_one_line_error, need_tools, sh
-
-MIB = 1 << 20
-
-
-def command(name, *args, stdin=None, input=None, stdout=subprocess.PIPE, check_status=None, **kwargs):
-    """Run bin/NAME without a terminal (its own session: /dev/tty cannot be opened); the result."""
-    result = subprocess.run([str(BIN / name), *map(str, args)], stdin=stdin, input=input,
-                            stdout=stdout, stderr=subprocess.PIPE, start_new_session=True, **kwargs)
-    if check_status is not None:
-        assert result.returncode == check_status, result.stderr.decode(errors="replace")
-    return result
-
-
-def split(data, outdir, *options):
-    return command("split-span", *options, outdir, input=data, check_status=0)
+from conftest import BIN, MIB, assert_one_line_error, command, need_tools, sh, split
 
 
 # ---------------------------------------------------------------------------------------------

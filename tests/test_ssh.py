@@ -3,67 +3,11 @@ the round trip of a real ext4 image, and a connection cut mid-stream leaving a s
 refuses."""
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 
-import pytest
-
-from conftest import BIN, need_root, need_tools, sh
-
-MIB = 1 << 20
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-# The remote side runs the checkout's commands with this interpreter's packages.
-REMOTE_PATH = f"PATH={os.path.dirname(sys.executable)}:$PATH"
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def ssh(tmp_path_factory):
-    """The ssh command line (a list) that logs into a private sshd as root."""
-    need_root()
-    if not os.path.exists(SSHD):
-        pytest.skip("needs sshd (Debian package openssh-server)")
-    need_tools("ssh", "ssh-keygen")
-    home = tmp_path_factory.mktemp("sshd")
-    for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", home / key], check=True)
-    shutil.copy(home / "client_key.pub", home / "authorized_keys")
-    port = free_port()
-    (home / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home}/host_key\n"
-        f"AuthorizedKeysFile {home}/authorized_keys\nPermitRootLogin prohibit-password\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-        f"PidFile {home}/sshd.pid\n")
-    os.makedirs("/run/sshd", exist_ok=True)   # sshd's privilege separation directory
-    server = subprocess.Popen([SSHD, "-D", "-e", "-f", home / "sshd_config"], stderr=open(home / "log", "wb"))
-    client = ["ssh", "-i", str(home / "client_key"), "-p", str(port), "-o", "BatchMode=yes",
-              "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-              "-o", "LogLevel=ERROR", "root@127.0.0.1"]
-    try:
-        for _ in range(100):
-            if subprocess.run(client + ["true"], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.skip(f"sshd did not accept a login: {(home / 'log').read_text()[-500:]}")
-        yield client
-    finally:
-        server.terminate()
-        server.wait()
-
-
-def remote(ssh, command):
-    """The ssh invocation running command on the far side, as one shell word list."""
-    return " ".join(f"'{word}'" for word in ssh) + f" '{REMOTE_PATH} {command}'"
+from conftest import BIN, MIB, REMOTE_PATH, need_tools, remote, sh
 
 
 def finished_manifests(directory):

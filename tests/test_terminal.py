@@ -3,157 +3,19 @@ commands asked one at a time and answered by the command that asked, no progress
 open question, messages above it, remote messages over SSH on lines of their own, and the line
 ended when the pipeline dies of SIGPIPE."""
 
-import fcntl
 import os
 import re
-import select
-import shutil
-import struct
 import subprocess
 import tempfile
-import termios
 import time
 
 import pytest
 
-from conftest import BIN, need_root, sh
-from test_reassemble import insert
-from test_ssh import remote, ssh  # noqa: F401 - ssh is the private sshd fixture
+from conftest import (BIN, DISC_QUESTION, WRITE_DISK_QUESTION, Screen, answer_as_a_user, insert, make_discs,
+                      need_root, next_question, read_for, remote, sh, widen)
 
-WIDTH = 200
-WRITE_DISK_QUESTION = re.compile(r"write-disk: \S+ \([0-9.]+ \w+\) holds .*; everything on it will be "
-                                 r"overwritten\. Type 'yes' to continue:")
-DISC_QUESTION = re.compile(r"insert disc (\d+)(?: \(of \d+\))? of set 'image' and press Enter "
-                           r"\(q to give up\):")
-QUESTION_ENDS = (b"Type 'yes' to continue: ", b"q to give up): ")
 # A shell command that waits until the test creates the file {go}.
 WAIT_FOR = "while [ ! -e {go} ]; do sleep 0.05; done"
-
-
-class Screen:
-    """What a terminal WIDTH columns wide shows after `output`: text, carriage return, new line,
-    erase to the end of the line (ESC [ K); other escape sequences change nothing here."""
-
-    def __init__(self, output, width=WIDTH):
-        self.rows = [[]]
-        self.row = 0
-        col = 0
-        for token in re.findall(r"\x1b\[[0-9;?]*[A-Za-z]|.", output.decode("utf-8", "replace"), re.S):
-            if token == "\x1b[K":
-                del self.rows[self.row][col:]
-            elif token.startswith("\x1b"):
-                continue
-            elif token == "\r":
-                col = 0
-            elif token == "\n":
-                self._down()
-            else:
-                if col >= width:
-                    self._down()
-                    col = 0
-                line = self.rows[self.row]
-                line.extend(" " * (col + 1 - len(line)))
-                line[col] = token
-                col += 1
-        self.rows = ["".join(row).rstrip() for row in self.rows]
-
-    def _down(self):
-        self.row += 1
-        if self.row == len(self.rows):
-            self.rows.append([])
-
-    @property
-    def current(self):
-        """The row the cursor is on."""
-        return self.rows[self.row]
-
-
-def widen(term):
-    """Give the pseudo-terminal WIDTH columns (a fresh one has none), so that lines do not wrap."""
-    fcntl.ioctl(term.master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, WIDTH, 0, 0))
-    return term
-
-
-def read_for(term, seconds):
-    """Collect what the terminal shows for `seconds`; False once the pipeline has ended."""
-    deadline = time.monotonic() + seconds
-    while (remaining := deadline - time.monotonic()) > 0:
-        if select.select([term.master], [], [], remaining)[0]:
-            try:
-                chunk = os.read(term.master, 4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                return False
-            term.output += chunk
-    return True
-
-
-def next_question(term, timeout=60):
-    """Wait until the terminal shows a question waiting for its answer and return it (the row
-    under the cursor), or None when the pipeline ends without one."""
-    deadline = time.monotonic() + timeout
-    while not term.output.endswith(QUESTION_ENDS):
-        assert time.monotonic() < deadline, f"no question; the terminal shows {term.output!r}"
-        if not read_for(term, 0.05):
-            return None
-    return Screen(term.output).current
-
-
-def reply(term, line):
-    """Type line and Enter, and wait for the terminal to echo them."""
-    seen = len(term.output)
-    term.send(line)
-    while b"\r\n" not in term.output[seen:] and read_for(term, 0.05):
-        pass
-    assert b"\r\n" in term.output[seen:], f"the pipeline ended before echoing {line!r}: {term.output!r}"
-
-
-def answer_as_a_user(term, drive, discs, hold=1.5):
-    """Run a disc-by-disc restore (`reassemble DRIVE | compress -d | write-disk DEVICE`) as a user
-    at the terminal: 'yes' to write-disk, the next disc into the drive for reassemble. Each
-    question must be shown whole on the cursor's row and stay the only thing there, with no
-    progress drawn, for `hold` seconds before it is answered. The questions asked, in order."""
-    asked = []
-    inserted = 1
-    while (question := next_question(term)) is not None:
-        seen = len(term.output)
-        read_for(term, hold)
-        later = term.output[seen:]
-        assert Screen(term.output).current == question, \
-            f"{question!r} was not left alone for {hold} s: then came {later!r}"
-        # A progress line is drawn as CR, status, erase to the end (a message erases first).
-        assert not re.search(rb"\r[^\x1b\r\n]+\x1b\[K", later), \
-            f"progress drawn while {question!r} was open: {later!r}"
-        if WRITE_DISK_QUESTION.fullmatch(question):
-            assert not any(WRITE_DISK_QUESTION.fullmatch(q) for q in asked), "asked twice to confirm"
-            reply(term, "yes")
-        else:
-            number = int(DISC_QUESTION.fullmatch(question).group(1))
-            assert number == inserted + 1, question
-            insert(drive, discs[number - 1])
-            inserted = number
-            reply(term, "")
-        asked.append(question)
-    return asked
-
-
-def make_discs(tmp_path, source, volume_size="512K"):
-    """The discs of `read-disk SOURCE | compress | split-span` (one directory each, as burn-iso
-    lays them out) and an empty drive directory standing for the mounted disc."""
-    sh(f"read-disk -q {source} | compress -q | split-span -q --size {volume_size} --chunk-size 256K "
-       f"{tmp_path}/set", check=True)
-    discs = []
-    for name in sorted(os.listdir(tmp_path / "set")):
-        if name.endswith(".manifest"):
-            disc = tmp_path / f"disc{len(discs) + 1}"
-            disc.mkdir()
-            for path in (name, name[:-len(".manifest")]):
-                shutil.copy(tmp_path / "set" / path, disc)
-            discs.append(disc)
-    drive = tmp_path / "drive"
-    drive.mkdir()
-    return discs, drive
 
 
 def device_holding_a_file_system(tmp_path, loop_device, size="16M"):
@@ -314,7 +176,7 @@ def test_programs_started_by_a_command_get_the_default_sigpipe_action(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Over SSH
 
-def test_remote_messages_start_a_line_of_their_own(tmp_path, terminal, ssh):  # noqa: F811
+def test_remote_messages_start_a_line_of_their_own(tmp_path, terminal, ssh):
     """`read-disk -P | compress -P | ssh host split-span -P ...`: the remote command cannot see the
     local progress line, yet its error starts at column 0 on an erased line, not after the
     progress text."""

@@ -7,9 +7,9 @@ import shutil
 
 import pytest
 
+from conftest import split
 from mirrorpipe.errors import EXIT_REBUILDABLE
 from mirrorpipe.sets import verifier
-from test_split_span import split
 
 CHUNK = 64 << 10
 

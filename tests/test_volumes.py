@@ -6,49 +6,13 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 
 import pytest
 import xxhash
 
-from mirrorpipe.sets import manifests, reader, writer
+from conftest import KIB, MIB, restore_set, write_set
+from mirrorpipe.sets import manifests, writer
 from mirrorpipe.errors import Error
-
-KIB = 1 << 10
-MIB = 1 << 20
-
-
-def write_set(directory, data, volume_size, chunk_size=64 * KIB, name="image", **kwargs):
-    """Cut data into a set in directory with VolumeSetWriter; the finished manifests."""
-    with tempfile.TemporaryFile() as source:
-        source.write(data)
-        source.seek(0)
-        set_writer = writer.VolumeSetWriter(str(directory), name, volume_size, chunk_size=chunk_size, **kwargs)
-        return set_writer.write(source.fileno())
-
-
-def read_set(*sources):
-    """What `reassemble SOURCES` writes, run in-process."""
-    read_end, write_end = os.pipe()
-    out = bytearray()
-    collector = threading.Thread(target=lambda: _drain(read_end, out))
-    collector.start()
-    try:
-        reader.Restore([str(s) for s in sources]).run(write_end)
-    finally:
-        os.close(write_end)
-        collector.join()
-        os.close(read_end)
-    return bytes(out)
-
-
-def _drain(fd, out):
-    while True:
-        data = os.read(fd, 1 << 20)
-        if not data:
-            return
-        out += data
-
 
 # ---------------------------------------------------------------------------------------------
 # Writing
@@ -75,13 +39,13 @@ def test_a_stream_ending_on_a_volume_boundary_has_no_empty_last_volume(tmp_path)
     data = os.urandom(4 * MIB)
     finished = write_set(tmp_path / "out", data, 2 * MIB)
     assert [(m.index, m.length, m.last) for m in finished] == [(1, 2 * MIB, False), (2, 2 * MIB, True)]
-    assert read_set(tmp_path / "out") == data
+    assert restore_set(tmp_path / "out") == data
 
 
 def test_an_empty_stream_makes_a_set_of_one_empty_volume(tmp_path):
     finished = write_set(tmp_path / "out", b"", 2 * MIB)
     assert [(m.index, m.length, m.last, m.chunks) for m in finished] == [(1, 0, True, 0)]
-    assert read_set(tmp_path / "out") == b""
+    assert restore_set(tmp_path / "out") == b""
 
 
 def test_every_set_gets_its_own_random_id(tmp_path):
@@ -136,13 +100,13 @@ def test_out_of_space_says_which_volumes_are_complete_and_leaves_no_partial_volu
     left = sorted(os.listdir(small_filesystem / "out"))
     assert left == ["image.001", "image.001.manifest", "image.002", "image.002.manifest"]
     with pytest.raises(Error, match="no last volume"):
-        read_set(small_filesystem / "out")
+        restore_set(small_filesystem / "out")
     # The message's command clears the way: the backup then runs again into the same directory.
     removal = message.split("files this run left: ")[1]
     subprocess.run(["sh", "-c", removal], check=True)
     assert os.listdir(small_filesystem / "out") == []
     write_set(small_filesystem / "out", data[:3 * MIB], 2 * MIB)
-    assert read_set(small_filesystem / "out") == data[:3 * MIB]
+    assert restore_set(small_filesystem / "out") == data[:3 * MIB]
 
 
 def test_exec_hook_gets_the_volume_safely_with_its_environment(tmp_path):
@@ -190,8 +154,8 @@ def test_sources_in_any_order_and_with_any_names(two_sets):
     os.rename(tmp_path / "a" / "image.001", tmp_path / "a" / "yy")
     os.rename(tmp_path / "a" / "image.001.manifest", tmp_path / "a" / "yy.manifest")
     a = tmp_path / "a"
-    assert read_set(a / "image.004.manifest", a / "zz", a / "image.003", a / "yy.manifest") == data
-    assert read_set(a, a / "zz") == data        # the same volume twice is harmless
+    assert restore_set(a / "image.004.manifest", a / "zz", a / "image.003", a / "yy.manifest") == data
+    assert restore_set(a, a / "zz") == data        # the same volume twice is harmless
 
 
 def test_a_volume_of_another_set_is_named_with_both_sets(two_sets):
@@ -201,7 +165,7 @@ def test_a_volume_of_another_set_is_named_with_both_sets(two_sets):
     a_id = manifests.read(str(tmp_path / "a" / "image.001.manifest")).set_id
     b_id = manifests.read(str(tmp_path / "b" / "other.001.manifest")).set_id
     with pytest.raises(Error) as caught:
-        read_set(tmp_path / "a")
+        restore_set(tmp_path / "a")
     assert f"x.001 is volume 1 of another set 'other' (set id {b_id}), not of the set 'image' (set id {a_id})" \
         in str(caught.value)
 
@@ -211,7 +175,7 @@ def test_missing_volumes_are_listed_with_the_count(two_sets):
     for index in (2, 3):
         os.unlink(tmp_path / "a" / f"image.00{index}.manifest")
     with pytest.raises(Error) as caught:
-        read_set(tmp_path / "a")
+        restore_set(tmp_path / "a")
     assert "missing volumes 2-3 of 4 of set 'image'" in str(caught.value)
     assert "image.002, " in str(caught.value) and "without manifest" in str(caught.value)
 
@@ -222,7 +186,7 @@ def test_no_last_volume(two_sets):
     os.unlink(tmp_path / "a" / "image.004.manifest")
     (tmp_path / "a" / "image.004.part").write_bytes(b"partial")
     with pytest.raises(Error) as caught:
-        read_set(tmp_path / "a")
+        restore_set(tmp_path / "a")
     assert "no last volume of set 'image' (found 1-3)" in str(caught.value)
     assert "image.004.part unfinished (left by an interrupted split-span)" in str(caught.value)
 
@@ -236,10 +200,10 @@ def test_a_manifest_never_leads_to_a_file_outside_the_sources(tmp_path):
     doc = json.loads(manifest.read_text())
     doc.update(path="../secret", file="/etc/shadow", volume="../secret")
     manifest.write_text(json.dumps(doc))
-    assert read_set(tmp_path / "out") == b"v" * 100
+    assert restore_set(tmp_path / "out") == b"v" * 100
     os.unlink(tmp_path / "out" / "image.001")
     with pytest.raises(Error) as caught:
-        read_set(tmp_path / "out")
+        restore_set(tmp_path / "out")
     assert f"volume 1 ({tmp_path}/out/image.001) is missing" in str(caught.value)
     assert "secret" not in str(caught.value)
 
@@ -255,4 +219,4 @@ def test_a_set_of_more_than_899_volumes_widens_its_numbers_in_order():
         assert files[898:] == ["image.899", "image.90000", "image.90001", "image.90002"]
         # Name order is stream order: what `cat` of the sorted names relies on.
         assert b"".join(open(os.path.join(directory, name), "rb").read() for name in files) == data
-        assert read_set(directory) == data
+        assert restore_set(directory) == data
