@@ -218,15 +218,22 @@ class Terminal:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"timed out waiting for {text!r}; terminal shows {self.output!r}")
-            if select.select([self.master], [], [], remaining)[0]:
-                try:
-                    chunk = os.read(self.master, 4096)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    raise AssertionError(f"terminal closed before {text!r}; it showed {self.output!r}")
-                self.output += chunk
+            if not self.read_some(remaining):
+                raise AssertionError(f"terminal closed before {text!r}; it showed {self.output!r}")
         return self.output
+
+    def read_some(self, timeout):
+        """Add what the terminal shows within timeout seconds (one read) to output; False once
+        it is closed (the pipeline has ended)."""
+        if select.select([self.master], [], [], timeout)[0]:
+            try:
+                chunk = os.read(self.master, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                return False
+            self.output += chunk
+        return True
 
     def send(self, line):
         os.write(self.master, line.encode() + b"\n")
@@ -234,11 +241,8 @@ class Terminal:
     def wait(self, timeout=60):
         deadline = time.monotonic() + timeout
         while self.process.poll() is None and time.monotonic() < deadline:
-            if select.select([self.master], [], [], 0.1)[0]:
-                try:
-                    self.output += os.read(self.master, 4096)
-                except OSError:
-                    break
+            if not self.read_some(0.1):
+                break
         status = self.process.wait(timeout=max(1, deadline - time.monotonic()))
         os.close(self.master)
         return status
@@ -324,14 +328,8 @@ def read_for(term, seconds):
     """Collect what the terminal shows for `seconds`; False once the pipeline has ended."""
     deadline = time.monotonic() + seconds
     while (remaining := deadline - time.monotonic()) > 0:
-        if select.select([term.master], [], [], remaining)[0]:
-            try:
-                chunk = os.read(term.master, 4096)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                return False
-            term.output += chunk
+        if not term.read_some(remaining):
+            return False
     return True
 
 
