@@ -96,6 +96,16 @@ def write_set(directory, data, volume_size, chunk_size=64 * KIB, name="image", *
         return set_writer.write(source.fileno())
 
 
+@pytest.fixture
+def two_sets(tmp_path):
+    """Two sets written in-process: 'image' of four 2 MiB volumes in a/ and 'other' in b/;
+    (tmp_path, the stream of 'image')."""
+    data = os.urandom(7 * MIB)
+    write_set(tmp_path / "a", data, 2 * MIB)
+    write_set(tmp_path / "b", os.urandom(3 * MIB), 2 * MIB, name="other")
+    return tmp_path, data
+
+
 def restore_set(*sources):
     """What `reassemble SOURCES` writes, run in-process (reader.Restore, the command's engine);
     errors.Error as the command would say it."""

@@ -1,9 +1,7 @@
-"""Volume sets in Python: writing while streaming (writer), finding (finder) and checking a set
-(volumeset); names are in test_names.py."""
+"""sets/writer.py in-process: cutting a stream into a set while it streams, the manifests, refusals,
+running out of space, --exec hooks, and sets wide enough to widen their volume numbers."""
 
-import json
 import os
-import shutil
 import subprocess
 import tempfile
 
@@ -13,9 +11,6 @@ import xxhash
 from conftest import KIB, MIB, restore_set, write_set
 from mirrorpipe.sets import manifests, writer
 from mirrorpipe.errors import Error
-
-# ---------------------------------------------------------------------------------------------
-# Writing
 
 def test_volumes_are_plain_slices_with_matching_manifests(tmp_path):
     data = os.urandom(5 * MIB + 123)
@@ -133,79 +128,6 @@ def test_a_failing_exec_hook_stops_the_run(tmp_path):
     # Volume 2 itself is complete (the hook runs on finished volumes); nothing after it was written.
     assert sorted(os.listdir(tmp_path / "out")) == ["image.001", "image.001.manifest",
                                                     "image.002", "image.002.manifest"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding and checking
-
-@pytest.fixture
-def two_sets(tmp_path):
-    data = os.urandom(7 * MIB)
-    write_set(tmp_path / "a", data, 2 * MIB)
-    write_set(tmp_path / "b", os.urandom(3 * MIB), 2 * MIB, name="other")
-    return tmp_path, data
-
-
-def test_sources_in_any_order_and_with_any_names(two_sets):
-    tmp_path, data = two_sets
-    # Renamed volumes keep working as long as each manifest is named after its volume.
-    os.rename(tmp_path / "a" / "image.002", tmp_path / "a" / "zz")
-    os.rename(tmp_path / "a" / "image.002.manifest", tmp_path / "a" / "zz.manifest")
-    os.rename(tmp_path / "a" / "image.001", tmp_path / "a" / "yy")
-    os.rename(tmp_path / "a" / "image.001.manifest", tmp_path / "a" / "yy.manifest")
-    a = tmp_path / "a"
-    assert restore_set(a / "image.004.manifest", a / "zz", a / "image.003", a / "yy.manifest") == data
-    assert restore_set(a, a / "zz") == data        # the same volume twice is harmless
-
-
-def test_a_volume_of_another_set_is_named_with_both_sets(two_sets):
-    tmp_path, _ = two_sets
-    shutil.copy(tmp_path / "b" / "other.001", tmp_path / "a" / "x.001")
-    shutil.copy(tmp_path / "b" / "other.001.manifest", tmp_path / "a" / "x.001.manifest")
-    a_id = manifests.read(str(tmp_path / "a" / "image.001.manifest")).set_id
-    b_id = manifests.read(str(tmp_path / "b" / "other.001.manifest")).set_id
-    with pytest.raises(Error) as caught:
-        restore_set(tmp_path / "a")
-    assert f"x.001 is volume 1 of another set 'other' (set id {b_id}), not of the set 'image' (set id {a_id})" \
-        in str(caught.value)
-
-
-def test_missing_volumes_are_listed_with_the_count(two_sets):
-    tmp_path, _ = two_sets
-    for index in (2, 3):
-        os.unlink(tmp_path / "a" / f"image.00{index}.manifest")
-    with pytest.raises(Error) as caught:
-        restore_set(tmp_path / "a")
-    assert "missing volumes 2-3 of 4 of set 'image'" in str(caught.value)
-    assert "image.002, " in str(caught.value) and "without manifest" in str(caught.value)
-
-
-def test_no_last_volume(two_sets):
-    tmp_path, _ = two_sets
-    os.unlink(tmp_path / "a" / "image.004")
-    os.unlink(tmp_path / "a" / "image.004.manifest")
-    (tmp_path / "a" / "image.004.part").write_bytes(b"partial")
-    with pytest.raises(Error) as caught:
-        restore_set(tmp_path / "a")
-    assert "no last volume of set 'image' (found 1-3)" in str(caught.value)
-    assert "image.004.part unfinished (left by an interrupted split-span)" in str(caught.value)
-
-
-def test_a_manifest_never_leads_to_a_file_outside_the_sources(tmp_path):
-    """Whatever a crafted manifest says, the volume read is the file beside it."""
-    secret = tmp_path / "secret"
-    secret.write_bytes(b"s" * 100)
-    write_set(tmp_path / "out", b"v" * 100, MIB)
-    manifest = tmp_path / "out" / "image.001.manifest"
-    doc = json.loads(manifest.read_text())
-    doc.update(path="../secret", file="/etc/shadow", volume="../secret")
-    manifest.write_text(json.dumps(doc))
-    assert restore_set(tmp_path / "out") == b"v" * 100
-    os.unlink(tmp_path / "out" / "image.001")
-    with pytest.raises(Error) as caught:
-        restore_set(tmp_path / "out")
-    assert f"volume 1 ({tmp_path}/out/image.001) is missing" in str(caught.value)
-    assert "secret" not in str(caught.value)
 
 
 def test_a_set_of_more_than_899_volumes_widens_its_numbers_in_order():
