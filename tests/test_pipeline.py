@@ -1,50 +1,84 @@
-"""The core pipeline end to end on real block devices, and the stock-tools restore."""
+"""stream/pipeline.py's pieces, in-process or in one small process: a pipe's identity, the
+first cause carried by IncompleteInput, the cut connection seen on stdout, and the sweeping of
+stale hand-off records. Whole pipelines killed at random moments are test_pipeline_integrity.py."""
 
 import os
+import subprocess
+import sys
+import time
 
-from conftest import flip, make_ext4_image, need_tools, sh
-
-
-def test_disk_to_disk_through_compress_and_checksum(tmp_path, loop_device):
-    need_tools("e2fsck", "zstd")
-    image = make_ext4_image(tmp_path / "disk.img", size="96M")
-    blank = tmp_path / "blank.img"
-    with open(blank, "wb") as f:
-        f.truncate(image.stat().st_size)
-    source, target = loop_device(image), loop_device(blank)
-
-    backup = sh(f"read-disk {source} | checksum -o {tmp_path}/disk.xxh128 --name disk.img "
-                f"| compress > {tmp_path}/disk.img.zst")
-    assert backup.returncode == 0, backup.stderr_text
-    restore = sh(f"compress -d < {tmp_path}/disk.img.zst | checksum -c {tmp_path}/disk.xxh128 "
-                 f"| write-disk {target}")
-    assert restore.returncode == 0, restore.stderr_text
-
-    assert sh(f"cmp {source} {target}").returncode == 0
-    fsck = sh(f"e2fsck -fn {target}")
-    assert fsck.returncode == 0, fsck.stdout.decode()
-    # The promise: stock tools alone restore what we wrote, and check it.
-    assert sh(f"zstd -d -q < {tmp_path}/disk.img.zst | cmp - {image}").returncode == 0
-    assert sh(f"cd {tmp_path} && xxh128sum -c disk.xxh128").returncode == 0
+from conftest import sh
+from mirrorpipe.errors import Error
+from mirrorpipe.stream import pipeline
 
 
-def test_stock_pipeline_restores_our_backup_to_a_device(tmp_path, loop_device):
-    need_tools("zstd", "dd")
-    image = make_ext4_image(tmp_path / "disk.img")
-    sh(f"read-disk {image} | compress > {tmp_path}/disk.img.zst", check=True)
-    blank = tmp_path / "blank.img"
-    with open(blank, "wb") as f:
-        f.truncate(image.stat().st_size)
-    target = loop_device(blank)
-    sh(f"zstd -d -q < {tmp_path}/disk.img.zst | dd of={target} bs=4M status=none", check=True)
-    assert sh(f"cmp {target} {image}").returncode == 0
+def test_a_pipe_is_known_by_both_its_ends_and_nothing_else_is_a_pipe(tmp_path):
+    read_end, write_end = os.pipe()
+    try:
+        identity = pipeline.pipe_identity(read_end)
+        assert identity and identity == pipeline.pipe_identity(write_end)
+        assert identity == pipeline.pipe_identity(f"/proc/self/fd/{write_end}")
+        other_read, other_write = os.pipe()
+        assert pipeline.pipe_identity(other_read) != identity
+        os.close(other_read)
+        os.close(other_write)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    (tmp_path / "file").write_bytes(b"x")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert pipeline.pipe_identity(str(tmp_path / "file")) is None
+    assert pipeline.pipe_identity(str(fifo)) is not None
+    assert pipeline.pipe_identity(str(tmp_path / "absent")) is None
 
 
-def test_corruption_in_transit_fails_the_restore(tmp_path):
-    image = make_ext4_image(tmp_path / "disk.img")
-    sh(f"read-disk {image} | compress > {tmp_path}/x.zst", check=True)
-    flip(tmp_path / "x.zst", os.path.getsize(tmp_path / "x.zst") // 3, mask=0x10)
-    result = sh(f"compress -d < {tmp_path}/x.zst | write-disk {tmp_path}/out.img")
-    assert result.returncode == 1
-    assert "compress: error: corrupt" in result.stderr_text
-    assert os.path.getsize(tmp_path / "out.img") < image.stat().st_size
+def test_incomplete_input_keeps_the_first_cause_and_adds_what_this_command_left():
+    first = pipeline.IncompleteInput("read-disk (pid 12) ended before the end of its stream")
+    assert isinstance(first, Error)
+    assert str(first) == "its input is incomplete: read-disk (pid 12) ended before the end of its stream"
+    later = first.with_consequence("no volume was finished")
+    assert later.origin == first.origin
+    assert str(later) == ("its input is incomplete: read-disk (pid 12) ended before the end of its "
+                          "stream; no volume was finished")
+
+
+def test_records_a_mirrorpipe_reader_did_not_take_are_swept(tmp_path):
+    """`read-disk | dd` leaves read-disk's record behind; once its pipe is closed and a minute
+    has passed, the next command removes it."""
+    records = pipeline.RECORDS_DIR
+    sh("read-disk -q /dev/zero --length 1M | cat > /dev/null", check=True)
+    os.makedirs(records, exist_ok=True)
+    stale = os.path.join(records, "1-99999999.99999999")
+    open(stale, "w").write('{"command": "read-disk", "pid": 99999999, "state": "done"}')
+    live_reader = subprocess.Popen(["sleep", "30"], stdin=subprocess.PIPE)
+    live = os.path.join(records, f"{pipeline.pipe_identity(live_reader.stdin.fileno())}.99999998")
+    open(live, "w").write('{"command": "read-disk", "pid": 99999998, "state": "done"}')
+    old = time.time() - 2 * pipeline.SWEEP_AGE
+    os.utime(stale, (old, old))
+    os.utime(live, (old, old))
+    try:
+        sh("read-disk -q /dev/zero --length 1M | cat > /dev/null", check=True)
+        assert not os.path.exists(stale)
+        assert os.path.exists(live), "the record of a pipe still open was removed"
+    finally:
+        live_reader.kill()
+        live_reader.wait()
+        os.unlink(live)
+
+
+def test_end_of_input_with_the_readers_of_stdout_gone_is_a_cut_not_an_end():
+    """What sshd does when the connection dies: the readers of the command's stdout go away."""
+    probe = [sys.executable, "-c", "from mirrorpipe.stream import pipeline; "
+             "print(pipeline.cut_connection('split-span'), file=__import__('sys').stderr)"]
+    for reader_alive in (True, False):
+        read_end, write_end = os.pipe()
+        if not reader_alive:
+            os.close(read_end)
+        result = subprocess.run(probe, stdout=write_end, stderr=subprocess.PIPE, text=True)
+        os.close(write_end)
+        if reader_alive:
+            os.close(read_end)
+            assert result.stderr == "None\n"
+        else:
+            assert "fed split-span closed before the end of the stream" in result.stderr

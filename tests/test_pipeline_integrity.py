@@ -1,18 +1,17 @@
 """A stream cut short is never a complete backup: members of real pipelines are SIGKILLed at
 random moments, locally and behind ssh, and nothing they leave is accepted as complete
-(mirrorpipe.stream.pipeline, frames.check_stream_end, compress's incomplete marker)."""
+(mirrorpipe.stream.pipeline, frames.check_stream_end, compress's incomplete marker). The
+pipeline module's own pieces are tested in test_pipeline.py."""
 
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from conftest import BIN, assert_one_line_error, need_tools, random_data, remote, sh
-from mirrorpipe.stream import pipeline
 
 MIB = 1 << 20
 # Random data: compress cannot shrink it, so the pipeline takes long enough to be cut anywhere.
@@ -183,30 +182,6 @@ def test_complete_pipelines_still_pass(tmp_path, source):
     assert restored.returncode == 0, restored.stderr_text
 
 
-def test_records_a_mirrorpipe_reader_did_not_take_are_swept(tmp_path):
-    """`read-disk | dd` leaves read-disk's record behind; once its pipe is closed and a minute
-    has passed, the next command removes it."""
-    records = pipeline.RECORDS_DIR
-    sh("read-disk -q /dev/zero --length 1M | cat > /dev/null", check=True)
-    os.makedirs(records, exist_ok=True)
-    stale = os.path.join(records, "1-99999999.99999999")
-    open(stale, "w").write('{"command": "read-disk", "pid": 99999999, "state": "done"}')
-    live_reader = subprocess.Popen(["sleep", "30"], stdin=subprocess.PIPE)
-    live = os.path.join(records, f"{pipeline.pipe_identity(live_reader.stdin.fileno())}.99999998")
-    open(live, "w").write('{"command": "read-disk", "pid": 99999998, "state": "done"}')
-    old = time.time() - 2 * pipeline.SWEEP_AGE
-    os.utime(stale, (old, old))
-    os.utime(live, (old, old))
-    try:
-        sh("read-disk -q /dev/zero --length 1M | cat > /dev/null", check=True)
-        assert not os.path.exists(stale)
-        assert os.path.exists(live), "the record of a pipe still open was removed"
-    finally:
-        live_reader.kill()
-        live_reader.wait()
-        os.unlink(live)
-
-
 @pytest.mark.parametrize("victim", ["read-disk", "checksum", "compress"])
 def test_killing_a_member_before_ssh_leaves_no_remote_set(tmp_path, source, ssh, victim):
     for number, moment in enumerate(kill_moments(hash(victim) % 1000 + 1, count=2)):
@@ -222,23 +197,6 @@ def test_killing_a_member_before_ssh_leaves_no_remote_set(tmp_path, source, ssh,
         # a missing seek table names compress.
         assert names_cause(error, victim) or ("compress" in error and "seek table" in error), error
         assert_no_acceptable_set(out)
-
-
-def test_end_of_input_with_the_readers_of_stdout_gone_is_a_cut_not_an_end():
-    """What sshd does when the connection dies: the readers of the command's stdout go away."""
-    probe = [sys.executable, "-c", "from mirrorpipe.stream import pipeline; "
-             "print(pipeline.cut_connection('split-span'), file=__import__('sys').stderr)"]
-    for reader_alive in (True, False):
-        read_end, write_end = os.pipe()
-        if not reader_alive:
-            os.close(read_end)
-        result = subprocess.run(probe, stdout=write_end, stderr=subprocess.PIPE, text=True)
-        os.close(write_end)
-        if reader_alive:
-            os.close(read_end)
-            assert result.stderr == "None\n"
-        else:
-            assert "fed split-span closed before the end of the stream" in result.stderr
 
 
 def test_a_restore_whose_set_is_not_there_names_reassemble_and_changes_nothing(tmp_path):
