@@ -1,6 +1,7 @@
 """burn-iso: packaging volumes, burning a set disc by disc through a pseudo-terminal onto
 xorriso's stdio: pseudo-drives (with a too-small, a non-blank and failing "discs" on the way),
-and restoring from the discs with stock tools exactly as their README.TXT says."""
+and restoring from the discs with stock tools exactly as their README.TXT says. The burn workflow
+in-process (disc/burner.py) is test_burner.py."""
 
 import os
 import re
@@ -9,9 +10,7 @@ import subprocess
 import pytest
 
 from conftest import assert_one_line_error, need_tools, sh
-from mirrorpipe.disc import burner, discreadme, iso
-from mirrorpipe.errors import Error
-from mirrorpipe.progress import NoProgress
+from mirrorpipe.disc import discreadme, iso
 from mirrorpipe.sets import manifests
 
 pytestmark = pytest.mark.usefixtures("tools")
@@ -147,62 +146,6 @@ def test_without_a_terminal_a_bad_disc_stops(volume_set, tmp_path):
     assert result.returncode == 1
 
 
-class ScriptedUser:
-    """A prompter (terminal.Prompter's interface) whose user puts in the next disc of `discs`
-    (by pointing the drive link at it) and presses Enter; the questions are kept."""
-
-    def __init__(self, drive, discs):
-        self.drive, self.discs, self.questions = drive, list(discs), []
-
-    def ask(self, question):
-        self.questions.append(question)
-        self.drive.unlink(missing_ok=True)
-        self.drive.symlink_to(self.discs.pop(0))
-        return ""
-
-
-class Quiet:
-    """What burner.Burner tells the user through, showing nothing."""
-
-    show_progress = False
-
-    def __init__(self):
-        self.notes = []
-
-    def note(self, text):
-        self.notes.append(text)
-
-    def progress(self, total=None):
-        return NoProgress()
-
-
-def test_the_burner_asks_through_the_prompter_it_is_handed(volume_set, tmp_path):
-    """The engine's burn workflow, in process: a disc too small is named in the next question,
-    each disc is read back and checked, and every question goes to the prompter."""
-    _, set_dir = volume_set
-    drive = tmp_path / "drive"
-    small = tmp_path / "small.img"
-    small.write_bytes(os.urandom(1 << 20))      # written, so not blank
-    user = ScriptedUser(drive, [tmp_path / "disc1.img", tmp_path / "disc2.img"])
-    drive.symlink_to(small)
-    messages = Quiet()
-    burner.Burner(f"stdio:{drive}", False, messages, user).burn_all(
-        [f"{set_dir}/pc1.001", f"{set_dir}/pc1.002.manifest"])
-    assert len(user.questions) == 2
-    assert user.questions[0].startswith(f"disc 1 of set 'pc1' (pc1.001): the disc in stdio:{drive} "
-                                        "is not blank")
-    assert user.questions[1] == (f"Insert a blank disc for disc 2 of set 'pc1' (pc1.002) into "
-                                 f"stdio:{drive} and press Enter (q to stop): ")
-    assert [note.split(":")[0] for note in messages.notes] == ["disc 1 of set 'pc1' (pc1.001)",
-                                                              "disc 2 of set 'pc1' (pc1.002)"]
-    for index in (1, 2):
-        with iso.Disc(str(tmp_path / f"disc{index}.img")) as disc:
-            assert disc.manifest_bytes == (set_dir / f"pc1.00{index}.manifest").read_bytes()
-    # Without a prompter (no terminal), a disc that needs asking for stops the burn.
-    with pytest.raises(Error, match="not blank.*no terminal to ask for another disc; no disc was burned"):
-        burner.Burner(f"stdio:{drive}", False, messages).burn_all([f"{set_dir}/pc1.003"])
-
-
 def test_an_image_with_a_damaged_file_system_is_refused_before_any_disc(volume_set, tmp_path):
     """An image whose primary volume descriptor is gone still reads through UDF, but would make
     a disc that ISO 9660 readers cannot read: burn-iso refuses it before touching the drive,
@@ -293,4 +236,3 @@ def test_stock_tools_restore_of_a_one_disc_set(tmp_path):
     sh(script, check=True)
     assert target.read_bytes() == raw.read_bytes()
     assert manifests.read(str(mount / "one.001.manifest")).volume_count == 1
-
