@@ -2,10 +2,8 @@
 image reads back without mounting."""
 
 import os
-import pathlib
 import re
 import subprocess
-import tempfile
 
 import pytest
 import xxhash
@@ -399,46 +397,3 @@ def test_a_complete_image_set_is_never_offered_for_removal(tmp_path):
     again = sh(f"head -c 200000 /dev/urandom | split-span --size 100K --iso --name a {out}")
     assert again.returncode == 1 and "already holds a volume set named 'a'" in again.stderr_text
     assert "incomplete" not in again.stderr_text and "rm -f" not in again.stderr_text, again.stderr_text
-
-
-def stock_commands(readme):
-    """The lines of a README.TXT's stock-tools restore that are commands (indented 4), by variant:
-    the first block is for a zstd stream."""
-    return [line[4:] for line in readme.split("RESTORE WITH STOCK TOOLS ONLY", 1)[1].splitlines()
-            if line.startswith("    cat ")]
-
-
-def test_readme_of_disc_900_restores_a_set_of_more_than_899_volumes(tmp_path):
-    """From disc 900 on the volume numbers widen (image.90000): the README's stock restore still
-    joins every volume in order, tier by tier, and its hint reads volume 1 (image.001)."""
-    need_tools("zstd")
-    base = "/dev/shm" if os.path.isdir("/dev/shm") else str(tmp_path)   # tmpfs: 1,800 fsyncs cost nothing
-    with tempfile.TemporaryDirectory(dir=base) as directory:
-        work = pathlib.Path(directory)
-        raw, volumes = work / "raw.img", work / "set"
-        raw.write_bytes(os.urandom(901 * manifests.MIN_VOLUME_SIZE))
-        sh(f"compress < {raw} | split-span --size {manifests.MIN_VOLUME_SIZE} {volumes}", check=True)
-        count = manifests.read(str(max(volumes.glob("image.9????.manifest")))).volume_count
-        assert count > 900
-        image = work / "image.90000.iso"
-        iso.package(str(volumes / "image.90000"), str(image))
-        with iso.Disc(str(image)) as disc:
-            readme = disc.readme_text
-        assert "This is disc 900 of the set 'image'" in readme
-        command = stock_commands(readme)[0]
-        assert command.startswith("cat image.??? image.9???? | zstd -d | dd of=/dev/sdX"), command
-        target = work / "target.img"
-        sh(f"cd {volumes} && " + command.replace(discreadme.TARGET_PLACEHOLDER, str(target)), check=True)
-        assert target.read_bytes() == raw.read_bytes()
-        # Disc 1 cannot know how far the set reaches: it says so, and the last disc's command is whole.
-        first = discreadme.readme_text(manifests.read(str(volumes / "image.001.manifest")), "image.001", True)
-        assert stock_commands(first)[0].startswith("cat image.??? | zstd -d") and "joins a set of up to 899 discs" in first
-        last = manifests.read(str(volumes / f"image.{names.volume_suffix(count)}.manifest"))
-        whole = discreadme.readme_text(last, f"image.{names.volume_suffix(count)}", True)
-        assert stock_commands(whole)[0].startswith("cat image.??? image.9???? | zstd -d") and "for a larger set" not in whole
-        # Where the disc cannot tell whether the stream is compressed, its hint reads volume 1.
-        unknown = discreadme.readme_text(manifests.read(str(volumes / "image.90000.manifest")), "image.90000")
-        hint = next(line for line in unknown.splitlines() if line.startswith("head -c 4 "))
-        assert hint.startswith("head -c 4 image.001 | od -An -tx1"), hint
-        shown = sh(f"cd {volumes} && {hint.rstrip(').')}", check=True).stdout.decode()
-        assert shown.split() == ["5b", "2a", "4d", "18"]
