@@ -1,4 +1,5 @@
-"""The conventions every command shares: sizes, one-line errors, terminals, SIGPIPE, progress."""
+"""The conventions every command shares (cli.py, terminal.py, errors.py): one-line errors, terminals,
+SIGPIPE, progress, closed standard streams, exit statuses. Sizes are test_units.py."""
 
 import os
 import re
@@ -6,23 +7,9 @@ import re
 import pytest
 
 from conftest import REPO, assert_one_line_error, sh
-from mirrorpipe import errors, units
+from mirrorpipe import errors
 
 COMMANDS = ["read-disk", "compress", "checksum", "write-disk"]
-
-
-@pytest.mark.parametrize("text,value", [
-    ("512", 512), ("4K", 4096), ("4k", 4096), ("1M", 1 << 20), ("1G", 1 << 30), ("2T", 2 << 40),
-    ("1KiB", 1024), ("1KB", 1000), ("1MB", 10 ** 6), ("1GB", 10 ** 9), ("1.5M", 3 << 19), ("0", 0),
-])
-def test_sizes_accept_binary_and_decimal_suffixes(text, value):
-    assert units.parse_size(text) == value
-
-
-@pytest.mark.parametrize("text", ["", "M", "-1", "1X", "1.3B", "ten"])
-def test_sizes_reject_nonsense(text):
-    with pytest.raises(ValueError, match="invalid size"):
-        units.parse_size(text)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
