@@ -7,7 +7,6 @@ import subprocess
 import pytest
 
 from conftest import assert_one_line_error, mount_or_skip, need_tools, sh
-from mirrorpipe.disk.source import Source
 
 
 def test_image_file_byte_identical(ext4_image):
@@ -100,22 +99,3 @@ def test_dash_starts_where_standard_input_stands(tmp_path):
     data.write_bytes(b"A" * (1 << 20) + b"B" * (1 << 20))
     result = sh(f"(head -c 1M > /dev/null; read-disk -) < {data}", check=True)
     assert result.stdout == b"B" * (1 << 20)
-
-
-def test_the_source_chooses_how_unreadable_sectors_are_read(tmp_path, loop_device):
-    """Source.bad_sector_reader: a block device in its logical sectors, an image file in 512-byte
-    ones, a stream (nothing to go back to) plainly; the map is saved from the start."""
-    image = tmp_path / "disk.img"
-    image.write_bytes(os.urandom(1 << 20))
-    with Source(str(image)) as source, source.bad_sector_reader(str(tmp_path / "file.map")) as reader:
-        assert reader.sector == 512
-    assert (tmp_path / "file.map").read_text().startswith("# Mapfile.")
-    read_end, write_end = os.pipe()
-    with os.fdopen(write_end, "wb") as writer:
-        writer.write(b"a stream")
-    with Source(f"/proc/self/fd/{read_end}") as stream:
-        assert stream.bad_sector_reader() is None
-    os.close(read_end)
-    device = loop_device(image, "--sector-size", "4096")
-    with Source(device) as source, source.bad_sector_reader() as reader:
-        assert reader.sector == 4096
