@@ -4,9 +4,8 @@ bad-sector reading, test_badsectors.py)."""
 
 import os
 
+from conftest import MIB
 from mirrorpipe.disk.source import Source
-
-MIB = 1 << 20
 
 
 def test_an_image_file_is_read_as_data_and_holes_in_its_range(tmp_path):
