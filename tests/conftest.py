@@ -1,5 +1,8 @@
-"""Fixtures shared by the test modules: the commands on PATH, shell pipelines, skips for root and
-tools, loop devices, real ext4 images, and running a command on a pseudo-terminal."""
+"""Everything more than one test module needs (README.md says which module tests what): the
+commands on PATH and run (sh, command, split), skips for root and tools, sets written and restored
+in-process (write_set, restore_set, two_sets), data (random_data, compressible_data) and damage
+(flipped, flip), loop devices, real ext4 images, a command on a pseudo-terminal and a user
+answering it (Terminal, answer_as_a_user), and a private sshd (ssh, remote)."""
 
 import fcntl
 import os

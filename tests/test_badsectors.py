@@ -12,14 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import sh
+from conftest import MIB, sh
 from faultfs import SECTOR, FaultFS
 from mirrorpipe.disk import badsectors, mapfile
 from mirrorpipe.errors import EXIT_SECTORS_FILLED
 from mirrorpipe.errors import UsageError
 
 
-MIB = 1 << 20
 SIZE = 8 * MIB
 SECTORS = SIZE // SECTOR
 

@@ -7,11 +7,9 @@ import struct
 import pytest
 import zstandard
 
-from conftest import assert_one_line_error, compressible_data, flipped, need_tools, sh
+from conftest import MIB, assert_one_line_error, compressible_data, flipped, need_tools, sh
 from mirrorpipe.stream import frames
 from mirrorpipe.errors import EXIT_SEEK_TABLE_DAMAGED, Error
-
-MiB = 1 << 20
 
 
 def run_engine(function, data, **options):
@@ -64,10 +62,10 @@ def parse_frames(stream):
     return found
 
 
-@pytest.mark.parametrize("size", [0, 1, 4095, MiB - 1, MiB, MiB + 1, 3 * MiB + 17])
+@pytest.mark.parametrize("size", [0, 1, 4095, MIB - 1, MIB, MIB + 1, 3 * MIB + 17])
 def test_round_trip_sizes_at_frame_boundaries(size):
     data = compressible_data(size)
-    packed, stats = compress_bytes(data, frame_size=MiB)
+    packed, stats = compress_bytes(data, frame_size=MIB)
     assert stats.raw_bytes == size
     assert decompress_bytes(packed) == data
     # libzstd alone, across frames, reads it too
@@ -76,8 +74,8 @@ def test_round_trip_sizes_at_frame_boundaries(size):
 
 
 def test_frames_are_independent_bounded_and_carry_size_and_checksum():
-    data = compressible_data(5 * MiB + 123)
-    packed, stats = compress_bytes(data, frame_size=MiB)
+    data = compressible_data(5 * MIB + 123)
+    packed, stats = compress_bytes(data, frame_size=MIB)
     parts = parse_frames(packed)
     assert [kind for kind, _, _ in parts] == ["skippable"] + ["zstd"] * 6 + ["skippable"]
     offset_raw = 0
@@ -85,7 +83,7 @@ def test_frames_are_independent_bounded_and_carry_size_and_checksum():
         frame = packed[offset:offset + length]
         params = zstandard.get_frame_parameters(frame)
         assert params.has_checksum
-        assert 0 < params.content_size <= MiB
+        assert 0 < params.content_size <= MIB
         # each frame decodes on its own, without anything before it
         assert zstandard.ZstdDecompressor().decompress(frame) == data[offset_raw:offset_raw + params.content_size]
         offset_raw += params.content_size
@@ -93,8 +91,8 @@ def test_frames_are_independent_bounded_and_carry_size_and_checksum():
 
 
 def test_seek_table_follows_the_seekable_format():
-    data = compressible_data(3 * MiB) + bytes(2 * MiB) + compressible_data(MiB // 2, seed=2)
-    packed, stats = compress_bytes(data, frame_size=MiB)
+    data = compressible_data(3 * MIB) + bytes(2 * MIB) + compressible_data(MIB // 2, seed=2)
+    packed, stats = compress_bytes(data, frame_size=MIB)
     parts = parse_frames(packed)
     kind, offset, length = parts[-1]
     table = packed[offset:offset + length]
@@ -117,32 +115,32 @@ def test_seek_table_follows_the_seekable_format():
 
 
 def test_zero_runs_become_one_reused_frame():
-    data = compressible_data(MiB) + bytes(6 * MiB) + compressible_data(MiB, seed=3)
-    packed, _ = compress_bytes(data, frame_size=2 * MiB)
+    data = compressible_data(MIB) + bytes(6 * MIB) + compressible_data(MIB, seed=3)
+    packed, _ = compress_bytes(data, frame_size=2 * MIB)
     zstd_frames = [packed[o:o + n] for kind, o, n in parse_frames(packed) if kind == "zstd"]
-    zero_frames = [f for f in zstd_frames if zstandard.get_frame_parameters(f).content_size == 2 * MiB
-                   and zstandard.ZstdDecompressor().decompress(f) == bytes(2 * MiB)]
+    zero_frames = [f for f in zstd_frames if zstandard.get_frame_parameters(f).content_size == 2 * MIB
+                   and zstandard.ZstdDecompressor().decompress(f) == bytes(2 * MIB)]
     assert len(zero_frames) == 3 and len(set(zero_frames)) == 1
     assert decompress_bytes(packed) == data
 
 
 def test_all_zero_input_costs_no_compression_work():
-    """A zero frame is compressed once and reused: 512 MiB of zeros is mostly cheap reads."""
-    packed, stats = compress_bytes(bytes(64 * MiB), frame_size=MiB, threads=1)
+    """A zero frame is compressed once and reused: 512 MIB of zeros is mostly cheap reads."""
+    packed, stats = compress_bytes(bytes(64 * MIB), frame_size=MIB, threads=1)
     assert stats.frames == 64
     assert len(set(packed[o:o + n] for kind, o, n in parse_frames(packed) if kind == "zstd")) == 1
 
 
 @pytest.mark.parametrize("level", [1, 3, 19])
 def test_levels(level):
-    data = compressible_data(2 * MiB)
-    packed, _ = compress_bytes(data, level=level, frame_size=MiB)
+    data = compressible_data(2 * MIB)
+    packed, _ = compress_bytes(data, level=level, frame_size=MIB)
     assert decompress_bytes(packed) == data
 
 
 def test_stock_zstd_decodes_our_stream_identically(tmp_path):
     need_tools("zstd")
-    data = compressible_data(3 * MiB) + bytes(3 * MiB) + os.urandom(MiB)
+    data = compressible_data(3 * MIB) + bytes(3 * MIB) + os.urandom(MIB)
     (tmp_path / "raw").write_bytes(data)
     result = sh(f"compress --frame-size 1M < {tmp_path}/raw | zstd -d -q", check=True)
     assert result.stdout == data
@@ -154,7 +152,7 @@ def test_stock_zstd_decodes_our_stream_identically(tmp_path):
                                           ["-T2", "--rsyncable"]])
 def test_we_decode_stock_zstd_output(tmp_path, zstd_options):
     need_tools("zstd")
-    data = compressible_data(6 * MiB) + bytes(MiB)
+    data = compressible_data(6 * MIB) + bytes(MIB)
     (tmp_path / "raw").write_bytes(data)
     opts = " ".join(zstd_options)
     # through a pipe: stock zstd then writes one frame without a content size
@@ -166,7 +164,7 @@ def test_we_decode_stock_zstd_output(tmp_path, zstd_options):
 
 def test_concatenated_and_skippable_frames(tmp_path):
     need_tools("zstd")
-    a, b = compressible_data(MiB), compressible_data(MiB, seed=9)
+    a, b = compressible_data(MIB), compressible_data(MIB, seed=9)
     (tmp_path / "a").write_bytes(a)
     (tmp_path / "b").write_bytes(b)
     skippable = struct.pack("<II", 0x184D2A53, 5) + b"hello"
@@ -177,15 +175,15 @@ def test_concatenated_and_skippable_frames(tmp_path):
 
 
 def test_corrupt_frame_names_its_compressed_offset_and_keeps_earlier_frames(tmp_path):
-    data = compressible_data(4 * MiB)
-    packed, _ = compress_bytes(data, frame_size=MiB)
+    data = compressible_data(4 * MIB)
+    packed, _ = compress_bytes(data, frame_size=MIB)
     _, third, length = parse_frames(packed)[3]
     src = _fd_with(flipped(packed, third + length // 2, 0xFF))
     dst = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT)
     try:
         with pytest.raises(Error, match=f"compressed offset {third}"):
             frames.decompress_stream(src, dst)
-        assert (tmp_path / "out").read_bytes() == data[:2 * MiB]
+        assert (tmp_path / "out").read_bytes() == data[:2 * MIB]
     finally:
         os.close(src)
         os.close(dst)
@@ -193,7 +191,7 @@ def test_corrupt_frame_names_its_compressed_offset_and_keeps_earlier_frames(tmp_
 
 def test_truncated_stock_single_frame_is_an_error(tmp_path):
     need_tools("zstd")
-    (tmp_path / "raw").write_bytes(compressible_data(4 * MiB))
+    (tmp_path / "raw").write_bytes(compressible_data(4 * MIB))
     result = sh(f"zstd -q -c < {tmp_path}/raw | head -c 100000 | compress -d > /dev/null")
     assert result.returncode == 1
     assert_one_line_error(result, "compress", "truncated input", "offset 0")
@@ -215,7 +213,7 @@ def test_a_stream_cut_between_frames_is_truncated_not_short(tmp_path):
     """Cut at a frame boundary (compress killed between two writes) stock zstd accepts the rest
     as a valid, shorter stream; compress -d knows a seek table must end it."""
     need_tools("zstd")
-    packed, _ = compress_bytes(compressible_data(4 * MiB), frame_size=MiB)
+    packed, _ = compress_bytes(compressible_data(4 * MIB), frame_size=MIB)
     parts = parse_frames(packed)
     cut = packed[:parts[3][1]]                                   # header and two whole frames
     dropped = packed[:parts[2][1]] + packed[parts[3][1]:]         # the second frame lost
@@ -236,8 +234,8 @@ def test_a_stream_cut_between_frames_is_truncated_not_short(tmp_path):
 def test_a_damaged_seek_table_entry_names_its_frame_and_the_data_is_delivered(tmp_path, field, at, shown):
     """A flipped byte in the seek table: compress -d names the frame whose entry is damaged and
     which field, delivers every byte (each frame checked by its own checksum) and exits 3."""
-    data = compressible_data(5 * MiB)
-    packed, _ = compress_bytes(data, frame_size=MiB)
+    data = compressible_data(5 * MIB)
+    packed, _ = compress_bytes(data, frame_size=MIB)
     parts = parse_frames(packed)
     table_offset = parts[-1][1]
     frame = 3
@@ -258,8 +256,8 @@ def test_a_damaged_seek_table_entry_names_its_frame_and_the_data_is_delivered(tm
 
 def test_a_restore_through_a_damaged_seek_table_is_complete_for_write_disk(tmp_path):
     """compress -d's exit 3 hands the stream on as complete: write-disk after it succeeds."""
-    data = compressible_data(3 * MiB)
-    packed, _ = compress_bytes(data, frame_size=MiB)
+    data = compressible_data(3 * MIB)
+    packed, _ = compress_bytes(data, frame_size=MIB)
     table_offset = parse_frames(packed)[-1][1]
     (tmp_path / "damaged.zst").write_bytes(flipped(packed, table_offset + 8 + 12 * 2 + 9))
     result = sh(f"compress -d < {tmp_path}/damaged.zst | write-disk -f {tmp_path}/target.img; "
@@ -270,8 +268,8 @@ def test_a_restore_through_a_damaged_seek_table_is_complete_for_write_disk(tmp_p
 
 
 def test_a_damaged_seek_table_footer_still_checks_every_entry(tmp_path):
-    data = compressible_data(3 * MiB)
-    packed, _ = compress_bytes(data, frame_size=MiB)
+    data = compressible_data(3 * MIB)
+    packed, _ = compress_bytes(data, frame_size=MIB)
     for offset in (len(packed) - 9, len(packed) - 5, len(packed) - 1):   # count, descriptor, magic
         (tmp_path / "damaged.zst").write_bytes(flipped(packed, offset))
         result = sh(f"compress -d < {tmp_path}/damaged.zst")
@@ -282,8 +280,8 @@ def test_a_damaged_seek_table_footer_still_checks_every_entry(tmp_path):
 def test_a_damaged_seek_table_header_is_named_and_the_data_delivered(tmp_path):
     """A flipped bit in the table's magic or length: what is left of the input is still the table
     of the frames read, so the header alone is damaged (exit 3), not the stream cut."""
-    data = compressible_data(3 * MiB)
-    packed, _ = compress_bytes(data, frame_size=MiB)
+    data = compressible_data(3 * MIB)
+    packed, _ = compress_bytes(data, frame_size=MIB)
     table_offset = parse_frames(packed)[-1][1]
     for at, mask in ((0, 0x10), (3, 0x01), (4, 0x01), (5, 0x80), (7, 0x40)):
         (tmp_path / "damaged.zst").write_bytes(flipped(packed, table_offset + at, mask))
@@ -298,8 +296,8 @@ def test_a_damaged_seek_table_header_is_named_and_the_data_delivered(tmp_path):
 def test_a_frame_that_differs_from_its_entry_in_two_fields_is_another_frame(tmp_path):
     """Two frames swapped: sizes and checksums both differ from what the table lists there; this
     is no flipped bit but a stream out of order, an error (exit 1)."""
-    data = compressible_data(MiB) + compressible_data(MiB // 2, seed=7) + compressible_data(MiB, seed=8)
-    packed, _ = compress_bytes(data, frame_size=MiB)
+    data = compressible_data(MIB) + compressible_data(MIB // 2, seed=7) + compressible_data(MIB, seed=8)
+    packed, _ = compress_bytes(data, frame_size=MIB)
     parts = parse_frames(packed)
     one, two = (packed[offset:offset + length] for _, offset, length in parts[1:3])
     swapped = packed[:parts[1][1]] + two + one + packed[parts[3][1]:]
@@ -311,6 +309,6 @@ def test_a_frame_that_differs_from_its_entry_in_two_fields_is_another_frame(tmp_
 
 
 def test_our_streams_concatenate_like_zstd_streams(tmp_path):
-    a, b = compressible_data(MiB + 5), compressible_data(2 * MiB, seed=4)
-    (tmp_path / "ab").write_bytes(compress_bytes(a, frame_size=MiB)[0] + compress_bytes(b)[0])
+    a, b = compressible_data(MIB + 5), compressible_data(2 * MIB, seed=4)
+    (tmp_path / "ab").write_bytes(compress_bytes(a, frame_size=MIB)[0] + compress_bytes(b)[0])
     assert sh(f"compress -d < {tmp_path}/ab", check=True).stdout == a + b

@@ -6,16 +6,14 @@ import subprocess
 
 import pytest
 
-from conftest import flip, need_root, need_tools, sh
-
-MiB = 1 << 20
+from conftest import MIB, flip, need_root, need_tools, sh
 
 
 @pytest.fixture
 def iso_set(tmp_path):
     """A compressed stream cut into three ISO images by split-span --iso; (directory, raw data)."""
     raw = tmp_path / "raw"
-    raw.write_bytes(os.urandom(5 * MiB) + bytes(10 * MiB) + os.urandom(5 * MiB))
+    raw.write_bytes(os.urandom(5 * MIB) + bytes(10 * MIB) + os.urandom(5 * MIB))
     out = tmp_path / "out"
     log = tmp_path / "exec.log"
     result = sh(f"compress -1 < {raw} | split-span --size 4M --iso "
@@ -88,7 +86,7 @@ def test_burned_as_made_then_restored_from_the_discs(tmp_path):
     soon as split-span finishes it; the discs, files without an .iso name, restore the stream."""
     need_tools("xorriso")
     raw = tmp_path / "raw"
-    raw.write_bytes(os.urandom(9 * MiB))
+    raw.write_bytes(os.urandom(9 * MIB))
     burned = tmp_path / "burned"
     burned.mkdir()
     result = sh(f"compress < {raw} | split-span --size 4M --iso --exec "
@@ -105,7 +103,7 @@ def test_burned_as_made_then_restored_from_the_discs(tmp_path):
 def test_an_image_and_the_volume_file_make_up_for_each_other(tmp_path):
     """Two copies of volume 2, its file and its ISO image, each damaged in another chunk: every
     chunk comes from the copy that holds it intact."""
-    raw = os.urandom(10 * MiB)
+    raw = os.urandom(10 * MIB)
     out, images = tmp_path / "out", tmp_path / "images"
     assert sh(f"split-span -q --size 4M --chunk-size 1M {out}", input=raw).returncode == 0
     images.mkdir()
@@ -113,14 +111,14 @@ def test_an_image_and_the_volume_file_make_up_for_each_other(tmp_path):
     image = images / "image.002.iso"
     volume = (out / "image.002").read_bytes()
     start = image.read_bytes().index(volume[:4096])      # where the volume lies in the image
-    flip(out / "image.002", 1 * MiB + 77, mask=0x01)      # chunk 1 of the volume file
-    flip(image, start + 3 * MiB + 77, mask=0x01)          # chunk 3 of the image's volume
+    flip(out / "image.002", 1 * MIB + 77, mask=0x01)      # chunk 1 of the volume file
+    flip(image, start + 3 * MIB + 77, mask=0x01)          # chunk 3 of the image's volume
     result = sh(f"reassemble {out} {image}")
     assert result.returncode == 0, result.stderr_text
     assert result.stdout == raw
-    assert f"the chunk at offset {MiB} is damaged in {out}/image.002 and intact in {image}" in result.stderr_text
+    assert f"the chunk at offset {MIB} is damaged in {out}/image.002 and intact in {image}" in result.stderr_text
     verify = sh(f"reassemble --verify {out} {image}")
     assert verify.returncode == 3, verify.stderr_text
     table = verify.stdout.decode()
-    assert f"the chunk at offset {3 * MiB} is damaged in {image}" in table, table
+    assert f"the chunk at offset {3 * MIB} is damaged in {image}" in table, table
     assert "ok-copy-bad" in table

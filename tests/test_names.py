@@ -6,9 +6,8 @@ import fnmatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import KIB
 from mirrorpipe.sets import manifests, names
-
-KIB = 1 << 10
 
 
 def test_volume_numbers_widen_like_gnu_split():

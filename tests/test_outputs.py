@@ -11,9 +11,8 @@ import subprocess
 
 import pytest
 
-from conftest import flipped, need_root, sh
+from conftest import MIB, flipped, need_root, sh
 
-MIB = 1 << 20
 
 # command line (with {out}, {data}, {set}) and whether it writes binary data to {out}
 OUTPUTS = {

@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from conftest import BIN, assert_one_line_error, need_tools, random_data, remote, sh
+from conftest import BIN, MIB, assert_one_line_error, need_tools, random_data, remote, sh
 
-MIB = 1 << 20
 # Random data: compress cannot shrink it, so the pipeline takes long enough to be cut anywhere.
 SOURCE_SIZE = 192 * MIB
 

@@ -11,9 +11,8 @@ import time
 
 import pytest
 
-from conftest import assert_one_line_error, flip, need_root, sh
+from conftest import MIB, assert_one_line_error, flip, need_root, sh
 
-MIB = 1 << 20
 SIZE = 24 * MIB          # the backed-up disk
 KILL_SIZE = 128 * MIB    # long enough to kill a command of the restore while it streams
 
