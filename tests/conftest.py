@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrorpipe.sets import reader, writer
+from mirrorpipe.sets import erasure, reader, writer
 
 # The FUSE fault-injection fixtures (faultfs, faulty_loop_device) for the bad-sector tests.
 pytest_plugins = ["faultfs"]
@@ -116,6 +116,15 @@ def restore_set(*sources):
         reader.Restore([str(source) for source in sources]).run(out.fileno())
         out.seek(0)
         return out.read()
+
+
+def parity_rows(data, count):
+    """The `count` parity rows of a group of data rows by the code's definition (erasure.combine,
+    its reference): row p is the sum of coefficient(p, i) * data row i, each zero-padded to the
+    longest."""
+    length = max(len(row) for row in data)
+    return [erasure.combine([(erasure.coefficient(p, i), row) for i, row in enumerate(data)], length)
+            for p in range(count)]
 
 
 def random_data(size, seed=0):

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import parity_rows
 from mirrorpipe.sets import erasure
 
 byte = st.integers(0, 255)
@@ -131,16 +132,14 @@ def test_every_square_submatrix_of_the_coefficients_is_invertible():
     over 12 data rows, and for pairs over the whole width of the code."""
     for parity_count, data_count in ((4, 12), (2, erasure.MAX_DATA)):
         for size in range(1, parity_count + 1):
-            for parity_rows in itertools.combinations(range(parity_count), size):
+            for parity_indices in itertools.combinations(range(parity_count), size):
                 for data_rows in itertools.combinations(range(data_count), size):
-                    erasure.invert([[erasure.coefficient(p, i) for i in data_rows] for p in parity_rows])
+                    erasure.invert([[erasure.coefficient(p, i) for i in data_rows] for p in parity_indices])
 
 
 def encode(data):
     """The data rows followed by 3 parity rows, each the coefficient-weighted sum of the data."""
-    length = max(len(d) for d in data)
-    return list(data) + [erasure.combine([(erasure.coefficient(p, i), d) for i, d in enumerate(data)], length)
-                         for p in range(3)]
+    return list(data) + parity_rows(data, 3)
 
 
 @settings(max_examples=150, deadline=None)

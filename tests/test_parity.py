@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import flipped, random_data
+from conftest import flipped, parity_rows, random_data
 from mirrorpipe.sets import erasure, manifests, parity
 from mirrorpipe.errors import Error
 
@@ -32,12 +32,6 @@ def chunk_digests(data, chunk_size=CHUNK):
         digest.update(data[start:start + chunk_size])
         digests += digest.digest()
     return bytes(digests)
-
-
-def expected_parity(data, parity_count):
-    length = max(len(d) for d in data)
-    return [erasure.combine([(erasure.coefficient(p, i), d) for i, d in enumerate(data)], length)
-            for p in range(parity_count)]
 
 
 def new_accumulator(kind, paths):
@@ -105,7 +99,7 @@ SHAPES = {
 def test_parity_volumes_hold_the_coefficient_weighted_sums_and_their_digests(tmp_path, shape, parity_count, kind):
     data = make_data(SHAPES[shape])
     finished = build_group(tmp_path, data, parity_count, kind=kind)
-    expected = expected_parity(data, parity_count)
+    expected = parity_rows(data, parity_count)
     assert [v.parity for v in finished] == list(range(parity_count))
     for volume, want in zip(finished, expected):
         stored = open(volume.path, "rb").read()
@@ -124,7 +118,7 @@ def test_data_volumes_deleted_right_after_feeding_still_give_correct_parity(tmp_
     data = make_data(SHAPES["short-last"], seed=5)
     finished = build_group(tmp_path, data, 2, delete_after_feeding=True, kind=kind)
     assert not list(tmp_path.glob("image.0*"))
-    assert [open(v.path, "rb").read() for v in finished] == expected_parity(data, 2)
+    assert [open(v.path, "rb").read() for v in finished] == parity_rows(data, 2)
 
 
 @pytest.mark.parametrize("parity_count", [1, 2, 3])
@@ -145,7 +139,7 @@ def test_lost_volumes_rebuilt_from_survivors_read_one_at_a_time(tmp_path, kind):
     """Disc by disc: the survivors pass one after another through an accumulator with the
     recovery coefficients; the scratch files end up holding the lost volumes."""
     data = make_data(SHAPES["short-last"], seed=12)
-    rows = data + expected_parity(data, 2)
+    rows = data + parity_rows(data, 2)
     code = erasure.Code(len(data), 2)
     lost = [1, len(data) - 1]
     sources = [r for r in range(code.rows) if r not in lost]
@@ -172,7 +166,7 @@ def test_lost_volumes_rebuilt_from_survivors_read_one_at_a_time(tmp_path, kind):
 @pytest.mark.parametrize("parity_count", [1, 2, 3])
 def test_more_losses_than_parity_are_refused_naming_what_is_missing(parity_count):
     data = make_data(SHAPES["short-last"])
-    rows = data + expected_parity(data, parity_count)
+    rows = data + parity_rows(data, parity_count)
     names = [f"volume {i + 1}" for i in range(len(data))] + [f"parity volume {p + 1}" for p in range(parity_count)]
     lost = list(range(parity_count)) + [len(rows) - 1]        # the first data volumes and the last parity
     rebuild = rebuilder(rows, len(data), lost, names)
@@ -188,7 +182,7 @@ def test_more_losses_than_parity_are_refused_naming_what_is_missing(parity_count
 def test_damage_inside_several_volumes_is_repaired_chunk_by_chunk():
     """Flipped bits in four volumes, at most two per chunk position, with two parity volumes."""
     data = make_data([48_000] * 4 + [21_001], seed=9)
-    rows = data + expected_parity(data, 2)
+    rows = data + parity_rows(data, 2)
     hits = {0: [100, 40_000], 2: [100, 20_000], 4: [20_500], 6: [40_001]}
     group = members(rows)
     for row, offsets in hits.items():
@@ -206,7 +200,7 @@ def test_damage_inside_several_volumes_is_repaired_chunk_by_chunk():
 
 def test_a_third_damaged_chunk_at_one_position_with_two_parity_is_refused_with_its_offset():
     data = make_data([48_000] * 3, seed=10)
-    rows = data + expected_parity(data, 2)
+    rows = data + parity_rows(data, 2)
     group = members(rows)
     for row in (0, 1, 3):
         group[row].file = io.BytesIO(flipped(rows[row], CHUNK + 7))
@@ -221,7 +215,7 @@ def test_a_third_damaged_chunk_at_one_position_with_two_parity_is_refused_with_i
 def test_a_truncated_volume_file_has_its_missing_tail_rebuilt(tmp_path):
     """Real files: a volume cut short (copy interrupted) reads short from its new end on."""
     data = make_data([48_000] * 3 + [30_000], seed=13)
-    rows = data + expected_parity(data, 1)
+    rows = data + parity_rows(data, 1)
     paths = []
     for row, content in enumerate(rows):
         paths.append(tmp_path / f"volume{row}")
@@ -251,7 +245,7 @@ class FailingReads(io.BytesIO):
 
 def test_unreadable_chunks_count_as_lost_and_are_rebuilt():
     data = make_data([40_000] * 3, seed=11)
-    rows = data + expected_parity(data, 1)
+    rows = data + parity_rows(data, 1)
     group = members(rows)
     group[1].file = FailingReads(rows[1], bad_from=2 * CHUNK + 3)
     rebuild = parity.Rebuilder(group[:3], group[3:], CHUNK)
@@ -267,7 +261,7 @@ def test_random_groups_and_loss_patterns_are_rebuilt(draw):
     full = draw.draw(st.integers(1, 3 * CHUNK), "volume length")
     last = draw.draw(st.integers(1, full), "last volume length")
     data = make_data([full] * (data_count - 1) + [last], seed=draw.draw(st.integers(0, 99), "seed"))
-    rows = data + expected_parity(data, parity_count)
+    rows = data + parity_rows(data, parity_count)
     lost_volumes = draw.draw(st.sets(st.integers(0, len(rows) - 1), max_size=parity_count), "lost")
     chunk_count = manifests.chunk_count(full, CHUNK)
     damaged = draw.draw(st.dictionaries(st.integers(0, chunk_count - 1),
