@@ -160,6 +160,31 @@ def flip(path, offset, mask=0x04):
         f.write(bytes([byte ^ mask]))
 
 
+def processes(test):
+    """Pids of the running processes for which test(pid, the words of its command line) holds."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                words = f.read().split(b"\0")
+            if test(int(pid), words):
+                found.append(int(pid))
+        except OSError:
+            continue    # ended meanwhile
+    return found
+
+
+def open_files(pid):
+    """{descriptor: what it is open on (a path, 'pipe:[N]', ...)} of a running process."""
+    found = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return found
+
+
 def make_file_tree(root, seed=1):
     """A directory of real files: text and binaries from the system plus a few random files."""
     root.mkdir(parents=True, exist_ok=True)

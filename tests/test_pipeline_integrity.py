@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import BIN, MIB, assert_one_line_error, need_tools, random_data, remote, sh
+from conftest import BIN, MIB, assert_one_line_error, need_tools, processes, random_data, remote, sh
 
 # Random data: compress cannot shrink it, so the pipeline takes long enough to be cut anywhere.
 SOURCE_SIZE = 192 * MIB
@@ -22,24 +22,6 @@ def source(tmp_path_factory):
     path = tmp_path_factory.mktemp("source") / "disk.img"
     path.write_bytes(random_data(SOURCE_SIZE, seed=7))
     return path
-
-
-def members(session, command):
-    """Pids of the processes of a session running the mirrorpipe command (bin/NAME)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if os.getsid(int(pid)) != session:
-                continue
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                words = f.read().split(b"\0")
-        except OSError:
-            continue
-        if any(os.path.basename(w.decode()) == command for w in words[:2]):
-            found.append(int(pid))
-    return found
 
 
 def run_and_kill(script, victim, after):
@@ -53,7 +35,8 @@ def run_and_kill(script, victim, after):
     while time.monotonic() < deadline + 5 and process.poll() is None and not killed:
         time.sleep(0.005)
         if time.monotonic() >= deadline:
-            for pid in members(process.pid, victim):
+            for pid in processes(lambda pid, words: os.getsid(pid) == process.pid
+                                 and any(os.path.basename(w.decode()) == victim for w in words[:2])):
                 os.kill(pid, signal.SIGKILL)
                 killed = True
     stdout, stderr = process.communicate(timeout=120)

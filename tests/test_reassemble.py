@@ -12,7 +12,7 @@ import time
 import pytest
 import xxhash
 
-from conftest import MIB, assert_one_line_error, command, flip, insert, sh, split
+from conftest import MIB, assert_one_line_error, command, flip, insert, open_files, sh, split
 from mirrorpipe.errors import EXIT_REBUILDABLE
 from mirrorpipe.sets import manifests
 
@@ -375,23 +375,13 @@ def discs(tmp_path, volume_sets):
     return made, drive, stream
 
 
-def open_paths(pid):
-    paths = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            paths.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            pass
-    return paths
-
-
 def test_disc_by_disc_with_wrong_discs(tmp_path, discs, terminal):
     made, drive, stream = discs
     insert(drive, made["image", 1])
     term = terminal(f"exec reassemble {drive} > {tmp_path}/out")
     term.read_until("insert disc 2 of set 'image' and press Enter")
     # The disc that was read is closed, so it can be ejected.
-    assert not [p for p in open_paths(term.process.pid) if p.startswith(str(drive))]
+    assert not [p for p in open_files(term.process.pid).values() if p.startswith(str(drive))]
     insert(drive, made["image", 4])
     term.send("")
     term.read_until("this is disc 4 of set 'image', not disc 2 of set 'image'")

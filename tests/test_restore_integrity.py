@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import MIB, assert_one_line_error, flip, need_root, sh
+from conftest import MIB, assert_one_line_error, flip, need_root, open_files, sh
 
 SIZE = 24 * MIB          # the backed-up disk
 KILL_SIZE = 128 * MIB    # long enough to kill a command of the restore while it streams
@@ -121,8 +121,8 @@ def _position_of(pid, path):
     """Where the process's descriptor open on path stands (bytes written so far), or None."""
     real = os.path.realpath(path)
     try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            if os.readlink(f"/proc/{pid}/fd/{fd}") == real:
+        for fd, target in open_files(pid).items():
+            if target == real:
                 with open(f"/proc/{pid}/fdinfo/{fd}") as f:
                     return int(f.readline().split()[1])
     except OSError:

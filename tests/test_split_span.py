@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import BIN, MIB, assert_one_line_error, command, need_tools, sh, split
+from conftest import BIN, MIB, assert_one_line_error, command, need_tools, processes, sh, split
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,24 +138,14 @@ def test_sigkill_at_random_moments_never_leaves_an_acceptable_set(tmp_path, pari
         for name in left:
             if name.endswith(".part"):
                 assert name in message, message
+        # split-span's forked workers share its command line, which names outdir.
+        def naming_outdir(pid, words):
+            return str(outdir).encode() in b"\0".join(words)
         deadline = time.monotonic() + 5
-        while _processes_naming(outdir) and time.monotonic() < deadline:
+        while processes(naming_outdir) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _processes_naming(outdir), "a process of the killed split-span lives on"
+        assert not processes(naming_outdir), "a process of the killed split-span lives on"
     assert seen_part, "no kill landed while a volume was being written; the test proves little"
-
-
-def _processes_naming(path):
-    """Pids of processes whose command line holds path (split-span's forked workers share its)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if str(path).encode() in f.read():
-                    found.append(pid)
-        except OSError:
-            pass
-    return found
 
 
 # ---------------------------------------------------------------------------------------------
