@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from mirrorpipe.sets import erasure, reader, writer
+from mirrorpipe.sets import erasure, manifests, reader, writer
 
 # The FUSE fault-injection fixtures (faultfs, faulty_loop_device) for the bad-sector tests.
 pytest_plugins = ["faultfs"]
@@ -439,20 +439,27 @@ def make_discs(tmp_path, source, volume_size="512K"):
         if name.endswith(".manifest"):
             disc = tmp_path / f"disc{len(discs) + 1}"
             disc.mkdir()
-            for path in (name, name[:-len(".manifest")]):
-                shutil.copy(tmp_path / "set" / path, disc)
+            for path in volume_files(tmp_path / "set", name[:-len(manifests.SUFFIX)]):
+                shutil.copy(path, disc)
             discs.append(disc)
     drive = tmp_path / "drive"
     drive.mkdir()
     return discs, drive
 
 
-def insert(drive, disc):
-    """Swap the drive's contents for a disc's (what ejecting and inserting does to a mount point)."""
+def insert(drive, *discs):
+    """Swap the drive's contents for a disc's (what ejecting and inserting does to a mount point):
+    a directory laid out as burn-iso lays out a disc, or the files (volume_files) to put there."""
     for name in os.listdir(drive):
         os.unlink(drive / name)
-    for name in os.listdir(disc):
-        shutil.copy(disc / name, drive / name)
+    for disc in discs:
+        for path in sorted(disc.iterdir()) if disc.is_dir() else [disc]:
+            shutil.copy(path, drive / path.name)
+
+
+def volume_files(directory, *names):
+    """The files of the named volumes in directory: each volume and its manifest."""
+    return [directory / f"{name}{suffix}" for name in names for suffix in ("", manifests.SUFFIX)]
 
 
 # ---------------------------------------------------------------------------------------------

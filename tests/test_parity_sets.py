@@ -13,7 +13,8 @@ import shutil
 
 import pytest
 
-from conftest import assert_one_line_error, command, flip, need_tools, parity_rows, restore_set, sh, split
+from conftest import (assert_one_line_error, command, flip, insert, need_tools, parity_rows, restore_set, sh, split,
+                      volume_files)
 from mirrorpipe.sets import finder, manifests, names
 from mirrorpipe.errors import Error
 
@@ -335,15 +336,7 @@ def test_disc_by_disc_giving_up_says_how_to_rebuild_and_a_directory_of_copies_wo
     stream = make_set(tmp_path / "out", 4, 1, "--group", "2")
     out, drive, scratch = tmp_path / "out", tmp_path / "drive", tmp_path / "scratch"
     drive.mkdir()
-
-    def insert(*names):
-        for name in os.listdir(drive):
-            os.unlink(drive / name)
-        for name in names:
-            for suffix in ("", manifests.SUFFIX):
-                shutil.copy(out / f"{name}{suffix}", drive)
-
-    insert("image.001")
+    insert(drive, *volume_files(out, "image.001"))
     term = terminal(f"TMPDIR={tmp_path} exec reassemble {drive} > {tmp_path}/stream")
     term.read_until("insert disc 2 of set 'image' and press Enter")
     term.send("q")          # disc 2 is lost
@@ -356,16 +349,15 @@ def test_disc_by_disc_giving_up_says_how_to_rebuild_and_a_directory_of_copies_wo
 
     # Doing what it says: the rest of group 1 copied into a directory, the next disc in the drive.
     scratch.mkdir()
-    for name in ("image.001", "image.parity-001-1"):
-        for suffix in ("", manifests.SUFFIX):
-            shutil.copy(out / f"{name}{suffix}", scratch)
-    insert("image.003")
+    for path in volume_files(out, "image.001", "image.parity-001-1"):
+        shutil.copy(path, scratch)
+    insert(drive, *volume_files(out, "image.003"))
     term = terminal(f"exec reassemble {scratch} {drive} > {tmp_path}/stream")
     term.read_until("insert disc 4 of set 'image' and press Enter")
-    insert("image.parity-002-1")
+    insert(drive, *volume_files(out, "image.parity-002-1"))
     term.send("")
     term.read_until("this is parity disc 1 of group 2 of set 'image', not disc 4 of set 'image'")
-    insert("image.004")
+    insert(drive, *volume_files(out, "image.004"))
     term.send("")
     assert term.wait() == 0, term.output.decode()
     assert "rebuilt volume 2 (256.0 KiB) from parity" in term.output.decode()
@@ -377,14 +369,7 @@ def test_disc_by_disc_rebuilds_a_lost_disc_and_a_damaged_one_from_the_other_disc
     out, drive = tmp_path / "out", tmp_path / "drive"
     drive.mkdir()
     flip(out / "image.003", 2 * CHUNK + 17)      # disc 3 is scratched in its third chunk
-
-    def insert(name):
-        for old in os.listdir(drive):
-            os.unlink(drive / old)
-        for suffix in ("", manifests.SUFFIX):
-            shutil.copy(out / f"{name}{suffix}", drive)
-
-    insert("image.001")
+    insert(drive, *volume_files(out, "image.001"))
     term = terminal(f"TMPDIR={tmp_path} exec reassemble {drive} > {tmp_path}/stream")
     term.read_until("insert disc 2 of set 'image' and press Enter (l if it is lost or unreadable, q to give up)")
     term.send("l")
@@ -396,7 +381,7 @@ def test_disc_by_disc_rebuilds_a_lost_disc_and_a_damaged_one_from_the_other_disc
                          # ...then disc 4 is read in its turn.
                          ("disc 4", "image.004")):
         term.read_until(f"insert {wanted} ")     # (disc 4 is 'disc 4 (of 4)' once the end is known)
-        insert(name)
+        insert(drive, *volume_files(out, name))
         term.send("")
     assert term.wait() == 0, term.output.decode()
     text = term.output.decode()
@@ -414,8 +399,7 @@ def test_disc_by_disc_more_lost_discs_than_parity_is_refused_naming_them(tmp_pat
     make_set(tmp_path / "out", 4, 1, "--group", "2")
     drive = tmp_path / "drive"
     drive.mkdir()
-    for suffix in ("", manifests.SUFFIX):
-        shutil.copy(tmp_path / "out" / f"image.001{suffix}", drive)
+    insert(drive, *volume_files(tmp_path / "out", "image.001"))
     term = terminal(f"TMPDIR={tmp_path} exec reassemble {drive} > {tmp_path}/stream")
     term.read_until("insert disc 2 of set 'image'")
     term.send("l")

@@ -12,7 +12,7 @@ import time
 import pytest
 import xxhash
 
-from conftest import MIB, assert_one_line_error, command, flip, insert, open_files, sh, split
+from conftest import MIB, assert_one_line_error, command, flip, insert, open_files, sh, split, volume_files
 from mirrorpipe.errors import EXIT_REBUILDABLE
 from mirrorpipe.sets import manifests
 
@@ -367,8 +367,8 @@ def discs(tmp_path, volume_sets):
         for i in range(1, COUNT + 1):
             disc = made[set_name, i] = tmp_path / f"{set_name}-disc{i}"
             disc.mkdir()
-            for suffix in ("", ".manifest"):
-                shutil.copy(base / set_name / f"{set_name}.00{i}{suffix}", disc)
+            for path in volume_files(base / set_name, f"{set_name}.00{i}"):
+                shutil.copy(path, disc)
             (disc / "README.TXT").write_text(f"disc {i} of the set '{set_name}'\n")
     drive = tmp_path / "drive"
     drive.mkdir()
