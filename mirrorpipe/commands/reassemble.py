@@ -9,6 +9,7 @@ from ..errors import EXIT_REBUILDABLE, UsageError
 
 class Reassemble(cli.Command):
     name = "reassemble"
+    complete_statuses = (EXIT_REBUILDABLE,)   # --verify: its table or JSON is complete
     description = (
         "Join the volumes split-span made back into the stream on standard output. Sources are\n"
         "directories, volume files, manifests, ISO images (split-span --iso, burn-iso) or optical\n"
