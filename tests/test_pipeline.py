@@ -57,6 +57,11 @@ def test_records_a_mirrorpipe_reader_did_not_take_are_swept(tmp_path):
     old = time.time() - 2 * pipeline.SWEEP_AGE
     os.utime(stale, (old, old))
     os.utime(live, (old, old))
+    marker = os.path.join(records, pipeline.SWEPT_MARKER)
+    try:
+        os.utime(marker, (old, old))   # the last sweep was long ago: this command's turn
+    except FileNotFoundError:
+        pass
     try:
         sh("read-disk -q /dev/zero --length 1M | cat > /dev/null", check=True)
         assert not os.path.exists(stale)
@@ -82,3 +87,19 @@ def test_end_of_input_with_the_readers_of_stdout_gone_is_a_cut_not_an_end():
             assert result.stderr == "None\n"
         else:
             assert "fed split-span closed before the end of the stream" in result.stderr
+
+
+def test_commands_take_turns_to_sweep(tmp_path):
+    """A sweep scans /proc: within a minute of the last one, a command starts without it."""
+    records = pipeline.RECORDS_DIR
+    sh("read-disk -q /dev/zero --length 1M | cat > /dev/null", check=True)
+    stale = os.path.join(records, "1-99999997.99999997")
+    open(stale, "w").write('{"command": "read-disk", "pid": 99999997, "state": "done"}')
+    old = time.time() - 2 * pipeline.SWEEP_AGE
+    os.utime(stale, (old, old))
+    os.utime(os.path.join(records, pipeline.SWEPT_MARKER))   # swept just now
+    try:
+        sh("read-disk -q /dev/zero --length 1M | cat > /dev/null", check=True)
+        assert os.path.exists(stale), "swept again within a minute"
+    finally:
+        os.unlink(stale)

@@ -271,20 +271,32 @@ def _writers_of(pipe):
 
 
 # Records of writers that died with no mirrorpipe reader (`read-disk | dd`) stay behind; they are
-# removed once nothing holds their pipe any more, looked at no more than once a minute.
+# removed once nothing holds their pipe any more. A sweep looks at /proc (a few ms here, more on a
+# desktop with thousands of descriptors), so the commands take turns: one sweep a minute.
 SWEEP_AGE = 60
+SWEPT_MARKER = "swept"   # its modification time is the last sweep's
 
 
 def _sweep(directory):
+    marker = os.path.join(directory, SWEPT_MARKER)
+    now = time.time()
     try:
+        if now - os.stat(marker).st_mtime < SWEEP_AGE:
+            return
+    except OSError:
+        pass
+    try:
+        with open(marker, "a"):
+            os.utime(marker)
         names = os.listdir(directory)
     except OSError:
         return
-    now = time.time()
     stale = []
     for name in names:
         pipe, _, pid = name.partition(".")
         path = os.path.join(directory, name)
+        if name == SWEPT_MARKER:
+            continue
         if not pid.isdigit():
             try:
                 if now - os.lstat(path).st_mtime > SWEEP_AGE:
