@@ -14,13 +14,13 @@ import errno
 import fcntl
 import mmap
 import os
-import re
 import stat
 import struct
 
 import xxhash
 
 from . import blockdev
+from .. import processes
 from ..errors import EXIT_INTERRUPTED, Error, UsageError
 from ..stream.streams import (BLOCK_SIZE, ZEROS, Writeback, fsync_directory, is_zero, read_full,
                       refuse_binary_terminal, write_all)
@@ -82,11 +82,18 @@ class Target:
         if self.holds(os.fstat(src_fd)):
             raise Error(f"refusing to write to {self.path}: it is this pipeline's input (write-disk's "
                         "standard input), which the write would destroy; write to another file or device")
-        for pid, command in _pipeline_members():
-            if any(self.holds(st) for st in _open_files(pid)):
-                raise Error(f"refusing to write to {self.path}: {command} (pid {pid}), another command "
-                            "of this pipeline, has it open: the write would destroy the stream's own "
-                            "input; write to another file or device")
+        group = os.getpgrp()
+        for pid in processes.others():
+            try:
+                if processes.process_group(pid) != group or \
+                        not any(self.holds(st) for st in processes.open_files(pid)):
+                    continue
+                command = processes.program_name(pid)
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            raise Error(f"refusing to write to {self.path}: {command} (pid {pid}), another command "
+                        "of this pipeline, has it open: the write would destroy the stream's own "
+                        "input; write to another file or device")
 
     def write_stream(self, src_fd, progress=None, verify=False, confirm_end=None):
         """Copy src_fd to the target, flush it to stable storage; return the bytes written.
@@ -334,42 +341,3 @@ def _open_block_device(path, st):
         raise Error(f"cannot open {path} for writing: {exc.strerror}") from None
     return Target(path, fd, "block device", blockdev.device_size(fd), st)
 
-
-_INTERPRETER = re.compile(rb"python[0-9.]*|[a-z]*sh")
-
-
-def _pipeline_members():
-    """(pid, command name) of the other processes of this process group: the commands of this
-    pipeline when a shell with job control runs it."""
-    group, me = os.getpgrp(), os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                line = f.read()
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue  # gone meanwhile
-        # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
-        if int(line[line.rindex(b")") + 2:].split()[2]) != group:
-            continue
-        # A script is named by its own name, not its interpreter's ('compress', not 'python3').
-        if len(argv) > 1 and _INTERPRETER.fullmatch(os.path.basename(argv[0])):
-            argv = argv[1:]
-        name = os.path.basename(argv[0]) or line[line.index(b"(") + 1:line.rindex(b")")]
-        yield int(entry), name.decode("utf-8", "replace")
-
-
-def _open_files(pid):
-    """os.stat_result of what each descriptor of the process leads to (as far as /proc shows)."""
-    try:
-        descriptors = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return
-    for fd in descriptors:
-        try:
-            yield os.stat(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue

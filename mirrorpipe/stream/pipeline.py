@@ -31,6 +31,7 @@ import stat
 import threading
 import time
 
+from .. import processes
 from ..errors import Error
 
 # /dev/shm is a memory file system every user may write: records cost no disk and vanish at boot.
@@ -219,53 +220,22 @@ COMMAND_NAMES = frozenset(name.removesuffix(".py").replace("_", "-") for name in
 
 
 # A process that held a pipe open for writing when this command started: its name is a mirrorpipe
-# command's (ours: it must leave a record) or the program's (comm); source: the pipe on its stdin.
+# command's (ours: it must leave a record) or the program's; source: the pipe on its stdin.
 Writer = collections.namedtuple("Writer", "pid name ours source")
-
-
-def _command_line(base):
-    """(name, ours) of the process at /proc/PID: a mirrorpipe command runs as
-    `python3 .../read-disk ARGS` or `.../read-disk ARGS`."""
-    with open(base + "/cmdline", "rb") as f:
-        words = f.read().split(b"\0")[:2]
-    for word in words:
-        name = os.path.basename(word.decode("utf-8", "replace"))
-        if name in COMMAND_NAMES:
-            return name, True
-    with open(base + "/comm") as f:
-        return f.read().strip(), False
 
 
 def _writers_of(pipe):
     """[Writer] of the processes that hold pipe open for writing."""
-    dev, ino = (int(part) for part in pipe.split("-"))
-    anonymous = f"pipe:[{ino}]"
     writers = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        base = f"/proc/{pid}"
-        try:
-            fds = os.listdir(base + "/fd")
-        except OSError:
-            continue  # gone, or another user's (seen only by root)
-        for fd in fds:
+    for pid in processes.others():
+        for fd, path in processes.descriptors(pid):
             try:
-                link = os.readlink(f"{base}/fd/{fd}")
-                if link != anonymous:
-                    if not link.startswith("/"):
-                        continue
-                    st = os.stat(f"{base}/fd/{fd}")
-                    if (st.st_dev, st.st_ino) != (dev, ino):
-                        continue
-                with open(f"{base}/fdinfo/{fd}") as f:
-                    flags = int(f.read().split("flags:")[1].split()[0], 8)
-                if flags & os.O_ACCMODE == os.O_RDONLY:
+                if pipe_identity(path) != pipe or processes.open_mode(pid, fd) == os.O_RDONLY:
                     continue
-                name, ours = _command_line(base)
+                name = processes.program_name(pid)
             except (OSError, IndexError, ValueError):
-                continue
-            writers.append(Writer(int(pid), name, ours, pipe_identity(f"{base}/fd/0")))
+                continue  # gone meanwhile
+            writers.append(Writer(pid, name, name in COMMAND_NAMES, pipe_identity(f"/proc/{pid}/fd/0")))
             break
     return writers
 
@@ -325,19 +295,8 @@ def _sweep(directory):
 
 def _open_pipes():
     """Identities of every pipe some process (that we may look at) holds open."""
-    found = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            pipe = pipe_identity(f"/proc/{pid}/fd/{fd}")
-            if pipe:
-                found.add(pipe)
-    return found
+    return {pipe_identity(path) for pid in processes.others()
+            for _, path in processes.descriptors(pid)} - {None}
 
 
 def _remove(path):
