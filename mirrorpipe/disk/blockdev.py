@@ -8,6 +8,7 @@ import fcntl
 import os
 import stat
 import struct
+import typing
 
 BLKGETSIZE64 = 0x80081272
 BLKSSZGET = 0x1268
@@ -118,7 +119,21 @@ def _stacked(starts, link):
 
 def _holders_tree(rdev):
     """The device, its partitions, and everything stacked on them, as rdevs."""
-    return _stacked([rdev] + [p[0] for p in partitions(rdev)], "holders")[0]
+    return set(_ranged_holders(rdev, 0, None))
+
+
+def _ranged_holders(rdev, start, end):
+    """{device: (start, end)} of the device, its partitions and everything stacked on them, each
+    with the byte range of rdev it shows (end None: to the end). Something stacked on a partition
+    (device mapper, md) is given the partition's whole range: where inside it sits is its own
+    business, and the whole range is the safe answer."""
+    found = {}
+    for member, first, last in [(rdev, start, end)] + [
+            (part, start + part_start, start + part_start + part_size)
+            for part, _, part_start, part_size in partitions(rdev)]:
+        for dev in _stacked([member], "holders")[0]:
+            found.setdefault(dev, (first, last))
+    return found
 
 
 def _underlying_disks(rdev):
@@ -165,49 +180,63 @@ def swap_devices():
 
 
 def loop_backings():
-    """{loop device: os.stat_result of what backs it (a file or a block device)} of the attached
-    loop devices; one whose backing file is gone or out of reach is left out."""
+    """{loop device: (os.stat_result of what backs it (a file or a block device), offset,
+    sizelimit or None)} of the attached loop devices; one whose backing file is gone or out of
+    reach is left out."""
     found = {}
     for name in os.listdir("/sys/block"):
         backing = _read_sysfs(f"/sys/block/{name}/loop/backing_file")
         if backing is None:
             continue  # not a loop device, or one with nothing attached
         try:
-            found[_rdev_of_sysfs(f"/sys/block/{name}")] = os.stat(backing)
+            offset = int(_read_sysfs(f"/sys/block/{name}/loop/offset") or 0)
+            sizelimit = int(_read_sysfs(f"/sys/block/{name}/loop/sizelimit") or 0) or None
+            found[_rdev_of_sysfs(f"/sys/block/{name}")] = (os.stat(backing), offset, sizelimit)
         except (OSError, ValueError):
             continue
     return found
 
 
+class View(typing.NamedTuple):
+    """A block device through which part of a disk or file can be read or written."""
+    chain: list   # (subject, predicate, object) steps from the disk or file to it; see data_views
+    start: int    # the byte range of the disk or file it shows; end None: to the end
+    end: typing.Optional[int]
+
+
 def data_views(rdev=None, file_stat=None, name=None):
     """Every block device through which the data of the device rdev (or of the file whose stat is
-    file_stat, called name) can be read or written, as {device: chain}: the device itself, its
+    file_stat, called name) can be read or written, as {device: View}: the device itself, its
     partitions and what device mapper or md stack on them (sysfs holders), and loop devices backed
     by any of these or by the file, followed through loops backed by loops, at any offset. The
     kernel links no holders for loop devices: /sys/block/loopN/loop/backing_file names them.
-    A chain lists the steps (subject, 'backs /dev/loopN', '/dev/loopN') from the device or file
-    to a loop device; it is empty for the device, its partitions and holders."""
+    A view's chain lists the steps (subject, 'backs /dev/loopN', '/dev/loopN') from the device or
+    file to a loop device; it is empty for the device, its partitions and holders."""
     backings = loop_backings()
     views = {}
     todo = []
 
-    def add(dev, chain):
-        for member in _holders_tree(dev):
+    def add(dev, chain, start, end):
+        for member, (first, last) in _ranged_holders(dev, start, end).items():
             if member not in views:
-                views[member] = chain
+                views[member] = View(chain, first, last)
                 todo.append(member)
 
-    def backed(matches, subject, chain):
-        for loop, backing in backings.items():
+    def backed(matches, subject, view):
+        for loop, (backing, offset, sizelimit) in backings.items():
             if loop not in views and matches(backing):
                 loop_name = f"/dev/{device_name(loop)}"
-                add(loop, chain + [(subject, f"backs {loop_name}", loop_name)])
+                start = view.start + offset
+                ends = [end for end in (view.end, sizelimit and start + sizelimit) if end]
+                add(loop, view.chain + [(subject, f"backs {loop_name}", loop_name)], start,
+                    min(ends) if ends else None)
 
     if rdev is not None:
-        add(rdev, [])
+        add(rdev, [], 0, None)
     else:
         backed(lambda st: not stat.S_ISBLK(st.st_mode)
-               and (st.st_dev, st.st_ino) == (file_stat.st_dev, file_stat.st_ino), name, [])
+               and (st.st_dev, st.st_ino) == (file_stat.st_dev, file_stat.st_ino), name,
+               View([], 0, None))
     while todo:
         dev = todo.pop()
         backed(lambda st: stat.S_ISBLK(st.st_mode) and st.st_rdev == dev,
@@ -229,21 +258,37 @@ def _describe_chain(steps):
     return text
 
 
-def uses_of(rdev=None, file_stat=None, name=None):
-    """Human descriptions of what uses the device (or the file: see data_views) or anything on
-    it or backed by it: mounts and swap. Devices stacked on it (LVM, RAID, LUKS) appear as in use
-    through their own mounts, loop devices as chains ('tgt.img backs /dev/loop5, which is mounted
-    at /mnt/x (read-write)')."""
+class Use(typing.NamedTuple):
+    """A mount or swap area on a view of a disk or file."""
+    description: str   # '/dev/loop5 is mounted at /mnt/x (read-write)', with the chain to it
+    start: int         # the byte range of the disk or file it uses; end None: to the end
+    end: typing.Optional[int]
+    writable: bool     # mounted read-write, or swap
+
+
+def uses(rdev=None, file_stat=None, name=None):
+    """The mounts and swap areas on the device (or the file: see data_views) or anything on it or
+    backed by it, as Use. Devices stacked on it (LVM, RAID, LUKS) appear as in use through their
+    own mounts, loop devices as chains ('tgt.img backs /dev/loop5, which is mounted at /mnt/x
+    (read-write)')."""
     views = data_views(rdev, file_stat, name)
-    uses = []
+    found = []
     for dev, point, read_write, _ in mounts():
         if dev in views:
-            uses.append(_describe_chain(views[dev] + [
+            found.append(Use(_describe_chain(views[dev].chain + [
                 (f"/dev/{device_name(dev)}",
-                 f"is mounted at {point} ({'read-write' if read_write else 'read-only'})", None)]))
+                 f"is mounted at {point} ({'read-write' if read_write else 'read-only'})", None)]),
+                views[dev].start, views[dev].end, read_write))
     for dev in swap_devices() & views.keys():
-        uses.append(_describe_chain(views[dev] + [(f"/dev/{device_name(dev)}", "is in use as swap", None)]))
-    return uses
+        found.append(Use(_describe_chain(views[dev].chain + [
+            (f"/dev/{device_name(dev)}", "is in use as swap", None)]),
+            views[dev].start, views[dev].end, True))
+    return found
+
+
+def uses_of(rdev=None, file_stat=None, name=None):
+    """Human descriptions of the uses() of a device or file."""
+    return [use.description for use in uses(rdev, file_stat, name)]
 
 
 def read_write_mounts(rdev):
