@@ -15,13 +15,16 @@ class WriteDisk(cli.Command):
         "system, is the stream's own input (standard input, or open in another command of the\n"
         "pipeline) or is a terminal. Asks on the terminal before overwriting a disk that holds a\n"
         "partition table or file system. Nothing on the target changes before the first byte\n"
-        "arrives. All-zero blocks become holes in file targets. Reports success only when the\n"
-        "command that fed the stream finished it and the data reached stable storage; a copy cut\n"
-        "short says what the target holds (a partial image, up to which byte).")
+        "arrives. All-zero blocks become holes in file targets; on a block device the kernel zeroes\n"
+        "them (BLKZEROOUT), or --discard makes the whole device read as zeros once, at the first\n"
+        "byte, and they are skipped. Reports success only when the command that fed the stream\n"
+        "finished it and the data reached stable storage; a copy cut short says what the target\n"
+        "holds (a partial image, up to which byte).")
     epilog = (
         "examples:\n"
         "  compress -d < sda.img.zst | write-disk /dev/sdb\n"
         "  reassemble out/ | compress -d | write-disk --verify /dev/sdb\n"
+        "  reassemble out/ | compress -d | write-disk --discard /dev/nvme0n1   # a --used-only image\n"
         "  zstd -d < sda.img.zst | write-disk restored.img\n"
         "\n"
         "exit status: 0 the whole stream is written and durable, 1 failure (a refused target, an\n"
@@ -35,6 +38,14 @@ class WriteDisk(cli.Command):
                                  "asking (needed when there is no terminal to ask on)")
         parser.add_argument("--verify", action="store_true",
                             help="after writing, read the target back and compare it with the stream")
+        parser.add_argument("--discard", action="store_true",
+                            help="when the first byte arrives, make the whole block device read as "
+                                 "zeros in one request (fallocate punch-hole: the device unmaps or "
+                                 "zeroes itself) and skip the stream's zero runs, so the free space of "
+                                 "a read-disk --used-only image costs no writes; the disk past the "
+                                 "stream's end reads as zeros too. A device that cannot is named in a "
+                                 "warning and has its zero runs zeroed as without --discard. A file "
+                                 "target is unaffected: its zero runs are holes anyway")
 
     def run(self, args):
         src = cli.open_input("-")
@@ -44,10 +55,13 @@ class WriteDisk(cli.Command):
             self.confirm_overwrite(target, args.force)
             progress = self.messages.progress(total=cli.input_size(src))
             written = target.write_stream(src, progress, verify=args.verify,
-                                          confirm_end=pipeline.confirm_input_end)
+                                          confirm_end=pipeline.confirm_input_end,
+                                          discard=args.discard, say=self.messages.warn)
             checked = ", verified" if args.verify else ""
+            rest = ("; the rest of the disk was discarded (reads as zeros)"
+                    if target.discarded and written < target.capacity else "")
             progress.finish(f"{units.format_size(written)} written to {args.target}, "
-                            f"flushed to stable storage{checked}")
+                            f"flushed to stable storage{checked}{rest}")
         finally:
             target.close()
 
