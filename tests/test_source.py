@@ -18,7 +18,7 @@ def test_an_image_file_is_read_as_data_and_holes_in_its_range(tmp_path):
         f.write(b"E" * 4096)
     content = image.read_bytes()
     with Source(str(image), offset=512, length=7 * MIB) as source:
-        extents = list(source.extents())
+        extents = list(source.extents(512, 512 + 7 * MIB))
         # The ranges cover the range to read, in order, with nothing left out or read twice.
         assert extents[0][0] == 512 and extents[-1][1] == 512 + 7 * MIB
         assert all(end == start for (_, end, _), (start, _, _) in zip(extents, extents[1:]))

@@ -9,6 +9,7 @@ from ..disk import badsectors
 from ..stream import pipeline
 from ..errors import EXIT_SECTORS_FILLED, UsageError
 from ..disk.source import Source
+from ..disk.usedblocks import UsedBlocks
 from ..stream.streams import write_named_output
 
 
@@ -22,6 +23,7 @@ class ReadDisk(cli.Command):
     epilog = (
         "examples:\n"
         "  read-disk /dev/sda | compress | split-span --bd25 out/\n"
+        "  read-disk --used-only /dev/sda | compress | split-span --bd25 out/\n"
         "  read-disk --info sda.json /dev/sda > sda.img\n"
         "  read-disk --offset 1M --length 512M disk.img | checksum\n"
         "  read-disk --map sda.map --fill 0xBADBADBAD0 /dev/sda | compress > sda.img.zst\n"
@@ -30,6 +32,12 @@ class ReadDisk(cli.Command):
         "Unreadable sectors do not stop the read: the failing block is retried, then narrowed down\n"
         "to the sector so every readable sector is saved; unreadable ones are filled. A bad area\n"
         "is crossed in growing steps, then read sector by sector while --max-retry-time lasts.\n"
+        "\n"
+        "--used-only reads only the blocks the file systems use (dumpe2fs for ext2/3/4, partclone\n"
+        "for xfs, btrfs, ntfs, FAT, exFAT, f2fs, HFS+) and writes zeros for their free blocks: the\n"
+        "output is still the whole raw disk. Partition tables, gaps, swap headers and whatever\n"
+        "cannot be mapped (LUKS, LVM, RAID, unknown) are read in full; deleted files' old\n"
+        "contents in free space are not kept.\n"
         "\n"
         f"exit status: 0 success, 1 failure, 2 usage error, {EXIT_SECTORS_FILLED} the image is complete but\n"
         "unreadable sectors in it were filled (listed on stderr and in the --map file).")
@@ -43,7 +51,12 @@ class ReadDisk(cli.Command):
                             help="read this many bytes (default: to the end)")
         parser.add_argument("--info", metavar="FILE",
                             help="write JSON facts about the source to FILE (size, sector sizes, "
-                                 "model, serial, partition table, time, host)")
+                                 "model, serial, partition table, time, host; with --used-only, "
+                                 "how each partition was read), once the read is done")
+        parser.add_argument("--used-only", action="store_true",
+                            help="read only the blocks the file systems use and write zeros for "
+                                 "their free space (a whole disk, partition or image file; "
+                                 "no --offset or --length)")
         rescue = parser.add_argument_group("unreadable sectors")
         rescue.add_argument("--retries", type=int, default=badsectors.DEFAULT_RETRIES, metavar="N",
                             help="read a failing block N more times before narrowing it down to "
@@ -67,8 +80,12 @@ class ReadDisk(cli.Command):
         if args.retries < 0 or args.max_retry_time < 0:
             raise UsageError("--retries and --max-retry-time cannot be negative")
         fill = badsectors.parse_fill_pattern(args.fill) if args.fill is not None else b"\0"
+        if args.used_only and (args.source == "-" or args.offset or args.length is not None):
+            raise UsageError("--used-only reads a whole disk, partition or image file: "
+                             "it takes no --offset, --length or '-'")
         out = cli.open_output("-")
-        with Source(args.source, args.offset, args.length) as source:
+        with Source(args.source, args.offset, args.length) as source, \
+                (UsedBlocks(source) if args.used_only else contextlib.nullcontext()) as used:
             if source.size is None and args.map:
                 raise UsageError(f"{args.source} is a stream, not a disk or an image file: "
                                  "it has no sectors to map, drop --map")
@@ -76,17 +93,25 @@ class ReadDisk(cli.Command):
                 self.messages.warn(f"/dev/{device} is mounted read-write at {point}: files changing "
                                    "while it is read may be inconsistent in the image; unmount it or "
                                    "remount it read-only for a clean image")
-            if args.info:
-                write_named_output(args.info, (json.dumps(source.info(socket.gethostname()), indent=2)
-                                               + "\n").encode(), what="the info file")
+            facts = args.info and source.info(socket.gethostname())
             progress = self.messages.progress(total=source.length)
             reader = source.bad_sector_reader(args.map, progress, retries=args.retries, fill=fill,
                                               max_retry_time=args.max_retry_time)
             with reader or contextlib.nullcontext():
-                written = source.copy_to(out, progress, reader)
+                written = source.copy_to(out, progress, reader, used and used.regions())
             if args.source == "-" and source.size is None:
                 pipeline.confirm_input_end(written)   # a stream on stdin has no size to go by
             progress.finish()
+            if used:
+                for line in used.summary():
+                    self.messages.note(line)
+            if facts:
+                if used:
+                    facts["partitions"] = used.info()
+                    facts["used_only"] = {"read_bytes": written - used.zero_bytes,
+                                          "zero_bytes": used.zero_bytes}
+                write_named_output(args.info, (json.dumps(facts, indent=2) + "\n").encode(),
+                                   what="the info file")
             summary = reader and reader.summary()
             if summary:
                 self.messages.warn(summary + (f"; map in {args.map}" if args.map else ""))

@@ -114,13 +114,13 @@ class Source:
             self.fd, self.offset, self.offset + self.length, sector_size=sector, map=bad_map,
             name=self.path, progress=progress, direct=self.rdev is not None, **options)
 
-    def extents(self):
-        """(start, end, is_data) ranges covering the range to read; holes only for image files."""
-        end = None if self.length is None else self.offset + self.length
+    def extents(self, start, end):
+        """(start, end, is_data) ranges covering [start, end); holes only for image files. end
+        None: to the end of a stream."""
         if not self.is_file:
-            yield self.offset, end, True
+            yield start, end, True
             return
-        pos = self.offset
+        pos = start
         while pos < end:
             try:
                 data = min(os.lseek(self.fd, pos, os.SEEK_DATA), end)
@@ -136,36 +136,46 @@ class Source:
             yield pos, hole, True
             pos = hole
 
-    def copy_to(self, out_fd, progress=None, reader=None):
+    def copy_to(self, out_fd, progress=None, reader=None, regions=None):
         """Write the range to out_fd; return the number of bytes written. With a reader (a
-        badsectors.BadSectorReader), data is read through it: unreadable sectors are filled."""
-        buf = bytearray(BLOCK_SIZE)
-        view = memoryview(buf)
+        badsectors.BadSectorReader), data is read through it: unreadable sectors are filled.
+        regions, (start, end, is_data) ranges covering the range in order, say what to read and
+        what to emit as zeros unread (usedblocks.UsedBlocks.regions); by default all is read."""
+        view = memoryview(bytearray(BLOCK_SIZE))
         written = 0
-        for start, end, is_data in self.extents():
-            if not is_data:
-                if reader:
-                    reader.mark_read(start, end)
-                write_zeros(out_fd, end - start)
-                written += end - start
-                if progress:
-                    progress.advance(end - start)
-                continue
-            pos = start
-            while end is None or pos < end:
-                want = BLOCK_SIZE if end is None else min(BLOCK_SIZE, end - pos)
-                got = reader.read(pos, view[:want]) if reader else self._read_at(pos, view[:want])
-                if got == 0:
-                    if end is not None:
-                        raise Error(f"{self.path} ended at byte {pos}, before the {end} bytes it "
-                                    "reported (was it changed or removed while reading?)")
-                    break
-                write_all(out_fd, view[:got])
-                pos += got
-                written += got
-                if progress:
-                    progress.advance(got)
+        whole = [(self.offset, None if self.length is None else self.offset + self.length, True)]
+        for region_start, region_end, region_is_data in regions or whole:
+            parts = self.extents(region_start, region_end) if region_is_data else [
+                (region_start, region_end, False)]
+            for start, end, is_data in parts:
+                if is_data:
+                    count = self._copy_range(out_fd, start, end, view, progress, reader)
+                else:
+                    if reader:
+                        reader.mark_read(start, end)   # a hole or free space: zeros, never read
+                    write_zeros(out_fd, end - start)
+                    count = end - start
+                    if progress:
+                        progress.advance(count)
+                written += count
         return written
+
+    def _copy_range(self, out_fd, start, end, view, progress, reader):
+        """Read [start, end) (end None: to the end of a stream) to out_fd; return the count."""
+        pos = start
+        while end is None or pos < end:
+            want = len(view) if end is None else min(len(view), end - pos)
+            got = reader.read(pos, view[:want]) if reader else self._read_at(pos, view[:want])
+            if got == 0:
+                if end is not None:
+                    raise Error(f"{self.path} ended at byte {pos}, before the {end} bytes it "
+                                "reported (was it changed or removed while reading?)")
+                break
+            write_all(out_fd, view[:got])
+            pos += got
+            if progress:
+                progress.advance(got)
+        return pos - start
 
     def _read_at(self, pos, view):
         """Read up to len(view) bytes at pos; fewer only at the end of the source."""
