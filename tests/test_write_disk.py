@@ -179,6 +179,24 @@ def test_a_file_made_for_a_stream_that_never_came_is_removed(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_file_emptied_at_the_first_byte_is_not_called_unchanged(tmp_path):
+    """The first byte came (the file was emptied) but its first block found no room: the message
+    says the file was emptied, not that it is unchanged."""
+    need_root()
+    full = tmp_path / "small"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(full)], check=True)
+    try:
+        target = full / "victim.img"
+        target.write_bytes(os.urandom(64 << 10))
+        result = sh(f"head -c 2M /dev/urandom | write-disk {target}")
+        assert_one_line_error(result, "write-disk", "no space left",
+                              f"nothing was written from the stream, but {target} was emptied")
+        assert target.stat().st_size == 0
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+
+
 @pytest.mark.parametrize("pipeline", [
     "write-disk {target} < {target}",
     "cat {target} | write-disk {target}",
