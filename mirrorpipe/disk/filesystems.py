@@ -80,6 +80,7 @@ class ExtFreeSpace:
     read again after it instead of being kept, so memory does not grow with the file system."""
 
     tool = "dumpe2fs"
+    how = "its used blocks, from the free block lists of dumpe2fs"
 
     def __init__(self, place):
         self.place = place
@@ -154,6 +155,7 @@ class PartcloneFreeSpace:
 
     def __init__(self, place, program):
         self.tool = program
+        self.how = f"its used blocks, from the domain map of {program} -D"
         self.loop = None
         self.process = None
         device = place.device
@@ -212,7 +214,8 @@ class SwapFreeSpace:
     """A swap area: the header page (signature, UUID, label, bad page list) is kept, the pages
     it lends to memory are free. The page size is where its signature lies."""
 
-    tool = "swap header"
+    tool = None
+    how = "a swap area: only its header page"
 
     def __init__(self, place):
         self.place = place

@@ -38,7 +38,7 @@ class Partition:
                 "size": self.entry.size, "type": self.entry.type, "filesystem": self.filesystem,
                 "used_bytes": self.read_bytes if self.map else None,
                 "read": "used blocks" if self.map else "in full",
-                "why": (f"{self.map.tool} lists its free blocks" if self.map else self.why),
+                "why": self.map.how if self.map else self.why,
                 "map": self.map.tool if self.map else None}
 
 
