@@ -194,27 +194,32 @@ class Sides:
     def pipelines(self):
         return {"A": self.ours("A", "--used-only"), "B": self.clonezilla(), "C": self.ours("C")}
 
+    def profile(self, runs, env):
+        """Where A's time goes: its reading alone, through a pipe, and compress alone on its output
+        (decoded once, untimed, to a sparse file), beside stock zstd on the same data.
+        {what: {median_s, cpu_s}}."""
+        raw = self.stem + ".A.raw"
+        subprocess.run(["zstd", "-d", "-q", "-f", self.outputs["A"][0], "-o", raw], check=True)
+        read_disk = ("read-disk", sh(f"{BIN}/read-disk", "-q", "--used-only", self.image))
+        cat_raw = ("cat", sh("cat", raw))
+        stages = {"read-disk --used-only > /dev/null": [(read_disk[0], read_disk[1] + " > /dev/null")],
+                  "read-disk --used-only | cat > /dev/null": [read_disk, ("cat", "cat > /dev/null")],
+                  "cat A-output | compress > /dev/null": [cat_raw, ("compress", sh(f"{BIN}/compress", "-q")
+                                                                    + " > /dev/null")],
+                  "cat A-output | zstd -3 -T0 > /dev/null": [cat_raw, ("zstd", "zstd -3 -T0 -q > /dev/null")],
+                  "cat A-output > /dev/null": [(cat_raw[0], cat_raw[1] + " > /dev/null")]}
+        sides = {f"P{number}": what for number, what in enumerate(stages)}
+        try:
+            warm_cache(raw)
+            timed = time_side_by_side({side: self._pipeline(side, stages[what]) for side, what in sides.items()},
+                                      runs, env)
+        finally:
+            remove(raw)
+        return {what: {"median_s": timed[side][0], "cpu_s": measurements(self.measure_dir, f"{self.key}-{side}")[1]}
+                for side, what in sides.items()}
+
     def output_bytes(self, side):
         return sum(os.path.getsize(path) for path in self.outputs[side])
-
-
-def profile(image, sides, runs, env):
-    """Where A's time goes: its reading alone, through a pipe, and compress alone on its output
-    (decoded once, untimed, to a sparse file). {what: median seconds}."""
-    raw = os.path.splitext(image)[0] + ".A.raw"
-    subprocess.run(["zstd", "-d", "-q", "-f", sides.outputs["A"][0], "-o", raw], check=True)
-    read_disk = sh(f"{BIN}/read-disk", "-q", "--used-only", image)
-    texts = {"read-disk --used-only > /dev/null": read_disk + " > /dev/null",
-             "read-disk --used-only | cat > /dev/null": read_disk + " | cat > /dev/null",
-             "cat A-output | compress > /dev/null": sh("cat", raw) + " | " + sh(f"{BIN}/compress", "-q")
-             + " > /dev/null",
-             "cat A-output > /dev/null": sh("cat", raw) + " > /dev/null"}
-    try:
-        warm_cache(raw)
-        timed = time_side_by_side(texts, runs, env)
-    finally:
-        remove(raw)
-    return {what: median for what, (median, _) in timed.items()}
 
 
 def partclone_version():
@@ -264,7 +269,7 @@ def bench_image(image, runs, env, workdir, force_profile):
     result["check_problem"] = problem
     if force_profile or not all(result["targets"].values()):
         print(f"bench: profiling A on {os.path.basename(image)}", file=sys.stderr)
-        result["profile_s"] = profile(image, sides, runs, env)
+        result["profile"] = sides.profile(runs, env)
     for side in "ABC":
         for path in sides.outputs[side]:
             remove(path)
@@ -309,8 +314,9 @@ def print_report(results, runs, memory):
             print(f"  {'PASS' if ok else 'FAIL'}  {name}")
         if result["check_problem"]:
             print(f"        A's output: {result['check_problem']}")
-        if "profile_s" in result:
-            print("  profile of A (medians): " + "; ".join(f"{what} {s:.2f}s" for what, s in result["profile_s"].items()))
+        if "profile" in result:
+            print("  profile of A (medians, wall and CPU): " + "; ".join(
+                f"{what} {t['median_s']:.2f}s (CPU {t['cpu_s']:.2f}s)" for what, t in result["profile"].items()))
     if memory:
         print("\nmemory across sizes:")
         for name, ok in memory.items():
