@@ -238,6 +238,7 @@ def build_disk(path, label, members, gap_seed=5):
     """A disk image with partition table label ('gpt' or 'dos') holding members [(kind, image)]
     in order, 1 MiB aligned, the gap after the first partition holding 1 MiB of random bytes
     (no partition's, so read in full); its [Partition]."""
+    assert all(Path(image) != Path(path) for _, image in members), "a disk cannot hold itself"
     partitions = []
     start = MIB
     for number, (kind, image) in enumerate(members, 1):

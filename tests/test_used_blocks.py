@@ -6,7 +6,9 @@ systems; damaged bitmaps read in full."""
 
 import json
 import os
+import random
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,6 +23,9 @@ KINDS = list(BUILDERS)
 # blkid's TYPE for each file system built here
 BLKID_TYPE = {"ext4": "ext4", "xfs": "xfs", "btrfs": "btrfs", "vfat": "vfat", "ntfs": "ntfs",
               "swap": "swap", "unknown": None}
+# The tool that may give each file system's map (partclone.fat is partclone.vfat).
+MAP_TOOLS = {"ext4": ("dumpe2fs",), "xfs": ("partclone.xfs",), "btrfs": ("partclone.btrfs",),
+             "vfat": ("partclone.vfat", "partclone.fat"), "ntfs": ("partclone.ntfs",)}
 # What the kernel must have to mount each (vfat is read with mtools, never mounted).
 KERNEL_FILE_SYSTEM = {"ext4": "ext4", "xfs": "xfs", "btrfs": "btrfs", "ntfs": "fuseblk"}
 SUMMARY = re.compile(r"read-disk: read [\d.]+ \w+ of [\d.]+ \w+: used blocks of (\d+) file systems?"
@@ -30,7 +35,7 @@ SUMMARY = re.compile(r"read-disk: read [\d.]+ \w+ of [\d.]+ \w+: used blocks of 
 def need_file_systems(*kinds):
     """Skip unless the tools for kinds are here and the kernel mounts those that need a mount."""
     need_root()
-    need_tools("partclone.ext4", "blkid", "sfdisk", "zstd", *(tool for kind in kinds for tool in TOOLS[kind]))
+    need_tools("blkid", "sfdisk", "zstd", *(tool for kind in kinds for tool in TOOLS[kind] + MAP_TOOLS[kind][:1]))
     with open("/proc/filesystems") as f:
         known = f.read().split()
     lacking = [KERNEL_FILE_SYSTEM[kind] for kind in kinds
@@ -70,13 +75,13 @@ class Backup:
     """`read-disk --used-only --info FILE SOURCE | compress`, restored by `zstd -d | dd` (.image)
     and by `compress -d | write-disk`, which must give the same bytes."""
 
-    def __init__(self, directory, source, *options):
+    def __init__(self, directory, source):
         directory.mkdir()
         self.source = source
-        self.result = sh(f"read-disk --used-only --info {directory}/info.json {' '.join(options)} "
-                         f"{source} | compress -q > {directory}/image.zst")
-        assert self.result.returncode == 0, self.result.stderr_text
-        self.stderr = self.result.stderr_text
+        result = sh(f"read-disk --used-only --info {directory}/info.json {source} "
+                    f"| compress -q > {directory}/image.zst")
+        assert result.returncode == 0, result.stderr_text
+        self.stderr = result.stderr_text
         self.info = json.loads((directory / "info.json").read_text())
         self.image = directory / "stock.img"
         sh(f"zstd -d -q < {directory}/image.zst | dd of={self.image} bs=1M conv=sparse status=none",
@@ -105,12 +110,14 @@ def zeroed_bytes(restored, source, start=0, size=None):
     return zeroed
 
 
-def holds_marker(path):
+def marker_at(path):
+    """The offset of the first MARKER in the file at path, or None."""
     with open(path, "rb") as f:
-        while block := f.read(64 * MIB):
-            if MARKER in block:     # the marker file is MARKER over and over: one whole copy per block
-                return True
-    return False
+        for offset in range(0, os.path.getsize(path), 64 * MIB):
+            found = os.pread(f.fileno(), 64 * MIB, offset).find(MARKER)
+            if found >= 0:      # the deleted file was MARKER over and over: a whole copy in any block
+                return offset + found
+    return None
 
 
 def plain_image_holds_marker(source):
@@ -151,7 +158,7 @@ def check_used_blocks_info(entry, kind, used_at_least):
     """An --info partition entry of a file system read by its used blocks."""
     assert entry["filesystem"] == BLKID_TYPE[kind]
     assert entry["read"] == "used blocks", entry
-    assert entry["map"] == ("dumpe2fs" if kind == "ext4" else f"partclone.{kind}"), entry
+    assert entry["map"] in MAP_TOOLS[kind], entry
     assert used_at_least <= entry["used_bytes"] < entry["size"], entry
     assert entry["why"], entry
 
@@ -171,7 +178,8 @@ def test_a_bare_file_system_keeps_every_file_and_drops_deleted_contents(kind, fi
     assert os.path.getsize(backup.image) == os.path.getsize(source)
     check_file_system(backup.image, kind, tree)
     assert zeroed_bytes(backup.image, source) >= 64 * 1024      # the deleted file at least
-    assert not holds_marker(backup.image)
+    found = marker_at(backup.image)
+    assert found is None, f"the deleted file's contents kept, at byte {found}"
     assert plain_image_holds_marker(source)
 
     [entry] = backup.info["partitions"]
@@ -218,7 +226,8 @@ def check_disk(backup, partitions, tree):
             else:
                 check_file_system(restored, p.kind, tree, p.start, p.size)
     assert zeroed_bytes(restored, source) > 0
-    assert not holds_marker(restored)
+    found = marker_at(restored)
+    assert found is None, f"the deleted file's contents kept, at byte {found}"
     assert plain_image_holds_marker(source)
 
 
@@ -232,7 +241,7 @@ def check_disk_info(backup, partitions, tree):
         if p.kind == "unknown":
             assert entry["read"] == "in full" and entry["why"] and entry["map"] is None, entry
             assert entry["used_bytes"] is None, entry
-            assert re.search(rf"^read-disk: partition {p.number} \(.*\) read in full: .+$", backup.stderr, re.M), \
+            assert re.search(rf"^read-disk: partition {p.number} \(.*?\) read in full: .+$", backup.stderr, re.M), \
                 backup.stderr
         elif p.kind == "swap":
             assert entry["read"] == "used blocks" and entry["used_bytes"] == 4096, entry
@@ -278,3 +287,97 @@ def test_an_mbr_disk_keeps_every_file(work, file_system, tree):
     backup = Backup(work / "mbr-backup", work / "mbr.img")
     check_disk(backup, partitions, tree)
     check_disk_info(backup, partitions, tree)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mounted file systems
+
+def test_an_ext4_file_system_mounted_read_write_is_refused(file_system, work):
+    need_file_systems("ext4")
+    image = work / "mounted-read-write.img"
+    shutil.copy(file_system("ext4"), image)
+    with attached(image, read_only=False) as device, mounted(device, "ext4", read_only=False) as directory:
+        result = sh(f"read-disk --used-only {device} > /dev/null")
+        assert result.returncode == 1
+        assert_one_line_error(result, "read-disk", str(directory))
+
+
+def test_an_ext4_file_system_mounted_read_only_is_imaged(file_system, tree, work):
+    need_file_systems("ext4")
+    image = file_system("ext4")
+    with attached(image) as device, mounted(device, "ext4"):
+        backup = Backup(work / "mounted-read-only", device)
+    assert os.path.getsize(backup.image) == os.path.getsize(image)
+    check_file_system(backup.image, "ext4", tree)
+    assert zeroed_bytes(backup.image, image) >= 64 * 1024
+    assert marker_at(backup.image) is None
+    [entry] = backup.info["partitions"]
+    check_used_blocks_info(entry, "ext4", tree_bytes(tree))
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged maps: the partition read in full, and said so
+
+def flip_random_bits(path, start, length, count, seed):
+    """Flip count random bits in [start, start + length) of the file at path."""
+    rng = random.Random(seed)
+    with open(path, "r+b") as f:
+        for _ in range(count):
+            offset = start + rng.randrange(length)
+            byte = os.pread(f.fileno(), 1, offset)[0]
+            os.pwrite(f.fileno(), bytes([byte ^ (1 << rng.randrange(8))]), offset)
+
+
+def partclone_map_status(kind, image):
+    """The exit status of `partclone.KIND -D` mapping image (its map to stdout, dropped)."""
+    return subprocess.run([f"partclone.{kind}", "-D", "-s", image, "-o", "-"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode
+
+
+def check_read_in_full(work, name, damaged, kind, why_fragment=""):
+    """damaged (a file system image) as partition 1 of an MBR disk beside an intact ext4:
+    the damaged one read in full, said so on stderr and in --info, the other by its used blocks."""
+    disk = work / f"{name}-disk.img"
+    partitions = build_disk(disk, "dos", [(kind, damaged), ("ext4", work / "ext4.img")])
+    backup = Backup(work / f"{name}-backup", disk)
+    first, second = partitions
+    zeroed = zeroed_bytes(backup.image, backup.source, first.start, first.size)
+    assert zeroed == 0, f"{zeroed} bytes of the damaged file system were left out as free"
+    entry = backup.info["partitions"][0]
+    assert entry["read"] == "in full" and entry["map"] is None and entry["used_bytes"] is None, entry
+    assert why_fragment in entry["why"], entry
+    line = re.search(rf"^read-disk: partition 1 \({BLKID_TYPE[kind]}\b.*?\) read in full: (.+)$", backup.stderr, re.M)
+    assert line and why_fragment in line.group(1), backup.stderr
+    assert backup.info["partitions"][1]["read"] == "used blocks"
+    assert zeroed_bytes(backup.image, backup.source, second.start, second.size) > 0
+
+
+def test_an_ext4_block_bitmap_damaged_is_read_in_full(file_system, work):
+    need_file_systems("ext4")
+    need_tools("partclone.ext4")
+    damaged = work / "damaged-bitmap-ext4.img"
+    shutil.copy(file_system("ext4"), damaged)
+    text = run("dumpe2fs", damaged)
+    block = int(re.search(r"^Block size:\s+(\d+)", text, re.M).group(1))
+    bitmap = int(re.search(r"Block bitmap at (\d+)", text).group(1))
+    # The first group's first blocks hold its metadata and files: flips there turn used blocks
+    # free and free blocks used.
+    flip_random_bits(damaged, bitmap * block, 256, 8, seed=12)
+    assert partclone_map_status("ext4", damaged) != 0, "partclone.ext4 maps this bitmap"
+    check_read_in_full(work, "damaged-ext4", damaged, "ext4")
+
+
+def test_a_fat_whose_tables_differ_is_read_in_full(file_system, work):
+    need_file_systems("vfat", "ext4")
+    damaged = work / "damaged-fat.img"
+    shutil.copy(file_system("vfat"), damaged)
+    with open(damaged, "r+b") as f:
+        boot = os.pread(f.fileno(), 512, 0)
+        # The first FAT's entries of clusters 100-149 (files' clusters) say free; the second
+        # FAT still holds their chains.
+        first_fat = int.from_bytes(boot[11:13], "little") * int.from_bytes(boot[14:16], "little")
+        os.pwrite(f.fileno(), bytes(4 * 50), first_fat + 4 * 100)
+    # partclone.vfat maps those clusters free without a word; fsck.vfat sees the damage.
+    assert partclone_map_status("vfat", damaged) == 0
+    assert subprocess.run(["fsck.vfat", "-n", damaged], capture_output=True).returncode != 0
+    check_read_in_full(work, "damaged-fat", damaged, "vfat")
