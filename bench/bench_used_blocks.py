@@ -150,11 +150,9 @@ class Sides:
     (measure_dir/<key>-<side>.<run>.<process>), and where each writes its output."""
 
     def __init__(self, image, key, systems, devices, measure_dir):
-        self.image, self.key, self.measure_dir = image, key, measure_dir
-        stem = os.path.splitext(image)[0]
-        self.outputs = {"A": [stem + ".A.zst"], "C": [stem + ".C.zst"]}
-        self.systems, self.devices = systems, devices
-        self.stem = stem
+        self.image, self.key, self.systems, self.devices, self.measure_dir = image, key, systems, devices, measure_dir
+        self.stem = os.path.splitext(image)[0]
+        self.outputs = {"A": [self.stem + ".A.zst"], "C": [self.stem + ".C.zst"]}
 
     def _pipeline(self, side, stages):
         return " | ".join(measured(self.measure_dir, f"{self.key}-{side}", process, command)
@@ -365,8 +363,8 @@ def main():
                 for partitions in args.partitions:
                     image = sample_disk(args.workdir, size, args.seed, used, partitions)
                     result = bench_image(image, args.runs, env, args.workdir, args.profile)
-                    result["layout"] = (f"{'default' if used is None else used}% used, "
-                                        f"{'one file system' if partitions == 1 else f'{partitions} partitions'}")
+                    result["layout"] = ("default" if used is None else f"{used}%") + " used, " + (
+                        "one file system" if partitions == 1 else f"{partitions} partitions")
                     results.append(result)
     except (BenchError, subprocess.CalledProcessError) as exc:
         sys.exit(f"bench: error: {exc}")
