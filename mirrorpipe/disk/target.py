@@ -198,7 +198,8 @@ class Target:
         zeroes in place), and a device without it fails with EOPNOTSUPP having changed nothing.
         BLKDISCARD would promise nothing about what the blocks read afterwards (old data on many
         SSDs; the kernel's discard_zeroes_data reads 0 for every device since Linux 4.12).
-        Measured on a 1 GiB loop device: 0.03 s, and its backing file is left sparse."""
+        Measured on a 1 GiB loop device over old data: 0.4 s; a stream of 70% zeros then leaves
+        310 MiB of its file allocated instead of 1025 MiB (BLKZEROOUT allocates zeroed extents)."""
         result = _libc.fallocate64(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
                                    self.capacity)
         code = ctypes.get_errno() if result else 0
