@@ -223,7 +223,8 @@ class Target:
 
     def _partial(self, exc):
         """exc, with a sentence on what the target holds after the copy stopped."""
-        if self.untouched:
+        changed = self._changed_at_first_byte()
+        if self.written == 0 and not changed:
             if self.created:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
@@ -237,10 +238,8 @@ class Target:
             except (Error, OSError) as flush_error:
                 durable = f" (but not made durable: {getattr(flush_error, 'strerror', None) or flush_error})"
             last = self.written - 1
-            if self.written == 0 and self.kind != "stream":
-                emptied = f"the disk {self.rest}" if self.kind == "block device" else \
-                    f"{self.path} was emptied"
-                state = f"nothing was written from the stream{durable}, but {emptied}"
+            if self.written == 0:
+                state = f"nothing was written from the stream{durable}, but {changed}"
             elif self.kind == "block device":
                 state = (f"{self.path} holds a partial image: bytes 0-{last} were written from the "
                          f"stream{durable}, the rest of the disk {self.rest}")
@@ -252,6 +251,14 @@ class Target:
         partial = Error(f"{exc}; {state}")
         partial.status = exc.status
         return partial
+
+    def _changed_at_first_byte(self):
+        """What the first byte's arrival changed on the target, as a clause, or None."""
+        if self.kind == "file" and not self.untouched and not self.created:
+            return f"{self.path} was emptied"
+        if self.rest != REST_UNCHANGED:
+            return f"the disk {self.rest}"
+        return None
 
     def _zero_pending(self):
         """Make the run of zeros skipped just before `written` read as zeros. A file target was
