@@ -122,8 +122,10 @@ def test_the_disk_past_the_stream_reads_as_zeros_and_verify_passes(tmp_path, use
     device, backing = used_disk(24 * MIB)
     stream = tmp_path / "stream"
     stream.write_bytes(os.urandom(MIB) + bytes(6 * MIB) + os.urandom(MIB) + bytes(4 * MIB))
-    result = sh(f"write-disk --force --discard --verify {device} < {stream}")
+    result = sh(f"write-disk --progress --force --discard --verify {device} < {stream}")
     assert result.returncode == 0, result.stderr_text
+    assert result.stderr_text.endswith("flushed to stable storage, verified; the rest of the disk "
+                                       "was discarded (reads as zeros)\n"), result.stderr_text
     with open(device, "rb") as f:
         assert f.read() == stream.read_bytes() + bytes(12 * MIB)
     assert allocated(backing) <= 2 * MIB
