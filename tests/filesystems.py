@@ -213,10 +213,10 @@ class Partition:
 
 
 # sfdisk partition types per label
-TYPES = {"gpt": {"ext4": "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "xfs": "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
-                 "btrfs": "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "vfat": "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7",
-                 "ntfs": "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7", "swap": "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
-                 "unknown": "7D9C3A59-1A57-4A6E-9B6E-4B5E3D2C1A0F"},
+LINUX_DATA, MICROSOFT_DATA = "0FC63DAF-8483-4772-8E79-3D69D8477DE4", "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
+TYPES = {"gpt": {"ext4": LINUX_DATA, "xfs": LINUX_DATA, "btrfs": LINUX_DATA, "vfat": MICROSOFT_DATA,
+                 "ntfs": MICROSOFT_DATA, "swap": "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
+                 "unknown": "7D9C3A59-1A57-4A6E-9B6E-4B5E3D2C1A0F"},    # a type GUID of no one's
          "dos": {"ext4": "83", "xfs": "83", "btrfs": "83", "vfat": "c", "ntfs": "7", "swap": "82",
                  "unknown": "da"}}
 
