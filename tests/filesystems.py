@@ -6,6 +6,7 @@ mounts); built without mounting where the file system's tools allow."""
 import contextlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -198,6 +199,19 @@ def fsck_command(kind, device):
     return {"ext4": ["e2fsck", "-fn", device], "xfs": ["xfs_repair", "-n", device],
             "btrfs": ["btrfs", "check", "--readonly", device], "vfat": ["fsck.vfat", "-n", device],
             "ntfs": ["ntfsfix", "-n", device]}[kind]
+
+
+def ext4_free_extents(image):
+    """[(offset, length)] in bytes of the blocks dumpe2fs lists free in the ext2/3/4 file system
+    image (a file or device)."""
+    text = run("dumpe2fs", image)
+    block = int(re.search(r"^Block size:\s+(\d+)", text, re.M).group(1))
+    extents = []
+    for line in re.findall(r"^  Free blocks: (.+)$", text, re.M):
+        for item in line.split(", "):
+            first, _, last = item.partition("-")
+            extents.append((int(first) * block, (int(last or first) - int(first) + 1) * block))
+    return extents
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ import numpy
 import pytest
 
 from conftest import MIB, assert_one_line_error, need_root, need_tools, sh
-from filesystems import (BUILDERS, MARKER, TOOLS, attached, build_disk, fsck_command, files_of,
-                         make_tree, mounted, run, swap_image, unknown_image)
+from filesystems import (BUILDERS, MARKER, TOOLS, attached, build_disk, ext4_free_extents,
+                         fsck_command, files_of, make_tree, mounted, run, swap_image, unknown_image)
 from mirrorpipe.stream.streams import is_zero
 
 KINDS = list(BUILDERS)
@@ -129,18 +129,6 @@ def plain_image_holds_marker(source):
     return sh(f"read-disk {source} | grep -c -a -F {MARKER.decode()}").returncode == 0
 
 
-def free_extents_ext4(device):
-    """[(offset, length)] in bytes of the blocks dumpe2fs lists free on device."""
-    text = run("dumpe2fs", device)
-    block = int(re.search(r"^Block size:\s+(\d+)", text, re.M).group(1))
-    extents = []
-    for line in re.findall(r"^  Free blocks: (.+)$", text, re.M):
-        for item in line.split(", "):
-            first, _, last = item.partition("-")
-            extents.append((int(first) * block, (int(last or first) - int(first) + 1) * block))
-    return extents
-
-
 def check_file_system(restored, kind, tree, start=0, size=None):
     """The file system at [start, start + size) of restored: every file of tree identical, clean by
     its own fsck, and (ext4, whose free blocks dumpe2fs lists) every free block zeros."""
@@ -154,7 +142,7 @@ def check_file_system(restored, kind, tree, start=0, size=None):
             f"{kind}: {' '.join(fsck.args)}: {fsck.stdout[-2000:]}{fsck.stderr[-2000:]}"
         if kind == "ext4":
             with open(device, "rb") as f:
-                for offset, length in free_extents_ext4(device):
+                for offset, length in ext4_free_extents(device):
                     assert is_zero(os.pread(f.fileno(), length, offset)), \
                         f"free ext4 block at {offset} not zero"
 
