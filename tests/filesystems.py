@@ -1,7 +1,8 @@
-"""Real file systems for test_used_blocks: a tree of files, each file system built from it with a
-deleted file's contents (MARKER) left in its free space, the stock tools that take each back out
-and check it, and disk images (GPT, MBR) that hold them as partitions. Root only (loop devices,
-mounts); built without mounting where the file system's tools allow."""
+"""Real file systems for the read-disk --used-only tests (test_used_blocks, test_filesystems):
+a tree of files, each file system built from it with a deleted file's contents (MARKER) left in
+its free space, the stock tools that take each back out and check it, and disk images (GPT, MBR)
+that hold them as partitions. Root only (loop devices, mounts); built without mounting where the
+file system's tools allow."""
 
 import contextlib
 import os
