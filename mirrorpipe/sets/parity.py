@@ -413,12 +413,20 @@ class Rebuilder:
         member.bad_chunks.add(number)
         return None
 
+    def chunk(self, row, number):
+        """(data, rebuilt): chunk `number` of a row, checked, read as stored when it is intact,
+        else rebuilt from the rest of the group (Error when it cannot be). The data is valid
+        until the next call."""
+        data = self.read_chunk(row, number)
+        if data is not None:
+            return data, False
+        return self._rebuilt([row], number)[row], True
+
     def rebuild_volume(self, row, write):
         """Pass the right content of a whole row to write(buffer), chunk by chunk (write must
         use each buffer before it returns)."""
         for number in range(manifests.chunk_count(self.members[row].length, self.chunk_size)):
-            data = self.read_chunk(row, number)
-            write(data if data is not None else self._rebuilt([row], number)[row])
+            write(self.chunk(row, number)[0])
 
     def _rebuilt(self, rows, number):
         """{row: memoryview}: chunk `number` of each row, rebuilt (valid until the next call)."""

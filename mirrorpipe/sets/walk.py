@@ -193,7 +193,7 @@ class SetWalk:
         """Pass on the group's data volumes from `first` on (default: all), rebuilding what is
         lost; the index after the group's last."""
         indices = self.set.group_indices(group)
-        rebuilder, expected = self._rebuilder(group, indices)
+        rebuilder, expected = group_rebuilder(self.set, group, indices, self.check_every_copy)
         try:
             for row, index in enumerate(indices):
                 if first is None or index >= first:
@@ -204,53 +204,6 @@ class SetWalk:
                 if member.file is not None:
                     member.file.close()
         return indices[-1] + 1
-
-    def _rebuilder(self, group, indices):
-        """The Rebuilder of a group (data volumes `indices`), its volumes opened, and the volume
-        hash of each data volume as its parity manifests record it."""
-        from . import parity   # numpy, at the first sum: only for sets with parity
-        entries = {}
-        parity_members = []
-        for parity_index in range(1, self.set.scheme.count + 1):
-            key = VolumeKey.parity(group, parity_index)
-            volume = self.set.parity.get(key)
-            if volume:
-                entries.update((entry.index, entry) for entry in volume.manifest.data_volumes)
-            parity_members.append(self._member(parity, volume, key, volume.manifest.length if volume else None))
-        data_members = []
-        for index in indices:
-            volume = self.set.by_index.get(index)
-            entry = entries.get(index)
-            if volume and entry and entry.volume_digest != volume.manifest.volume_digest:
-                raise Error(f"the parity volumes of group {group} were made from other data than "
-                            f"{volume.label} (its volume hash differs from theirs); they belong to "
-                            "another copy of the set: give the parity volumes of this one")
-            length = volume.manifest.length if volume else entry.length if entry else \
-                self.set.end.total_length - (index - 1) * self.set.reference.volume_size \
-                if index == self.set.count else self.set.reference.volume_size
-            data_members.append(self._member(parity, volume, VolumeKey(index), length))
-        longest = max(m.length for m in data_members)
-        for member in parity_members:
-            member.length = longest if member.length is None else member.length
-        expected = {index: entry.volume_digest for index, entry in entries.items()}
-        name = f"group {group} (volumes {indices[0]}-{indices[-1]}) of set '{self.set.reference.set_name}'"
-        return parity.Rebuilder(data_members, parity_members, self.set.reference.chunk_size, name), expected
-
-    def _member(self, parity, volume, key, length):
-        if volume is None:
-            return parity.Member(name=key.describe(), length=length)
-        file = None
-        if key not in self.set.lost:
-            copies = self.set.copies_of(key) or [volume]
-            try:
-                # One copy is read as it is (the Rebuilder checks its chunks); several through
-                # VolumeCopies, which takes each chunk from a copy that holds it intact.
-                file = VolumeCopies(copies, self.check_every_copy).open() if len(copies) > 1 \
-                    else volume.open_file()
-            except Error as exc:
-                self.set.lost[key] = str(exc)
-        return parity.Member(name=volume.label, length=length, file=file,
-                             chunk_digests=volume.manifest.chunk_digests)
 
     def _read_member(self, rebuilder, row, index, expected_digest):
         """Pass on data volume `index` (row `row` of its group), rebuilding what is lost of it."""
@@ -333,6 +286,57 @@ class SetWalk:
             os.close(fd)
         os.unlink(rebuilt.path)
         self.say(f"rebuilt volume {index} ({units.format_size(rebuilt.length)}) from parity")
+
+
+def group_rebuilder(volume_set, group, indices, check_every_copy=False):
+    """The parity.Rebuilder of a group (data volumes `indices`) of a set with parity, its volumes
+    opened, and the volume hash of each data volume as its parity manifests record it. A restore
+    reads whole groups through it; mount-image reads single chunks."""
+    from . import parity   # numpy, at the first sum: only for sets with parity
+    entries = {}
+    parity_members = []
+    for parity_index in range(1, volume_set.scheme.count + 1):
+        key = VolumeKey.parity(group, parity_index)
+        volume = volume_set.parity.get(key)
+        if volume:
+            entries.update((entry.index, entry) for entry in volume.manifest.data_volumes)
+        parity_members.append(_member(volume_set, parity, volume, key,
+                                      volume.manifest.length if volume else None, check_every_copy))
+    data_members = []
+    for index in indices:
+        volume = volume_set.by_index.get(index)
+        entry = entries.get(index)
+        if volume and entry and entry.volume_digest != volume.manifest.volume_digest:
+            raise Error(f"the parity volumes of group {group} were made from other data than "
+                        f"{volume.label} (its volume hash differs from theirs); they belong to "
+                        "another copy of the set: give the parity volumes of this one")
+        length = volume.manifest.length if volume else entry.length if entry else \
+            volume_set.end.total_length - (index - 1) * volume_set.reference.volume_size \
+            if index == volume_set.count else volume_set.reference.volume_size
+        data_members.append(_member(volume_set, parity, volume, VolumeKey(index), length, check_every_copy))
+    longest = max(m.length for m in data_members)
+    for member in parity_members:
+        member.length = longest if member.length is None else member.length
+    expected = {index: entry.volume_digest for index, entry in entries.items()}
+    name = f"group {group} (volumes {indices[0]}-{indices[-1]}) of set '{volume_set.reference.set_name}'"
+    return parity.Rebuilder(data_members, parity_members, volume_set.reference.chunk_size, name), expected
+
+
+def _member(volume_set, parity, volume, key, length, check_every_copy):
+    if volume is None:
+        return parity.Member(name=key.describe(), length=length)
+    file = None
+    if key not in volume_set.lost:
+        copies = volume_set.copies_of(key) or [volume]
+        try:
+            # One copy is read as it is (the Rebuilder checks its chunks); several through
+            # VolumeCopies, which takes each chunk from a copy that holds it intact.
+            file = VolumeCopies(copies, check_every_copy).open() if len(copies) > 1 \
+                else volume.open_file()
+        except Error as exc:
+            volume_set.lost[key] = str(exc)
+    return parity.Member(name=volume.label, length=length, file=file,
+                         chunk_digests=volume.manifest.chunk_digests)
 
 
 def damaged_offsets(rebuilder, member):
