@@ -296,31 +296,24 @@ def memory_checks(results):
     return checks
 
 
-def print_report(results, runs, memory):
-    print(f"\n{runs} runs per side, alternating A B C, medians; page cache warmed first; sync before every run")
-    for result in results:
-        print(f"\n{result['description']}")
-        print(f"  {'pipeline':44} {'median':>8} {'MB/s':>6} {'CPU':>7} {'output MB':>10}  runs")
-        for side, figures in result["sides"].items():
-            print(f"  {side} {figures['pipeline']:42} {figures['median_s']:7.2f}s "
-                  f"{result['image_bytes'] / figures['median_s'] / MB:6.0f} {figures['cpu_s']:6.2f}s "
-                  f"{figures['output_bytes'] / MB:10.1f}  " + " ".join(f"{t:.2f}" for t in figures["runs_s"]))
-        print("  peak RSS (MB): " + "; ".join(
-            f"{side}: " + ", ".join(f"{p} {v / MB:.1f}" for p, v in sorted(figures["peak_rss_bytes"].items()))
-            for side, figures in result["sides"].items()))
-        for name, ok in list(result["targets"].items()) + list(result["check"].items()):
-            print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-        if result["check_problem"]:
-            print(f"        A's output: {result['check_problem']}")
-        if "profile" in result:
-            print("  profile of A (medians, wall and CPU): " + "; ".join(
-                f"{what} {t['median_s']:.2f}s (CPU {t['cpu_s']:.2f}s)" for what, t in result["profile"].items()))
-    if memory:
-        print("\nmemory across sizes:")
-        for name, ok in memory.items():
-            print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-    print("\nMB/s: image bytes (10^6) per second of the whole pipeline; CPU: user + system seconds of all "
-          "its processes (median); speed ratios: other side's median / A's")
+def print_image(result):
+    print(f"\n{result['description']}")
+    print(f"  {'pipeline':44} {'median':>8} {'MB/s':>6} {'CPU':>7} {'output MB':>10}  runs")
+    for side, figures in result["sides"].items():
+        print(f"  {side} {figures['pipeline']:42} {figures['median_s']:7.2f}s "
+              f"{result['image_bytes'] / figures['median_s'] / MB:6.0f} {figures['cpu_s']:6.2f}s "
+              f"{figures['output_bytes'] / MB:10.1f}  " + " ".join(f"{t:.2f}" for t in figures["runs_s"]))
+    print("  peak RSS (MB): " + "; ".join(
+        f"{side}: " + ", ".join(f"{p} {v / MB:.1f}" for p, v in sorted(figures["peak_rss_bytes"].items()))
+        for side, figures in result["sides"].items()))
+    for name, ok in list(result["targets"].items()) + list(result["check"].items()):
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    if result["check_problem"]:
+        print(f"        A's output: {result['check_problem']}")
+    if "profile" in result:
+        print("  profile of A (medians, wall and CPU): " + "; ".join(
+            f"{what} {t['median_s']:.2f}s (CPU {t['cpu_s']:.2f}s)" for what, t in result["profile"].items()))
+    sys.stdout.flush()
 
 
 def main():
@@ -356,7 +349,20 @@ def main():
 
     started = datetime.datetime.now(datetime.timezone.utc)
     load_at_start = os.getloadavg()
+    out = os.path.join(args.workdir, f"results-used-only-{started:%Y%m%dT%H%M%SZ}.json")
+    tools = dict(tool_versions(), partclone=partclone_version())
     results = []
+    memory = {}
+
+    def save():
+        """The JSON so far: rewritten after every image, so a run cut short keeps what it measured."""
+        with open(out, "w") as f:
+            json.dump({"started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
+                       "cpus": len(os.sched_getaffinity(0)),
+                       "load_average_start_end": [load_at_start, os.getloadavg()], "runs": args.runs,
+                       "tools": tools, "images": results, "memory_checks": memory}, f, indent=2)
+
+    print(f"{args.runs} runs per side, alternating A B C, medians; page cache warmed first; sync before every run")
     try:
         for size in args.sizes:
             for used in args.used:
@@ -366,17 +372,18 @@ def main():
                     result["layout"] = ("default" if used is None else f"{used}%") + " used, " + (
                         "one file system" if partitions == 1 else f"{partitions} partitions")
                     results.append(result)
+                    print_image(result)
+                    save()
     except (BenchError, subprocess.CalledProcessError) as exc:
         sys.exit(f"bench: error: {exc}")
     memory = memory_checks(results)
-    print_report(results, args.runs, memory)
-
-    out = os.path.join(args.workdir, f"results-used-only-{started:%Y%m%dT%H%M%SZ}.json")
-    with open(out, "w") as f:
-        json.dump({"started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
-                   "cpus": len(os.sched_getaffinity(0)), "load_average_start_end": [load_at_start, os.getloadavg()],
-                   "runs": args.runs, "tools": dict(tool_versions(), partclone=partclone_version()),
-                   "images": results, "memory_checks": memory}, f, indent=2)
+    save()
+    if memory:
+        print("\nmemory across sizes:")
+        for name, ok in memory.items():
+            print(f"  {'PASS' if ok else 'FAIL'}  {name}")
+    print("\nMB/s: image bytes (10^6) per second of the whole pipeline; CPU: user + system seconds of all "
+          "its processes (median); speed ratios: other side's median / A's")
     print(f"\nresults: {out}")
     passed = all(all(r["targets"].values()) and all(r["check"].values()) for r in results) and all(memory.values())
     return 0 if passed else 1
