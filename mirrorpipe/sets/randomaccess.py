@@ -1,0 +1,134 @@
+"""Random access to the stream a set holds (mount-image, reassemble --range): any byte range,
+read from the volumes that hold it, every chunk checked against its manifest before a byte of it
+is served, and rebuilt from the parity volumes when it is missing or damaged.
+
+Before the first read the set is checked as reassemble checks it before its first byte
+(reader.check_before_reading: one set, complete or rebuildable, every volume file of its length,
+each holding its own volume's data), with the same messages.
+"""
+
+import collections
+import os
+import threading
+
+from . import chunks
+from ..errors import Error
+from .copies import VolumeCopies
+from .finder import rereadable, scan
+from .names import VolumeKey
+from .reader import check_before_reading
+from .volumeset import gather
+from .walk import group_rebuilder
+
+CHUNK_CACHE = 8     # checked chunks kept: neighbouring small reads of a raw set reuse them
+
+
+class DamagedRange(Error):
+    """Bytes that cannot be served: damaged or missing, and not rebuildable."""
+
+
+class SetBytes:
+    """The stream of a set as random-access bytes: .length, .read(offset, size)."""
+
+    def __init__(self, sources, say=None):
+        """say(text): told once per volume read from its copies or rebuilt from parity."""
+        found = scan(sources)
+        self.set = gather(found)
+        problem = check_before_reading(self.set, found, disc_by_disc=False)
+        if problem:
+            if any(rereadable(source) and not os.path.isdir(source) for source in sources):
+                problem += ("; a set on discs in a drive cannot be read at random, disc by disc: "
+                            "copy the discs (or their ISO images) into one directory and give that")
+            raise Error(problem)
+        self.say = say or (lambda text: None)
+        self.length = self.set.end.total_length
+        self.volume_size = self.set.reference.volume_size
+        self.chunk_size = self.set.reference.chunk_size
+        self._lock = threading.Lock()
+        self._readers = {}       # data volume index or parity group -> (lock, reader)
+        self._told = set()
+        self._cache = collections.OrderedDict()   # (index, number) -> bytes
+
+    def read(self, offset, size):
+        """Bytes [offset, offset + size) of the stream (fewer at its end), every chunk checked;
+        DamagedRange naming the volume and bytes when a chunk can be neither read intact nor
+        rebuilt."""
+        pieces = []
+        end = min(offset + size, self.length)
+        while offset < end:
+            index = offset // self.volume_size + 1
+            in_volume = offset - (index - 1) * self.volume_size
+            number = in_volume // self.chunk_size
+            chunk = self._chunk(index, number)
+            start = in_volume - number * self.chunk_size
+            piece = chunk[start:start + end - offset]
+            if not piece:
+                raise DamagedRange(f"volume {index} ends before byte {offset} of the stream")
+            pieces.append(piece)
+            offset += len(piece)
+        return b"".join(pieces)
+
+    def _chunk(self, index, number):
+        key = (index, number)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            group = self.set.scheme.group_of(index) if self.set.has_parity() else None
+            slot = ("group", group) if group else index
+            if slot not in self._readers:
+                self._readers[slot] = (threading.Lock(), self._group_reader(group) if group
+                                       else self._volume_reader(index))
+            lock, read = self._readers[slot]
+        with lock:    # a reader's files are read with seek and read: one read at a time
+            data = read(index, number)
+        with self._lock:
+            self._cache[key] = data
+            if len(self._cache) > CHUNK_CACHE:
+                self._cache.popitem(last=False)
+        return data
+
+    def _volume_reader(self, index):
+        """read(index, number) of a data volume of a set without parity: from its file, or from
+        whichever of its copies holds each chunk intact."""
+        volume = self.set.by_index[index]
+        copies = self.set.copies_of(VolumeKey(index)) or [volume]
+        file = VolumeCopies(copies).open() if len(copies) > 1 else volume.open_file()
+        buffer = bytearray(self.chunk_size)
+
+        def read(index, number):
+            size = max(0, min(self.chunk_size, volume.manifest.length - number * self.chunk_size))
+            view = memoryview(buffer)[:size]
+            try:
+                digest = chunks.read_chunk(file, number, self.chunk_size, view, piece_size=size)
+                why = "does not match its manifest (damaged)"
+            except (OSError, Error) as exc:
+                digest, why = None, f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+            if digest is None or digest != volume.manifest.chunk_digest(number):
+                first = (index - 1) * self.volume_size + number * self.chunk_size
+                raise DamagedRange(f"chunk {number} of {volume.label} {why}, and the set has no "
+                                   f"parity to rebuild it: bytes {first}-{first + size - 1} of the "
+                                   "stream cannot be read")
+            return bytes(view)
+        return read
+
+    def _group_reader(self, group):
+        """read(index, number) of the data volumes of a parity group: each chunk read and checked,
+        or rebuilt from the rest of the group, which is said once per volume."""
+        indices = self.set.group_indices(group)
+        rebuilder, _ = group_rebuilder(self.set, group, indices)
+
+        def read(index, number):
+            row = indices.index(index)
+            try:
+                data, rebuilt = rebuilder.chunk(row, number)
+            except Error as exc:
+                raise DamagedRange(str(exc)) from None
+            if rebuilt and index not in self._told:
+                self._told.add(index)
+                member = rebuilder.members[row]
+                why = self.set.lost.get(VolumeKey(index)) or (
+                    f"{member.name} is missing" if member.file is None else f"{member.name} is damaged")
+                self.say(f"{why}; rebuilding what is read of it from the parity of group {group}")
+            return bytes(data)
+        return read
