@@ -17,6 +17,11 @@ class Error(Exception):
     status = EXIT_FAILURE
 
 
+class DamagedData(Error):
+    """Bytes asked for at random (mount-image, reassemble --range) that cannot be served intact:
+    damaged or missing, and not rebuildable. The message names them."""
+
+
 class UsageError(Error):
     """The command line asks for something that cannot work."""
 

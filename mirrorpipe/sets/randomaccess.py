@@ -12,7 +12,7 @@ import os
 import threading
 
 from . import chunks
-from ..errors import Error
+from ..errors import DamagedData, Error
 from .copies import VolumeCopies
 from .finder import rereadable, scan
 from .names import VolumeKey
@@ -23,12 +23,8 @@ from .walk import group_rebuilder
 CHUNK_CACHE = 8     # checked chunks kept: neighbouring small reads of a raw set reuse them
 
 
-class DamagedRange(Error):
-    """Bytes that cannot be served: damaged or missing, and not rebuildable."""
-
-
 class SetBytes:
-    """The stream of a set as random-access bytes: .length, .read(offset, size)."""
+    """The stream of a set as random-access bytes (.length, .read(offset, size))."""
 
     def __init__(self, sources, say=None):
         """say(text): told once per volume read from its copies or rebuilt from parity."""
@@ -51,7 +47,7 @@ class SetBytes:
 
     def read(self, offset, size):
         """Bytes [offset, offset + size) of the stream (fewer at its end), every chunk checked;
-        DamagedRange naming the volume and bytes when a chunk can be neither read intact nor
+        DamagedData naming the volume and bytes when a chunk can be neither read intact nor
         rebuilt."""
         pieces = []
         end = min(offset + size, self.length)
@@ -63,7 +59,7 @@ class SetBytes:
             start = in_volume - number * self.chunk_size
             piece = chunk[start:start + end - offset]
             if not piece:
-                raise DamagedRange(f"volume {index} ends before byte {offset} of the stream")
+                raise DamagedData(f"volume {index} ends before byte {offset} of the stream")
             pieces.append(piece)
             offset += len(piece)
         return b"".join(pieces)
@@ -106,7 +102,7 @@ class SetBytes:
                 digest, why = None, f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
             if digest is None or digest != volume.manifest.chunk_digest(number):
                 first = (index - 1) * self.volume_size + number * self.chunk_size
-                raise DamagedRange(f"chunk {number} of {volume.label} {why}, and the set has no "
+                raise DamagedData(f"chunk {number} of {volume.label} {why}, and the set has no "
                                    f"parity to rebuild it: bytes {first}-{first + size - 1} of the "
                                    "stream cannot be read")
             return bytes(view)
@@ -123,7 +119,7 @@ class SetBytes:
             try:
                 data, rebuilt = rebuilder.chunk(row, number)
             except Error as exc:
-                raise DamagedRange(str(exc)) from None
+                raise DamagedData(str(exc)) from None
             if rebuilt and index not in self._told:
                 self._told.add(index)
                 member = rebuilder.members[row]

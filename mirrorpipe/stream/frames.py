@@ -299,6 +299,35 @@ def check_stream_end(head, tail, length):
         raise missing
 
 
+def read_seek_table(read_at, length, name):
+    """[(compressed, decompressed)] of every frame of a stream in zstd's seekable format (compress's
+    output, or another tool's) of `length` bytes, read through read_at(offset, size) from its
+    end: the seek table, checked against the stream's length. Error naming `name` and what to do
+    when there is none (stock zstd's output, an incomplete stream) or it is damaged."""
+    head = read_at(0, len(stream_header()))
+    tail = read_at(max(0, length - (1 << 20)), min(length, 1 << 20))
+    seekable_copy = f"make a seekable copy: compress -d < {name} | compress > COPY.zst"
+    if head == stream_header():
+        try:
+            check_stream_end(head, tail, length)
+        except Error as exc:
+            raise Error(f"{name}: {exc}") from None
+    elif len(tail) < 17 or struct.unpack("<I", tail[-4:])[0] != SEEKABLE_FOOTER_MAGIC:
+        what = "a zstd stream" if head[:4] == struct.pack("<I", ZSTD_MAGIC) else "not a zstd stream"
+        raise Error(f"{name} is {what} without a seek table (stock zstd writes none), so it cannot "
+                    f"be read at random; {seekable_copy}")
+    count, descriptor, _ = struct.unpack("<IBI", tail[-9:])
+    table_size = 8 + 9 + count * (12 if descriptor & SEEK_TABLE_CHECKSUM_FLAG else 8)
+    if table_size > min(length, 8 + MAX_SEEK_TABLE_SIZE):
+        raise Error(f"{name}: its seek table is damaged (it gives {count} frames); {seekable_copy}")
+    table = tail[-table_size:] if table_size <= len(tail) else read_at(length - table_size, table_size)
+    entries = _seek_table_sizes(table[8:], entries=True)
+    if entries is None or struct.unpack("<II", table[:8]) != (SEEK_TABLE_MAGIC, table_size - 8) \
+            or sum(compressed for compressed, _, _ in entries) + table_size != length:
+        raise Error(f"{name}: its seek table is damaged or does not describe it; {seekable_copy}")
+    return [(compressed, decompressed) for compressed, decompressed, _ in entries]
+
+
 # ---------------------------------------------------------------------------------------------
 # Decompression
 

@@ -1,0 +1,125 @@
+"""Random access to the raw bytes of a compressed stream (mount-image, reassemble --range).
+
+compress writes independent zstd frames and a seek table in zstd's seekable format, so the frame
+holding any raw offset is found by a binary search over the table, and only that frame is read
+and decoded. zstd checks each frame against its content checksum while decoding: nothing is
+served that did not match. Decoded frames are kept in a cache bounded in bytes (neighbouring
+reads, a file system's metadata read again and again); frames being decoded by one thread are
+waited for by others that want them, and different frames are decoded at the same time
+(zstandard releases the GIL while it decodes).
+"""
+
+import bisect
+import collections
+import os
+import threading
+
+import zstandard
+
+from . import frames
+from ..errors import DamagedData, Error
+
+DEFAULT_CACHE_SIZE = 64 << 20     # 8 frames of compress's default 8 MiB
+
+
+class FileBytes:
+    """A file as random-access bytes (.length, .read(offset, size)); pread is thread-safe."""
+
+    def __init__(self, path):
+        self.name = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise Error(f"cannot open {path}: {exc.strerror}") from None
+        self.length = os.fstat(self.fd).st_size
+
+    def read(self, offset, size):
+        try:
+            return os.pread(self.fd, size, offset)
+        except OSError as exc:
+            raise DamagedData(f"{self.name}: read error at byte {offset}: {exc.strerror}") from None
+
+    def close(self):
+        os.close(self.fd)
+
+
+class CompressedBytes:
+    """The raw bytes a seekable compressed stream holds, at random (.length, .read(offset,
+    size)); compressed is random-access bytes of the stream (FileBytes, sets.SetBytes)."""
+
+    def __init__(self, compressed, name, cache_size=DEFAULT_CACHE_SIZE):
+        self.compressed = compressed
+        self.name = name
+        self.cache_size = cache_size
+        sizes = frames.read_seek_table(compressed.read, compressed.length, name)
+        # Frames that hold raw bytes (the header frame and skippable frames hold none), each
+        # with its compressed offset and size and its raw offset and size.
+        self.frame_starts, self.frames = [], []
+        compressed_at = raw_at = 0
+        for compressed_size, raw_size in sizes:
+            if raw_size:
+                self.frame_starts.append(raw_at)
+                self.frames.append((compressed_at, compressed_size, raw_at, raw_size))
+            compressed_at += compressed_size
+            raw_at += raw_size
+        self.length = raw_at
+        self._lock = threading.Lock()
+        self._cache = collections.OrderedDict()   # frame number -> bytes
+        self._cached_bytes = 0
+        self._decoding = {}                       # frame number -> threading.Event
+        self._local = threading.local()
+
+    def read(self, offset, size):
+        """Bytes [offset, offset + size) of the raw stream (fewer at its end); DamagedData when a
+        frame they need is damaged or cannot be read."""
+        end = min(offset + size, self.length)
+        pieces = []
+        while offset < end:
+            number = bisect.bisect_right(self.frame_starts, offset) - 1
+            data = self._frame(number)
+            start = offset - self.frames[number][2]
+            piece = data[start:start + end - offset]
+            pieces.append(piece)
+            offset += len(piece)
+        return b"".join(pieces)
+
+    def _frame(self, number):
+        while True:
+            with self._lock:
+                if number in self._cache:
+                    self._cache.move_to_end(number)
+                    return self._cache[number]
+                waiting = self._decoding.get(number)
+                if waiting is None:
+                    self._decoding[number] = threading.Event()
+                    break
+            waiting.wait()     # another thread decodes it; then it is in the cache (or failed)
+        try:
+            data = self._decode(number)
+        finally:
+            with self._lock:
+                self._decoding.pop(number).set()
+        with self._lock:
+            self._cache[number] = data
+            self._cached_bytes += len(data)
+            while self._cached_bytes > self.cache_size and len(self._cache) > 1:
+                self._cached_bytes -= len(self._cache.popitem(last=False)[1])
+        return data
+
+    def _decode(self, number):
+        compressed_at, compressed_size, raw_at, raw_size = self.frames[number]
+        where = (f"frame {number + 1} of {self.name} (compressed bytes {compressed_at}-"
+                 f"{compressed_at + compressed_size - 1}, holding bytes {raw_at}-{raw_at + raw_size - 1})")
+        compressed = self.compressed.read(compressed_at, compressed_size)
+        if len(compressed) != compressed_size:
+            raise DamagedData(f"{where} is cut short")
+        if not hasattr(self._local, "decompressor"):
+            self._local.decompressor = zstandard.ZstdDecompressor()
+        try:
+            data = self._local.decompressor.decompress(compressed, max_output_size=raw_size)
+        except zstandard.ZstdError as exc:
+            raise DamagedData(f"{where} is damaged: {exc}") from None
+        if len(data) != raw_size:
+            raise DamagedData(f"{where} decodes to {len(data)} bytes, not the {raw_size} its seek "
+                              "table gives: damaged")
+        return data
