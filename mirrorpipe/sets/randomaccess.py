@@ -19,6 +19,8 @@ from .names import VolumeKey
 from .reader import check_before_reading
 from .volumeset import gather
 from .walk import group_rebuilder
+from ..stream import frames
+from ..stream.seekable import DEFAULT_CACHE_SIZE, CompressedBytes
 
 CHUNK_CACHE = 8     # checked chunks kept: neighbouring small reads of a raw set reuse them
 
@@ -128,3 +130,15 @@ class SetBytes:
                 self.say(f"{why}; rebuilding what is read of it from the parity of group {group}")
             return bytes(data)
         return read
+
+
+def open_set(sources, cache_size=DEFAULT_CACHE_SIZE, say=None):
+    """The raw stream a set holds as random-access bytes: decoded through its seek table when
+    the set holds a compressed stream, as stored when it holds a raw one. Returns (bytes, the
+    set's name)."""
+    stored = SetBytes(sources, say)
+    name = stored.set.reference.set_name
+    head = stored.read(0, 4)
+    if head and head in (frames.stream_header()[:4], frames.ZSTD_MAGIC.to_bytes(4, "little")):
+        return CompressedBytes(stored, f"the stream of set '{name}'", cache_size), name
+    return stored, name
