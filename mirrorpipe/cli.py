@@ -33,6 +33,14 @@ def size_argument(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def range_argument(text):
+    """argparse type for OFFSET:LENGTH, each a size (1M:4096)."""
+    offset, colon, length = text.partition(":")
+    if not colon:
+        raise argparse.ArgumentTypeError(f"{text!r}: give OFFSET:LENGTH, e.g. 1M:4096")
+    return size_argument(offset), size_argument(length)
+
+
 def bounded_int(text, low, high, what):
     """argparse type: a whole number from low to high, counting `what` (for the message)."""
     try:

@@ -3,7 +3,8 @@
 import sys
 
 from .. import cli, terminal, units
-from ..sets import reader, verifier
+from ..sets import randomaccess, reader, verifier
+from ..stream import seekable
 from ..errors import EXIT_REBUILDABLE, UsageError
 
 
@@ -47,6 +48,7 @@ class Reassemble(cli.Command):
         "  reassemble --verify out/\n"
         "  reassemble --verify --rebuild-into new/ out/    # replacements for lost volumes\n"
         "  reassemble --verify --json out/                 # the same check, for scripts\n"
+        "  reassemble --range 1M:512 out/ | xxd | head   # bytes of the disk, at random\n"
         "  ssh backup-host 'reassemble /srv/pc1' | compress -d | write-disk /dev/sdb\n"
         "\n"
         "exit status: 0 the whole stream was written and every chunk, volume and stream hash\n"
@@ -68,6 +70,10 @@ class Reassemble(cli.Command):
                             help="with --verify, print the result as JSON instead of the table: the "
                                  "verdict, its exit status, a row per volume, each parity group's "
                                  "health, the problems")
+        parser.add_argument("--range", type=cli.range_argument, metavar="OFFSET:LENGTH",
+                            help="write only these bytes of the disk (of the decompressed stream, "
+                                 "for a compressed set), read at random through the seek table and "
+                                 "checked the same way")
         parser.add_argument("--rebuild-into", metavar="DIR",
                             help="with --verify, for a set with parity: write each lost or damaged "
                                  "volume, data or parity, rebuilt, with its manifest into DIR, to "
@@ -80,6 +86,14 @@ class Reassemble(cli.Command):
             raise UsageError("--json needs --verify (it prints the result of the check)")
         # Directories and drives that hold part of the set are read disc by disc, asking on the
         # terminal for the next.
+        if args.range and args.verify:
+            raise UsageError("--range and --verify do not go together: --verify reads the whole set")
+        if args.range:
+            image, _ = randomaccess.open_set(args.sources, say=self.messages.warn)
+            out_fd = cli.open_output(args.output)
+            seekable.copy_range(image, *args.range, out_fd)
+            cli.finish_output(out_fd)
+            return None
         if args.verify:
             verify = verifier.Verify(args.sources, open_prompter=terminal.Prompter.open,
                                      rebuild_into=args.rebuild_into, say=self.messages.note)

@@ -17,6 +17,7 @@ import threading
 import zstandard
 
 from . import frames
+from .streams import BLOCK_SIZE, write_all
 from ..errors import DamagedData, Error
 
 DEFAULT_CACHE_SIZE = 64 << 20     # 8 frames of compress's default 8 MiB
@@ -123,3 +124,18 @@ class CompressedBytes:
             raise DamagedData(f"{where} decodes to {len(data)} bytes, not the {raw_size} its seek "
                               "table gives: damaged")
         return data
+
+
+def copy_range(image, offset, length, out_fd, progress=None):
+    """Write bytes [offset, offset + length) of random-access bytes to out_fd, a BLOCK_SIZE at a
+    time; Error when the range runs past the end. The first damaged piece stops it (DamagedData)
+    after the pieces before it."""
+    if offset + length > image.length:
+        raise Error(f"the range {offset}:{length} runs past the end ({image.length} bytes)")
+    end = offset + length
+    while offset < end:
+        piece = image.read(offset, min(BLOCK_SIZE, end - offset))
+        write_all(out_fd, piece)
+        offset += len(piece)
+        if progress:
+            progress.advance(len(piece))
