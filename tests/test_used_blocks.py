@@ -24,8 +24,9 @@ KINDS = list(BUILDERS)
 # blkid's TYPE for each file system built here
 BLKID_TYPE = {"ext4": "ext4", "xfs": "xfs", "btrfs": "btrfs", "vfat": "vfat", "ntfs": "ntfs",
               "swap": "swap", "unknown": None}
-# The tool that may give each file system's map (partclone.fat is partclone.vfat).
-MAP_TOOLS = {"ext4": ("dumpe2fs",), "xfs": ("partclone.xfs",), "btrfs": ("partclone.btrfs",),
+# The tool that may give each file system's map (partclone.fat is partclone.vfat; btrfs: its
+# own dump-tree, exact where partclone.btrfs keeps whole 16 KiB nodes around each extent).
+MAP_TOOLS = {"ext4": ("dumpe2fs",), "xfs": ("partclone.xfs",), "btrfs": ("btrfs",),
              "vfat": ("partclone.vfat", "partclone.fat"), "ntfs": ("partclone.ntfs",)}
 # What the kernel must have to mount each (vfat is read with mtools, never mounted).
 KERNEL_FILE_SYSTEM = {"ext4": "ext4", "xfs": "xfs", "btrfs": "btrfs", "ntfs": "fuseblk"}

@@ -9,7 +9,7 @@ told are read in full; only what a file system's own tool reports free is left u
 import os
 
 from . import blockdev, partitiontable
-from .filesystems import Place, Unmappable, free_space_map
+from .filesystems import MAPPED_WHILE_MOUNTED_READ_ONLY, Place, Unmappable, free_space_map
 from ..errors import Error
 from ..units import format_size
 
@@ -88,7 +88,8 @@ class UsedBlocks:
 
     def _refuse_mounted(self):
         """A file system mounted read-write changes its bitmap while it is read: refused. Mounted
-        read-only, only dumpe2fs (ext2/3/4) maps it; partclone refuses mounted file systems."""
+        read-only, dumpe2fs (ext2/3/4) and btrfs's dump-tree map it; partclone refuses mounted
+        file systems."""
         source = self.source
         st = os.fstat(source.fd)
         uses = blockdev.uses(source.rdev) if source.rdev is not None else \
@@ -102,7 +103,7 @@ class UsedBlocks:
                         raise Error(f"{partition.describe()} is in use: {use.description}; its free "
                                     "blocks change while it is read: unmount it or remount it read-only "
                                     "(or read it in full without --used-only)")
-                    if partition.filesystem not in ("ext2", "ext3", "ext4"):
+                    if partition.filesystem not in MAPPED_WHILE_MOUNTED_READ_ONLY:
                         raise Error(f"{partition.describe()} is in use: {use.description}; partclone, "
                                     "which maps its used blocks, refuses mounted file systems: unmount "
                                     "it (or read it in full without --used-only)")
