@@ -195,6 +195,15 @@ def files_of(device, kind):
             yield directory
 
 
+def assert_same_files(tree, directory, kind):
+    """Every file of tree identical in directory (files_of's), ext4's lost+found aside; vfat has
+    no symlinks (mcopy stored the file each points to), so it is compared dereferenced."""
+    result = subprocess.run(["diff", "-r", "-x", "lost+found",
+                             *([] if kind == "vfat" else ["--no-dereference"]), tree, directory],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert result.returncode == 0, f"{kind}: files differ: {result.stdout[:2000]}"
+
+
 def fsck_command(kind, device):
     """The file system's own check, changing nothing: exit 0 when the file system is clean."""
     return {"ext4": ["e2fsck", "-fn", device], "xfs": ["xfs_repair", "-n", device],
