@@ -471,3 +471,25 @@ def test_a_background_mount_lets_a_caller_reading_its_output_go_on(sources, tmp_
         assert os.path.getsize(mountpoint / "sda.img") == os.path.getsize(sources / "ext4.img")
     finally:
         unmount_for_good(mountpoint)
+
+
+def test_a_raw_image_file_is_mounted_under_its_own_name(sources, mount_image):
+    mount = mount_image(sources / "disk.img")
+    assert sorted(os.listdir(mount.mountpoint)) == ["disk.img", "disk.img.p1", "disk.img.p2"]
+    random_reads(mount.path("disk.img"), sources / "disk.img", count=100)
+    with files_of(mount.path("disk.img.p2"), "vfat") as files:
+        assert_same_files(sources / "tree", files, "vfat")
+
+
+def test_a_disc_in_a_drive_is_refused_saying_to_copy_the_discs_first(sources, tmp_path, loop_device):
+    drive = loop_device(sorted((sources / "isos").glob("*.iso"))[0], "-r")
+    message = refused([drive], tmp_path)
+    assert "no last volume of set 'image' (found 1)" in message, message
+    assert "copy the discs (or their ISO images) into one directory" in message, message
+
+
+def test_a_mount_point_that_is_no_directory_is_refused(sources, tmp_path):
+    need_fuse()
+    result = command("mount-image", sources / "sda.img.zst", tmp_path / "nowhere")
+    assert result.returncode == 1
+    assert_one_line_error(result, "mount-image", f"{tmp_path / 'nowhere'} is not a directory")
