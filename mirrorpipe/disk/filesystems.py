@@ -298,7 +298,7 @@ class BtrfsFreeSpace:
     RESERVED = MIB
     SUPERBLOCKS = (64 * 1024, 64 * MIB, 256 * 1024 * MIB)
     SUPERBLOCK_SIZE = 4096
-    PROFILES = ("single", "DUP")   # a stripe holds its chunk whole; RAID0/10/5/6 split it
+    PROFILES = ("single", "DUP")   # each stripe holds its chunk whole, on this device
     BUFFERED_RANGES = 1 << 20      # 16 MiB of array('Q')
     ITEM = re.compile(r"\titem \d+ key \((\d+) (EXTENT_ITEM|METADATA_ITEM) (\d+)\)")
     CHUNK = re.compile(r"\titem \d+ key \(FIRST_CHUNK_TREE CHUNK_ITEM (\d+)\)")
@@ -378,7 +378,8 @@ class BtrfsFreeSpace:
             elif chunk and (match := self.STRIPE.match(line)):
                 chunk[3].append(int(match[2]))
                 if int(match[1]) != devid:
-                    elsewhere = f"its chunk at logical byte {chunk[0]} lies on device {match[1]}, not this one"
+                    elsewhere = (f"its chunk at logical byte {chunk[0]} lies on device {match[1]}, "
+                                 "not this one")
         failed = self._finish(process)
         if failed:
             raise Unmappable(f"btrfs inspect-internal dump-tree finds it damaged: {failed}")
@@ -387,7 +388,8 @@ class BtrfsFreeSpace:
         if not chunks or any(c[1] is None or not c[3] for c in chunks):
             raise Unmappable("its chunk tree is unreadable: dump-tree gave no chunks, or chunks "
                              "without length or place")
-        return [BtrfsChunk(logical, end, kind, tuple(stripes)) for logical, end, kind, stripes in chunks]
+        return [BtrfsChunk(logical, end, kind, tuple(stripes))
+                for logical, end, kind, stripes in chunks]
 
     def check(self):
         facts = self._read_super()
@@ -412,13 +414,14 @@ class BtrfsFreeSpace:
         for chunk in self.chunks:
             profile = chunk.kind.split("|")[-1]
             if profile not in self.PROFILES:
-                raise Unmappable(f"its {chunk.kind} chunks spread their bytes over stripes: only "
-                                 "single and DUP chunks are mapped")
+                raise Unmappable(f"it has {chunk.kind} chunks: only single and DUP chunks, which "
+                                 "hold each byte whole on one device, are mapped")
         self.stripes = sorted((physical, index) for index, chunk in enumerate(self.chunks)
                               for physical in chunk.stripes)
         ends = [self.RESERVED] + [physical + self.chunks[index].end - self.chunks[index].logical
                                   for physical, index in self.stripes]
-        if any(physical < end for (physical, _), end in zip(self.stripes, ends)) or ends[-1] > self.size:
+        overlapping = any(physical < end for (physical, _), end in zip(self.stripes, ends))
+        if overlapping or ends[-1] > self.size:
             raise Unmappable("its chunk tree is inconsistent (chunks overlap or run past the device)")
         used = sum(end - start for _, start, end in self._extents(self.checking.stdout))
         failed = self._finish(self.checking)
