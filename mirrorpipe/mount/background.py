@@ -27,7 +27,12 @@ def detach():
     os.dup2(null, 0)
     os.dup2(null, 1)
 
+    reported = []
+
     def report(problem):
+        if reported:
+            return      # the parent has its answer and is gone
+        reported.append(problem)
         if problem is None:
             try:
                 mode = os.fstat(2).st_mode

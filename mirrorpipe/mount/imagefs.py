@@ -41,7 +41,8 @@ class ImageFS:
         self.image = image
         self.name = name
         self.mountpoint = os.path.abspath(mountpoint)   # libfuse changes to / once mounted
-        self.ready = ready
+        self._ready = ready
+        self.mounted = False    # the file system came up (libfuse called init)
         self.say = say
         self.files = {name: (0, image.length)}     # file name -> (start in the disk, size)
         self.time = time.time_ns()
@@ -50,6 +51,7 @@ class ImageFS:
 
     def init(self, path):
         # Called when the file system is up; sfdisk reads the disk through it, so on a thread.
+        self.mounted = True
         threading.Thread(target=self._find_partitions, name="partitions", daemon=True).start()
 
     def _find_partitions(self):
@@ -66,7 +68,7 @@ class ImageFS:
             self.say(f"the partitions of {self.name} are not shown: {exc}")
         except Exception as exc:   # the mount must be reported either way
             problem = f"cannot read the partition table of {self.name}: {exc}"
-        self.ready(problem)
+        self._ready(problem)
 
     def getattr(self, path, fh=None):
         times = dict(st_atime=self.time, st_mtime=self.time, st_ctime=self.time)
@@ -109,7 +111,7 @@ class ImageFS:
 
 def serve(image, name, mountpoint, ready, say):
     """Mount the image read-only at mountpoint and serve it until unmounted (fusermount3 -u,
-    umount, SIGTERM or SIGINT); Error when it cannot be mounted."""
+    umount, SIGTERM or SIGINT: libfuse unmounts then); Error when it cannot be mounted."""
     fuse = _fuse()
     operations = type("MirrorpipeImage", (ImageFS, fuse.Operations), {"fuse": fuse})(
         image, name, mountpoint, ready, say)
@@ -117,4 +119,7 @@ def serve(image, name, mountpoint, ready, say):
         fuse.FUSE(operations, mountpoint, foreground=True, nothreads=False, ro=True,
                   fsname=f"mirrorpipe:{name}", subtype="mirrorpipe", default_permissions=True)
     except RuntimeError as exc:
-        raise Error(f"cannot mount at {mountpoint}: libfuse failed ({exc})") from None
+        # libfuse ends its loop with the signal's number after SIGTERM or SIGINT, unmounted: an
+        # error only when the file system never came up.
+        if not operations.mounted:
+            raise Error(f"cannot mount at {mountpoint}: libfuse failed ({exc})") from None
