@@ -151,8 +151,17 @@ def mounts():
             major, minor = fields[2].split(":")
             options = fields[5].split(",")
             source = fields[sep + 2] if len(fields) > sep + 2 else ""
-            found.append((os.makedev(int(major), int(minor)), _unescape(fields[4]), "rw" in options,
-                          source))
+            device = os.makedev(int(major), int(minor))
+            if int(major) == 0 and source.startswith("/dev/"):
+                # btrfs (and overlay-style) mounts report an anonymous device number: the
+                # device they are mounted from is the source's.
+                try:
+                    st = os.stat(_unescape(source))
+                    if stat.S_ISBLK(st.st_mode):
+                        device = st.st_rdev
+                except OSError:
+                    pass
+            found.append((device, _unescape(fields[4]), "rw" in options, source))
     return found
 
 
@@ -302,15 +311,10 @@ def system_disks():
     """Whole disks holding the root file system (the disk the running system lives on)."""
     root = os.stat("/").st_dev
     disks = _underlying_disks(root) if sysfs_path(root) else set()
-    # Root on btrfs or overlay reports an anonymous device number; find it through the mount source.
-    for dev, point, _, source in mounts():
-        if point == "/" and source.startswith("/dev/"):
-            try:
-                st = os.stat(source)
-            except OSError:
-                continue
-            if stat.S_ISBLK(st.st_mode):
-                disks |= _underlying_disks(st.st_rdev)
+    # Root on btrfs reports an anonymous device number; mounts() gives the device behind it.
+    for dev, point, _, _ in mounts():
+        if point == "/" and sysfs_path(dev):
+            disks |= _underlying_disks(dev)
     return disks
 
 

@@ -25,7 +25,6 @@ import tempfile
 from array import array
 from collections import namedtuple
 
-from . import blockdev
 from .loopdevice import LoopDevice
 from ..errors import Error
 
@@ -396,7 +395,6 @@ class BtrfsFreeSpace:
         missing = [key for key in self.SUPER_FACTS if not facts.get(key, "").isdigit()]
         if missing:
             raise Unmappable(f"btrfs inspect-internal dump-super gives no {', '.join(missing)}")
-        self._refuse_mounted_read_write(facts.get("fsid", ""))
         devices = int(facts["num_devices"])
         if devices != 1:
             raise Unmappable(f"it spans {devices} devices: only a btrfs on one device is mapped")
@@ -430,23 +428,6 @@ class BtrfsFreeSpace:
         if used != int(facts["bytes_used"]):
             raise Unmappable(f"its extent tree lists {used} bytes used, its superblock counts "
                              f"{facts['bytes_used']} (damaged)")
-
-    @staticmethod
-    def _refuse_mounted_read_write(fsid):
-        """Refused (errors.Error, as usedblocks refuses other file systems) when a btrfs of this
-        UUID is mounted read-write. usedblocks' check cannot see it: blockdev.uses() matches
-        mounts by device number, and mountinfo gives a btrfs mount an anonymous one (0:N). The
-        kernel lists each mounted btrfs's devices under /sys/fs/btrfs/UUID/devices; a copy of
-        this file system mounted elsewhere has the same UUID, and is refused too."""
-        try:
-            devices = set(os.listdir(f"/sys/fs/btrfs/{fsid}/devices")) if fsid else set()
-        except OSError:
-            return     # no btrfs of this UUID is mounted
-        for _, point, read_write, source in blockdev.mounts():
-            if read_write and os.path.basename(os.path.realpath(source)) in devices:
-                raise Error(f"a btrfs of the UUID of the one being read ({fsid}) is mounted read-write "
-                            f"at {point}; its free blocks change while it is read: unmount it or "
-                            "remount it read-only (or read it in full without --used-only)")
 
     def _extents(self, lines):
         """(chunk index, start, end) of each extent in lines of `dump-tree -t extent`, in logical
