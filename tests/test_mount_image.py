@@ -90,7 +90,7 @@ def mount_image(tmp_path):
     need_fuse()
     made = []
 
-    def mount(*sources, options=()):
+    def mount(*sources, options=(), cwd=None):
         mountpoint = tmp_path / f"mount{len(made)}"
         mountpoint.mkdir()
         log = tmp_path / f"mount{len(made)}.stderr"
@@ -98,7 +98,7 @@ def mount_image(tmp_path):
         with open(log, "wb") as stderr:
             result = subprocess.run([str(BIN / "mount-image"), *options, *map(str, sources), str(mountpoint)],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
-                                    timeout=60)
+                                    timeout=60, cwd=cwd)
         assert result.returncode == 0, log.read_text()
         assert mounted_at(mountpoint)
         return Mount(mountpoint, log)
@@ -201,6 +201,18 @@ def test_mounted_backup_has_every_file_and_byte_of_the_source(sources, mount_ima
             with attached(mount.path(file)) as device, files_of(device, "ext4") as files:
                 assert_same_files(sources / "tree", files, "ext4")
     random_reads(mount.path(name), disk)
+    assert mount.stderr() == ""
+
+
+@pytest.mark.parametrize("kind", ["compressed volumes", "ISO images", "raw volumes"])
+def test_a_set_given_by_relative_paths_reads_from_every_volume(sources, mount_image, kind):
+    """`cd backups && mount-image out/ /mnt/backup`, as --help shows: the daemon's working
+    directory changes once it is mounted, and the volumes are opened as they are first read."""
+    relative = [path.relative_to(sources) for path in backup_paths(sources, kind)]
+    mount = mount_image(*relative, cwd=sources)
+    with open(mount.path("image"), "rb") as mounted, open(sources / "disk.img", "rb") as original:
+        for offset in range(0, os.path.getsize(sources / "disk.img"), 4 * MIB):
+            assert os.pread(mounted.fileno(), 4096, offset) == os.pread(original.fileno(), 4096, offset), offset
     assert mount.stderr() == ""
 
 
@@ -359,6 +371,24 @@ def test_a_flipped_bit_without_parity_fails_its_range_with_eio_and_the_rest_read
     assert "image: reads of bytes " in stderr and " fail with EIO: " in stderr, stderr
     assert f"chunk {chunk} of " in stderr and "does not match its manifest (damaged)" in stderr, stderr
     assert len([line for line in stderr.splitlines() if f"chunk {chunk} of " in line]) == 1, stderr
+
+
+def test_a_volume_gone_after_mounting_gives_eio_and_one_line_not_a_traceback(sources, tmp_path, mount_image):
+    """A volume removed (a USB disk unplugged, a file deleted) after the mount: its reads fail
+    with EIO like any other unreadable range, said in one line."""
+    directory = tmp_path / "raw"
+    shutil.copytree(sources / "raw", directory)
+    mount = mount_image(directory)
+    (directory / "image.003").unlink()
+    with open(mount.path("image"), "rb") as mounted, open(sources / "disk.img", "rb") as original:
+        with pytest.raises(OSError) as caught:
+            os.pread(mounted.fileno(), 4096, 2 * 16 * MIB + 4096)
+        assert caught.value.errno == errno.EIO
+        assert os.pread(mounted.fileno(), 4096, 4 * 16 * MIB) == os.pread(original.fileno(), 4096, 4 * 16 * MIB)
+    stderr = mount.stderr()
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if "image.003" in line]
+    assert len(lines) == 1 and lines[0].startswith("mount-image: image: reads of bytes "), stderr
 
 
 # ---------------------------------------------------------------------------------------------

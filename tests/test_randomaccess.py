@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import threading
+import tracemalloc
 
 import pytest
 
@@ -121,6 +122,23 @@ def test_two_lost_volumes_of_a_set_with_parity_2_are_rebuilt_and_said_once_each(
     assert image.read(0, len(data)) == data
     assert sorted(said) == ["volume 2 is missing; rebuilding what is read of it from the parity of group 1",
                             "volume 5 is missing; rebuilding what is read of it from the parity of group 2"]
+
+
+def test_memory_does_not_grow_with_the_number_of_volumes_read(tmp_path):
+    """A few checked chunks are kept for neighbouring reads, whatever the number of volumes read
+    (a 1 TB disk on BD-R is 40 volumes of 16 MiB chunks: 16 MiB held per volume is 640 MiB)."""
+    data = random_data(40 * 2 * CHUNK, 3)
+    write_set(tmp_path / "set", data, 2 * CHUNK, CHUNK)
+    image, _ = open_set([str(tmp_path / "set")])
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for offset in range(0, image.length, 2 * CHUNK):     # a byte of each of the 40 volumes
+            assert image.read(offset, 100) == data[offset:offset + 100]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 16 * CHUNK, f"{held} bytes held after reading 40 volumes of {CHUNK}-byte chunks"
 
 
 def test_a_damaged_chunk_of_a_set_with_parity_is_rebuilt_and_said(sets, tmp_path):
