@@ -399,9 +399,11 @@ def refused(sources_given, tmp_path):
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir(exist_ok=True)
     result = command("mount-image", *sources_given, mountpoint, timeout=60)
+    was_mounted = mounted_at(mountpoint)
+    unmount_for_good(mountpoint)
+    assert not was_mounted, result.stderr
     assert result.returncode == 1, result.stderr
     line = assert_one_line_error(result, "mount-image")
-    assert not mounted_at(mountpoint)
     assert os.listdir(mountpoint) == []
     assert not live_mount_images(mountpoint)
     return line[len("mount-image: error: "):]
@@ -512,7 +514,7 @@ def test_a_raw_image_file_is_mounted_under_its_own_name(sources, mount_image):
 
 
 def test_a_disc_in_a_drive_is_refused_saying_to_copy_the_discs_first(sources, tmp_path, loop_device):
-    drive = loop_device(sorted((sources / "isos").glob("*.iso"))[0], "-r")
+    drive = loop_device(min((sources / "isos").glob("*.iso")), "-r")
     message = refused([drive], tmp_path)
     assert "no last volume of set 'image' (found 1)" in message, message
     assert "copy the discs (or their ISO images) into one directory" in message, message

@@ -4,7 +4,6 @@ however many threads want it, damaged frames named while the others read, the st
 no usable seek table refused (frames.read_seek_table), copy_range; and a third-party seekable
 reader (indexed_zstd) reading compress's output identically."""
 
-import os
 import random
 import subprocess
 import threading
@@ -160,10 +159,10 @@ def test_a_frame_is_decoded_once_when_eight_threads_want_it_at_once(stream):
     assert source.reads == {compressed_at: 1}
 
 
-def test_different_frames_are_decoded_at_the_same_time(stream):
-    """Four threads each wanting a different frame of a slow source take about one read's time,
-    not four."""
-    path, data = stream
+def test_different_frames_are_read_and_decoded_at_the_same_time(stream):
+    """Four threads each wanting a different frame of a slow source (a disc) wait about one
+    read's time, not four."""
+    path, _ = stream
     source = CountingBytes(path, delay=0.5)
     image = CompressedBytes(source, str(path))
     starts = [image.frames[number][2] for number in (3, 30, 60, 90)]
