@@ -525,3 +525,22 @@ def test_a_mount_point_that_is_no_directory_is_refused(sources, tmp_path):
     result = command("mount-image", sources / "sda.img.zst", tmp_path / "nowhere")
     assert result.returncode == 1
     assert_one_line_error(result, "mount-image", f"{tmp_path / 'nowhere'} is not a directory")
+
+
+def test_an_mbr_disk_shows_its_primary_and_logical_partitions(sources, tmp_path, mount_image):
+    """sfdisk's numbering: a primary partition, logical ones from 5 (the extended partition that
+    holds them is no file system and is not shown)."""
+    disk = tmp_path / "mbr.img"
+    with open(disk, "wb") as f:
+        f.truncate(160 * MIB)
+    sh(f"printf 'label: dos\\nstart=2048, size=40960, type=83\\nstart=45056, size=280000, type=5\\n"
+       f"start=47104, size=131072, type=83\\nstart=180224, size=20480, type=83\\n' | sfdisk -q {disk}",
+       check=True)
+    sh(f"dd if={sources}/ext4.img of={disk} bs=512 seek=47104 conv=notrunc,sparse status=none", check=True)
+    sh(f"compress -q < {disk} > {disk}.zst", check=True)
+    mount = mount_image(f"{disk}.zst")
+    assert sorted(os.listdir(mount.mountpoint)) == ["mbr.img", "mbr.img.p1", "mbr.img.p5", "mbr.img.p6"]
+    assert [os.path.getsize(mount.path(f"mbr.img.p{n}")) for n in (1, 5, 6)] == \
+        [40960 * 512, 131072 * 512, 20480 * 512]
+    with attached(mount.path("mbr.img.p5")) as device, files_of(device, "ext4") as files:
+        assert_same_files(sources / "tree", files, "ext4")
