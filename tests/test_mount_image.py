@@ -21,7 +21,7 @@ import pytest
 from conftest import BIN, KIB, MIB, assert_one_line_error, command, flip, need_root, need_tools, processes, sh
 from filesystems import assert_same_files, attached, build_disk, build_ext4, build_vfat, files_of, make_tree
 from mirrorpipe.sets.randomaccess import SetBytes
-from mirrorpipe.stream.seekable import CompressedBytes
+from mirrorpipe.stream.seekable import CompressedBytes, FileBytes
 
 FRAME = 256 * KIB     # compress --frame-size: many frames, several in each volume
 READS = 1000
@@ -371,6 +371,24 @@ def test_a_flipped_bit_without_parity_fails_its_range_with_eio_and_the_rest_read
     assert "image: reads of bytes " in stderr and " fail with EIO: " in stderr, stderr
     assert f"chunk {chunk} of " in stderr and "does not match its manifest (damaged)" in stderr, stderr
     assert len([line for line in stderr.splitlines() if f"chunk {chunk} of " in line]) == 1, stderr
+
+
+def test_a_damaged_frame_of_a_compressed_file_fails_its_bytes_with_eio_and_the_rest_reads(sources, tmp_path, mount_image):
+    damaged = tmp_path / "sda.img.zst"
+    shutil.copy(sources / "sda.img.zst", damaged)
+    frames = [frame for frame in CompressedBytes(FileBytes(str(damaged)), "file").frames if frame[3] == FRAME]
+    compressed_at, compressed_size, raw_at, raw_size = frames[len(frames) // 2]
+    flip(damaged, compressed_at + compressed_size // 2)
+    mount = mount_image(damaged)
+    with open(mount.path("sda.img"), "rb") as mounted, open(sources / "ext4.img", "rb") as original:
+        with pytest.raises(OSError) as caught:
+            os.pread(mounted.fileno(), 512, raw_at + raw_size // 2)
+        assert caught.value.errno == errno.EIO
+        for offset in (0, raw_at + raw_size + 4 * MIB):
+            assert os.pread(mounted.fileno(), 65536, offset) == os.pread(original.fileno(), 65536, offset)
+    stderr = mount.stderr()
+    assert "sda.img: reads of bytes " in stderr and " fail with EIO: frame " in stderr, stderr
+    assert f"holding bytes {raw_at}-{raw_at + raw_size - 1}) is damaged" in stderr, stderr
 
 
 def test_a_volume_gone_after_mounting_gives_eio_and_one_line_not_a_traceback(sources, tmp_path, mount_image):
