@@ -110,8 +110,10 @@ def serve_mfusepy(mountpoint, file_size, delay, request_sizes):
                 time.sleep(delay)  # releases the GIL, as zstd's decompression does
             return expected(doubled, offset, size, file_size)
 
+    # max_idle_threads: without it libfuse 3.14 prints "Ignoring invalid max threads value
+    # 4294967295 > max (100000)." on every mount
     mfusepy.FUSE(ImageOperations(), mountpoint, foreground=True, nothreads=False, ro=True,
-                 fsname="bench-mfusepy", max_read=MAX_READ)
+                 fsname="bench-mfusepy", max_read=MAX_READ, max_idle_threads=10)
 
 
 def serve_pyfuse3(mountpoint, file_size, delay, request_sizes):
