@@ -17,7 +17,7 @@ import threading
 import time
 
 from ..disk import partitiontable
-from ..errors import DamagedData, Error
+from ..errors import Error
 
 
 # The kernel's read-ahead on the mount, in KiB: 1 MiB requests instead of 128 KiB ones took
@@ -104,7 +104,7 @@ class ImageFS:
             return b""
         try:
             return self.image.read(start + offset, min(size, length - offset))
-        except DamagedData as exc:
+        except Error as exc:    # DamagedData, or any other reason the bytes cannot be had
             with self._lock:
                 first = str(exc) not in self._said
                 self._said.add(str(exc))
