@@ -25,9 +25,6 @@ from mirrorpipe.stream.seekable import CompressedBytes, FileBytes
 
 FRAME = 256 * KIB     # compress --frame-size: many frames, several in each volume
 READS = 1000
-# libfuse 3.14.0 (Debian 12) prints this at every mount whatever its options (fuse_main_real
-# hands its loop max_threads -1; fixed in 3.14.1): not mount-image's to say or to silence.
-LIBFUSE_NOISE = "Ignoring invalid max threads value 4294967295 > max (100000)."
 
 
 def need_fuse():
@@ -77,9 +74,7 @@ class Mount:
         return self.mountpoint / name
 
     def stderr(self):
-        """What mount-image said, libfuse's noise left out."""
-        return "".join(line for line in self.log.read_text().splitlines(keepends=True)
-                       if line.strip() != LIBFUSE_NOISE)
+        return self.log.read_text()
 
 
 @pytest.fixture
@@ -285,14 +280,13 @@ class Foreground:
         wait_until(lambda: os.path.exists(self.mountpoint / name), timeout=30, what=name)
 
     def end(self, how):
-        """Unmount with fusermount3 -u or a signal; (exit status, what it said but libfuse's noise)."""
+        """Unmount with fusermount3 -u or a signal; (exit status, the lines it said)."""
         if how == "fusermount3 -u":
             fusermount_u(self.mountpoint)
         else:
             self.process.send_signal(getattr(signal, how))
         status = self.process.wait(timeout=30)
-        said = [line for line in self.log.read_text().splitlines() if line != LIBFUSE_NOISE]
-        return status, said
+        return status, self.log.read_text().splitlines()
 
     def kill(self):
         if self.process.poll() is None:
