@@ -19,7 +19,12 @@ class Error(Exception):
 
 class DamagedData(Error):
     """Bytes asked for at random (mount-image, reassemble --range) that cannot be served intact:
-    damaged or missing, and not rebuildable. The message names them."""
+    damaged or missing, and not rebuildable. The message names them; `damage` names the damage
+    itself (the same for every read it fails), to tell it once."""
+
+    def __init__(self, message, damage=None):
+        super().__init__(message)
+        self.damage = damage or message
 
 
 class UsageError(Error):

@@ -49,6 +49,7 @@ class ImageFS:
         self.name = name
         self.mountpoint = os.path.abspath(mountpoint)   # libfuse changes to / once mounted
         self._ready = ready
+        self.cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.mounted = False    # the file system came up (libfuse called init)
         self.say = say
         self.files = {name: (0, image.length)}     # file name -> (start in the disk, size)
@@ -58,6 +59,9 @@ class ImageFS:
 
     def init(self, path):
         # Called when the file system is up; sfdisk reads the disk through it, so on a thread.
+        # libfuse has changed to / by now: back to where the sources were named from, whose
+        # volume files are opened (by relative paths too) as reads need them.
+        os.fchdir(self.cwd)
         self.mounted = True
         threading.Thread(target=self._find_partitions, name="partitions", daemon=True).start()
 
@@ -105,9 +109,10 @@ class ImageFS:
         try:
             return self.image.read(start + offset, min(size, length - offset))
         except Error as exc:    # DamagedData, or any other reason the bytes cannot be had
+            damage = getattr(exc, "damage", str(exc))
             with self._lock:
-                first = str(exc) not in self._said
-                self._said.add(str(exc))
+                first = damage not in self._said
+                self._said.add(damage)
             if first:
                 self.say(f"{path[1:]}: reads of bytes {offset}-{offset + size - 1} fail with EIO: {exc}")
             raise self.fuse.FuseOSError(errno.EIO) from None

@@ -22,7 +22,30 @@ from .walk import group_rebuilder
 from ..stream import frames
 from ..stream.seekable import DEFAULT_CACHE_SIZE, CompressedBytes
 
-CHUNK_CACHE = 8     # checked chunks kept: neighbouring small reads of a raw set reuse them
+# Checked chunks kept for neighbouring reads (the frames of a compressed stream lie several to a
+# chunk; small reads of a raw set): up to 8 chunks within 32 MiB, and always the last 2.
+CHUNK_CACHE_COUNT = 8
+CHUNK_CACHE_BYTES = 32 << 20
+CHUNK_CACHE_MIN = 2
+# Volumes (or parity groups) kept open with their buffers; others are closed and reopened.
+READERS_OPEN = 4
+
+
+class _Reader:
+    """An open volume (or parity group) and its read(index, number), one read at a time (its
+    files are read with seek and read); close() waits for a read under way."""
+
+    def __init__(self, read, files):
+        self.read, self.files = read, files
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def close(self):
+        with self.lock:
+            self.closed = True
+            for file in self.files:
+                if file is not None:
+                    file.close()
 
 
 class SetBytes:
@@ -43,9 +66,10 @@ class SetBytes:
         self.volume_size = self.set.reference.volume_size
         self.chunk_size = self.set.reference.chunk_size
         self._lock = threading.Lock()
-        self._readers = {}       # data volume index or parity group -> (lock, reader)
+        self._readers = collections.OrderedDict()   # volume index or ("group", g) -> _Reader
         self._told = set()
-        self._cache = collections.OrderedDict()   # (index, number) -> bytes
+        self._cache = collections.OrderedDict()     # (index, number) -> bytes
+        self._cached_bytes = 0
 
     def read(self, offset, size):
         """Bytes [offset, offset + size) of the stream (fewer at its end), every chunk checked;
@@ -68,23 +92,40 @@ class SetBytes:
 
     def _chunk(self, index, number):
         key = (index, number)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-            group = self.set.scheme.group_of(index) if self.set.has_parity() else None
-            slot = ("group", group) if group else index
-            if slot not in self._readers:
-                self._readers[slot] = (threading.Lock(), self._group_reader(group) if group
-                                       else self._volume_reader(index))
-            lock, read = self._readers[slot]
-        with lock:    # a reader's files are read with seek and read: one read at a time
-            data = read(index, number)
+        while True:
+            with self._lock:
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key]
+                reader, evicted = self._reader(index)
+            for old in evicted:
+                old.close()
+            with reader.lock:
+                if reader.closed:
+                    continue    # closed by another thread meanwhile: open it again
+                data = reader.read(index, number)
+            break
         with self._lock:
             self._cache[key] = data
-            if len(self._cache) > CHUNK_CACHE:
-                self._cache.popitem(last=False)
+            self._cached_bytes += len(data)
+            while len(self._cache) > CHUNK_CACHE_MIN and (
+                    self._cached_bytes > CHUNK_CACHE_BYTES or len(self._cache) > CHUNK_CACHE_COUNT):
+                self._cached_bytes -= len(self._cache.popitem(last=False)[1])
         return data
+
+    def _reader(self, index):
+        """The _Reader of data volume `index` (of its parity group when the set has parity), and
+        the readers to close to stay within READERS_OPEN; under self._lock."""
+        group = self.set.scheme.group_of(index) if self.set.has_parity() else None
+        slot = ("group", group) if group else index
+        if slot in self._readers:
+            self._readers.move_to_end(slot)
+            return self._readers[slot], []
+        self._readers[slot] = self._group_reader(group) if group else self._volume_reader(index)
+        evicted = []
+        while len(self._readers) > READERS_OPEN:
+            evicted.append(self._readers.popitem(last=False)[1])
+        return self._readers[slot], evicted
 
     def _volume_reader(self, index):
         """read(index, number) of a data volume of a set without parity: from its file, or from
@@ -92,11 +133,10 @@ class SetBytes:
         volume = self.set.by_index[index]
         copies = self.set.copies_of(VolumeKey(index)) or [volume]
         file = VolumeCopies(copies).open() if len(copies) > 1 else volume.open_file()
-        buffer = bytearray(self.chunk_size)
 
         def read(index, number):
             size = max(0, min(self.chunk_size, volume.manifest.length - number * self.chunk_size))
-            view = memoryview(buffer)[:size]
+            view = memoryview(bytearray(size))
             try:
                 digest = chunks.read_chunk(file, number, self.chunk_size, view, piece_size=size)
                 why = "does not match its manifest (damaged)"
@@ -107,8 +147,8 @@ class SetBytes:
                 raise DamagedData(f"chunk {number} of {volume.label} {why}, and the set has no "
                                    f"parity to rebuild it: bytes {first}-{first + size - 1} of the "
                                    "stream cannot be read")
-            return bytes(view)
-        return read
+            return view.obj
+        return _Reader(read, [file])
 
     def _group_reader(self, group):
         """read(index, number) of the data volumes of a parity group: each chunk read and checked,
@@ -129,7 +169,7 @@ class SetBytes:
                     f"{member.name} is missing" if member.file is None else f"{member.name} is damaged")
                 self.say(f"{why}; rebuilding what is read of it from the parity of group {group}")
             return bytes(data)
-        return read
+        return _Reader(read, [member.file for member in rebuilder.members])
 
 
 def open_set(sources, cache_size=DEFAULT_CACHE_SIZE, say=None):

@@ -111,7 +111,10 @@ class CompressedBytes:
         compressed_at, compressed_size, raw_at, raw_size = self.frames[number]
         where = (f"frame {number + 1} of {self.name} (compressed bytes {compressed_at}-"
                  f"{compressed_at + compressed_size - 1}, holding bytes {raw_at}-{raw_at + raw_size - 1})")
-        compressed = self.compressed.read(compressed_at, compressed_size)
+        try:
+            compressed = self.compressed.read(compressed_at, compressed_size)
+        except DamagedData as exc:
+            raise DamagedData(f"{where} cannot be read: {exc}", exc.damage) from None
         if len(compressed) != compressed_size:
             raise DamagedData(f"{where} is cut short")
         if not hasattr(self._local, "decompressor"):
