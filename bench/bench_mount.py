@@ -85,9 +85,10 @@ def cached(path, make):
     return path
 
 
-def inputs(workdir, size, seed, file_size, volume_size, env):
+def inputs(workdir, size, seed, file_size, volume_size, frame_size, env):
     """(the sample disk with BIG_FILE added, BIG_FILE's content, the disk compressed by
-    compress, the same stream cut into a set of volumes), each cached."""
+    compress (--frame-size frame_size unless None), the same stream cut into a set of volumes),
+    each cached."""
     base = sample_image(workdir, size, seed)
     stem = os.path.splitext(base)[0] + f"-big{size_label(file_size)}"
     big = cached(stem + ".bin", lambda partial: real_data(partial, file_size))
@@ -99,9 +100,12 @@ def inputs(workdir, size, seed, file_size, volume_size, env):
         subprocess.run(["e2fsck", "-fn", partial], capture_output=True, check=True)
 
     image = cached(stem + ".img", add_big_file)
-    compressed = cached(image + ".zst", lambda partial: subprocess.run(
-        f"{sh(BIN + '/compress', '-q')} < {sh(image)} > {sh(partial)}", shell=True, env=env, check=True))
-    volumes = cached(f"{stem}.set-{size_label(volume_size)}", lambda partial: subprocess.run(
+    frames = [] if frame_size is None else ["--frame-size", frame_size]
+    compressed_stem = stem + ("" if frame_size is None else f"-frames{size_label(frame_size)}")
+    compressed = cached(compressed_stem + ".img.zst", lambda partial: subprocess.run(
+        f"{sh(BIN + '/compress', '-q', *frames)} < {sh(image)} > {sh(partial)}", shell=True, env=env,
+        check=True))
+    volumes = cached(f"{compressed_stem}.set-{size_label(volume_size)}", lambda partial: subprocess.run(
         f"{sh(BIN + '/split-span', '-q', '--size', volume_size, partial)} < {sh(compressed)}",
         shell=True, env=env, check=True))
     return image, big, compressed, volumes
@@ -396,6 +400,9 @@ def main():
     # 128M: the 2 GiB sample compresses to 483 MB, which 512M volumes would hold in one volume.
     parser.add_argument("--volume-size", type=parse_size, default=128 << 20,
                         help="volume size of the set (default 128M)")
+    parser.add_argument("--frame-size", type=parse_size,
+                        help="compress --frame-size for the compressed file and the set (default: "
+                             "compress's own, 8M)")
     parser.add_argument("--ratarmount", default=DEFAULT_RATARMOUNT if os.path.exists(DEFAULT_RATARMOUNT)
                         else shutil.which("ratarmount"),
                         help=f"the ratarmount to compare with (default {DEFAULT_RATARMOUNT}, else PATH's)")
@@ -415,7 +422,7 @@ def main():
     started = datetime.datetime.now(datetime.timezone.utc)
     load_at_start = os.getloadavg()
     image, big, compressed, volumes = inputs(args.workdir, args.size, args.seed, args.file_size,
-                                             args.volume_size, env)
+                                             args.volume_size, args.frame_size, env)
     mounts = Sides(args.ratarmount, compressed, env, args.workdir)
     usages = {}    # "PHASE SIDE" -> [each mount's server usage]
     cache_dropped = drop_caches()
