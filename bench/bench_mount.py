@@ -114,7 +114,8 @@ def inputs(workdir, size, seed, file_size, volume_size, frame_size, env):
 # --- mounts, and their servers ---
 
 def drop_caches():
-    """True when the page cache was dropped (root); else the caller warms what it reads."""
+    """True when the page cache was dropped; False when refused (a container's read-only
+    /proc/sys): then both sides find the compressed file in the cache from earlier runs."""
     os.sync()
     try:
         with open("/proc/sys/vm/drop_caches", "w") as f:
