@@ -117,6 +117,7 @@ def test_the_cache_stays_within_its_byte_budget(stream):
         before = tracemalloc.get_traced_memory()[0]
         for offset in range(0, len(data), 4096):
             assert image.read(offset, 16) == data[offset:offset + 16]
+        image._ahead.submit(lambda: None).result()    # the frame read ahead is in the cache too
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
@@ -128,11 +129,31 @@ def test_the_cache_serves_neighbouring_reads_without_reading_again(stream):
     path, data = stream
     source = CountingBytes(path)
     image = CompressedBytes(source, str(path), cache_size=4 * FRAME)
-    table_reads = sum(source.reads.values())
     start = image.frame_starts[10]
     for offset in range(start, start + FRAME, 512):
         assert image.read(offset, 512) == data[offset:offset + 512]
-    assert sum(source.reads.values()) - table_reads == 1
+    assert source.reads[image.frames[10][0]] == 1
+
+
+def test_reads_in_order_decode_the_next_frame_ahead_and_random_reads_do_not(stream):
+    path, data = stream
+    source = CountingBytes(path)
+    image = CompressedBytes(source, str(path), cache_size=4 * FRAME)
+    start = image.frame_starts[10]
+    for offset in range(start, start + 4096, 512):        # in order, within frame 10
+        assert image.read(offset, 512) == data[offset:offset + 512]
+    image._ahead.submit(lambda: None).result()    # the read-ahead thread has done its work
+    assert source.reads.get(image.frames[11][0]) == 1      # frame 11 decoded ahead
+    assert image.read(image.frame_starts[11], 100) == data[image.frame_starts[11]:image.frame_starts[11] + 100]
+    assert source.reads[image.frames[11][0]] == 1          # ... and served from the cache
+
+    source = CountingBytes(path)
+    image = CompressedBytes(source, str(path), cache_size=4 * FRAME)
+    for number in (3, 20, 7, 15):                           # random: no frame read ahead
+        offset = image.frame_starts[number]
+        assert image.read(offset, 100) == data[offset:offset + 100]
+    image._ahead.submit(lambda: None).result()    # the read-ahead thread has done its work
+    assert all(image.frames[n + 1][0] not in source.reads for n in (3, 20, 7, 15)), source.reads
 
 
 def test_a_frame_is_decoded_once_when_eight_threads_want_it_at_once(stream):

@@ -11,6 +11,7 @@ waited for by others that want them, and different frames are decoded at the sam
 
 import bisect
 import collections
+import concurrent.futures
 import os
 import threading
 
@@ -69,20 +70,44 @@ class CompressedBytes:
         self._cached_bytes = 0
         self._decoding = {}                       # frame number -> threading.Event
         self._local = threading.local()
+        self._last_frame = None                   # the frame the latest read ended in
+        # One thread decodes the next frame ahead while reads go through this one: a sequential
+        # read then overlaps decoding with serving (bench/bench_mount.py).
+        self._ahead = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
 
     def read(self, offset, size):
         """Bytes [offset, offset + size) of the raw stream (fewer at its end); DamagedData when a
         frame they need is damaged or cannot be read."""
         end = min(offset + size, self.length)
         pieces = []
+        number = None
         while offset < end:
             number = bisect.bisect_right(self.frame_starts, offset) - 1
+            self._read_ahead(number)
             data = self._frame(number)
             start = offset - self.frames[number][2]
             piece = data[start:start + end - offset]
             pieces.append(piece)
             offset += len(piece)
+        self._last_frame = number
         return b"".join(pieces)
+
+    def _read_ahead(self, number):
+        """When reads go on in order (this frame is the last read's, or the one after it),
+        decode the next frame on the read-ahead thread; random reads start nothing."""
+        following = number + 1
+        if self._last_frame not in (number, number - 1) or following >= len(self.frames):
+            return
+        with self._lock:
+            if following in self._cache or following in self._decoding:
+                return
+        self._ahead.submit(self._decode_quietly, following)
+
+    def _decode_quietly(self, number):
+        try:
+            self._frame(number)
+        except DamagedData:
+            pass    # the read that needs the frame meets the damage and names it
 
     def _frame(self, number):
         while True:
