@@ -11,6 +11,7 @@ import time
 import pytest
 
 from conftest import BIN, MIB, assert_one_line_error, command, need_tools, processes, sh, split
+from filesystems import ext4_free_extents
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,9 +251,10 @@ def test_after_split_span_was_killed_the_refusal_gives_a_command_that_clears_the
 # The quick-start demo
 
 def test_the_demo_runs_the_main_job_and_proves_each_restore(tmp_path):
-    """tools/demo (README's quick start): backup into volumes, the mirrorpipe restore and the
-    stock-tools restore from the volumes, each run as shown and proved identical."""
-    need_tools("zstd", "mkfs.ext4", "debugfs", "e2fsck", "cmp")
+    """tools/demo (README's quick start): a used-blocks backup into volumes, the mirrorpipe
+    restore and the stock-tools restore from the volumes, each proved to hold every used block
+    with zeros in free space, then an every-byte backup proved byte-identical."""
+    need_tools("zstd", "mkfs.ext4", "debugfs", "e2fsck", "cmp", "dumpe2fs")
     work = tmp_path / "work"
     result = subprocess.run([BIN.parent / "tools" / "demo", "--size", "96M", work], capture_output=True,
                             text=True, timeout=600)
@@ -260,15 +262,27 @@ def test_the_demo_runs_the_main_job_and_proves_each_restore(tmp_path):
     shown = [line[2:] for line in result.stderr.splitlines() if line.startswith("$ ")]
     bin_dir = f"{BIN}/"
     pipelines = [line.replace(bin_dir, "") for line in shown if "|" in line]
-    assert re.fullmatch(r"read-disk \S+ \| compress \| split-span --size 16M out/", pipelines[0]), pipelines
-    assert re.fullmatch(r"reassemble out/ \| compress -d \| write-disk \S+", pipelines[1]), pipelines
-    assert re.fullmatch(r"cat out/image\.\?\?\? \| zstd -d \| dd of=\S+ bs=4M status=none", pipelines[2]), pipelines
-    assert sum(line.startswith("cmp ") for line in shown) == 2
+    patterns = [r"read-disk --used-only \S+ \| compress \| split-span --size 16M out/",
+                r"reassemble out/ \| compress -d \| write-disk --discard \S+",
+                r"cat out/image\.\?\?\? \| zstd -d \| dd of=\S+ bs=4M status=none",
+                r"read-disk \S+ \| compress > every-byte\.img\.zst",
+                r"compress -d < every-byte\.img\.zst \| write-disk --force \S+"]
+    assert len(pipelines) == len(patterns), pipelines
+    assert all(re.fullmatch(pattern, line) for pattern, line in zip(patterns, pipelines)), pipelines
+    assert sum(line.startswith("(compare every used block") for line in shown) == 2
+    assert sum(line.startswith("cmp ") for line in shown) == 1
     volumes = sorted(name for name in os.listdir(work / "out") if not name.endswith(".manifest"))
     assert len(volumes) >= 2, volumes
-    assert "result         OK: both restored disks byte-identical to the sample" in result.stdout
-    for restored in ("restored.img", "stock-restored.img"):
-        assert subprocess.run(["cmp", work / restored, work / "sample.img"]).returncode == 0
+    assert "result         OK: both restores hold every used block and zeros elsewhere" in result.stdout
+    # restored.img holds the used-blocks restore: every used block the sample's, free blocks
+    # zeros; stock-restored.img was last written by the every-byte restore: identical.
+    sample, restored = (work / "sample.img").read_bytes(), bytearray((work / "restored.img").read_bytes())
+    expected = bytearray(sample)
+    for offset, length in ext4_free_extents(work / "sample.img"):
+        assert restored[offset:offset + length] == bytes(length)
+        expected[offset:offset + length] = bytes(length)
+    assert restored == expected
+    assert subprocess.run(["cmp", work / "stock-restored.img", work / "sample.img"]).returncode == 0
 
 
 # ---------------------------------------------------------------------------------------------
