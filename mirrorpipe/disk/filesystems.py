@@ -52,8 +52,8 @@ class Unmappable(Exception):
 
 
 class Place:
-    """Where a file system lies: bytes [offset, offset + size) of the open source fd (its path
-    given for messages), and a device node that shows exactly that range, if there is one."""
+    """Where a file system lies: bytes [offset, offset + size) of the open source fd, and a
+    device node (or image file) that shows exactly that range, if there is one."""
 
     def __init__(self, fd, offset, size, device=None):
         self.fd, self.offset, self.size, self.device = fd, offset, size, device
