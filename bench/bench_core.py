@@ -317,6 +317,24 @@ def tool_versions():
             "mirrorpipe_commit": first_line(["git", "-C", CHECKOUT, "rev-parse", "HEAD"])}
 
 
+class Results:
+    """A bench run's JSON in the work directory, NAME-<UTC start>.json: when and where it ran
+    (host, cores, the load average at the start and at each save) and what it measured."""
+
+    def __init__(self, workdir, name):
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self.load_at_start = os.getloadavg()
+        self.path = os.path.join(workdir, f"{name}-{self.started:%Y%m%dT%H%M%SZ}.json")
+
+    def save(self, **measured):
+        """Write the file whole again (a run cut short keeps what was saved)."""
+        with open(self.path, "w") as f:
+            json.dump({"started": self.started.isoformat(timespec="seconds"), "host": socket.gethostname(),
+                       "cpus": len(os.sched_getaffinity(0)),
+                       "load_average_start_end": [self.load_at_start, os.getloadavg()], **measured},
+                      f, indent=2)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=parse_size, default=2 << 30, help="image size for the timing (default 2G)")
@@ -339,8 +357,7 @@ def main():
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     os.makedirs(args.workdir, exist_ok=True)
 
-    started = datetime.datetime.now(datetime.timezone.utc)
-    load_at_start = os.getloadavg()
+    results = Results(args.workdir, "results")
     image = sample_image(args.workdir, args.size, args.seed)
     try:
         rows, checks, rss = compare_speed(image, args.workdir, args.runs, env)
@@ -350,16 +367,10 @@ def main():
     checks.update(memory_checks(rss, memory))
     print_report(image, args.runs, rows, checks, rss, memory)
 
-    results = {"started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
-               "cpus": len(os.sched_getaffinity(0)), "load_average_start_end": [load_at_start, os.getloadavg()],
-               "image": image,
-               "image_bytes": os.path.getsize(image), "runs": args.runs, "tools": tool_versions(),
-               "comparisons": rows, "peak_rss_bytes": rss, "checks": checks,
-               "peak_rss_by_size": {str(size): peaks for size, peaks in (memory or {}).items()}}
-    out = os.path.join(args.workdir, f"results-{started:%Y%m%dT%H%M%SZ}.json")
-    with open(out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"\nresults: {out}")
+    results.save(image=image, image_bytes=os.path.getsize(image), runs=args.runs, tools=tool_versions(),
+                 comparisons=rows, peak_rss_bytes=rss, checks=checks,
+                 peak_rss_by_size={str(size): peaks for size, peaks in (memory or {}).items()})
+    print(f"\nresults: {results.path}")
     return 0 if all(row["pass"] for row in rows) and all(checks.values()) else 1
 
 

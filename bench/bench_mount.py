@@ -22,13 +22,10 @@ and mfusepy (e.g. .venv/bin/python bench/bench_mount.py); ratarmount lives in a 
 
 import argparse
 import contextlib
-import datetime
 import importlib.metadata
-import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,7 +33,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from bench_core import (BIN, MAX_RSS, MB, BenchError, remove, sample_image, sh, size_label,  # noqa: E402
+from bench_core import (BIN, MAX_RSS, MB, BenchError, Results, remove, sample_image, sh, size_label,  # noqa: E402
                         time_side_by_side, tool_versions)
 from mirrorpipe.units import format_size, parse_size  # noqa: E402 - bench_core put the checkout on sys.path
 
@@ -420,8 +417,7 @@ def main():
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     os.makedirs(args.workdir, exist_ok=True)
 
-    started = datetime.datetime.now(datetime.timezone.utc)
-    load_at_start = os.getloadavg()
+    results = Results(args.workdir, "results-mount")
     image, big, compressed, volumes = inputs(args.workdir, args.size, args.seed, args.file_size,
                                              args.volume_size, args.frame_size, env)
     mounts = Sides(args.ratarmount, compressed, env, args.workdir)
@@ -448,17 +444,12 @@ def main():
     rows, peaks = rows_and_checks(seq, rand, copy, os.path.getsize(image), usages)
     print_report(image, compressed, args.runs, args.reads, cache_dropped, rows, peaks, usages, checks)
 
-    results = {"started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
-               "cpus": len(os.sched_getaffinity(0)), "load_average_start_end": [load_at_start, os.getloadavg()],
-               "image": image, "image_bytes": os.path.getsize(image), "compressed": compressed,
-               "compressed_bytes": os.path.getsize(compressed), "volumes": volumes,
-               "page_cache_dropped": cache_dropped, "runs": args.runs, "random_reads": args.reads,
-               "tools": versions(args.ratarmount), "copy_pipelines": copy_texts, "comparisons": rows,
-               "random_read_seconds": rand, "servers": usages, "checks": checks}
-    out = os.path.join(args.workdir, f"results-mount-{started:%Y%m%dT%H%M%SZ}.json")
-    with open(out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"\nresults: {out}")
+    results.save(image=image, image_bytes=os.path.getsize(image), compressed=compressed,
+                 compressed_bytes=os.path.getsize(compressed), volumes=volumes,
+                 page_cache_dropped=cache_dropped, runs=args.runs, random_reads=args.reads,
+                 tools=versions(args.ratarmount), copy_pipelines=copy_texts, comparisons=rows,
+                 random_read_seconds=rand, servers=usages, checks=checks)
+    print(f"\nresults: {results.path}")
     return 0 if all(row["pass"] for row in rows) and all(checks.values()) else 1
 
 

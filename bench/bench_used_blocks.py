@@ -20,16 +20,14 @@ mirrorpipe's dependencies (e.g. .venv/bin/python bench/bench_used_blocks.py).
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
-from bench_core import (BIN, CHECKOUT, MAX_RSS, MB, RSS_GROWTH_ALLOWANCE, TIME, BenchError,  # noqa: E402
+from bench_core import (BIN, CHECKOUT, MAX_RSS, MB, RSS_GROWTH_ALLOWANCE, TIME, BenchError, Results,  # noqa: E402
                         fresh_dir, measurements, remove, sh, size_label, time_side_by_side, tool_versions,
                         warm_cache)
 from bench_volumes import measured  # noqa: E402
@@ -347,20 +345,14 @@ def main():
         sys.exit("bench: error: this read-disk has no --used-only")
     os.makedirs(args.workdir, exist_ok=True)
 
-    started = datetime.datetime.now(datetime.timezone.utc)
-    load_at_start = os.getloadavg()
-    out = os.path.join(args.workdir, f"results-used-only-{started:%Y%m%dT%H%M%SZ}.json")
+    saved = Results(args.workdir, "results-used-only")
     tools = dict(tool_versions(), partclone=partclone_version())
     results = []
     memory = {}
 
     def save():
         """The JSON so far: rewritten after every image, so a run cut short keeps what it measured."""
-        with open(out, "w") as f:
-            json.dump({"started": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
-                       "cpus": len(os.sched_getaffinity(0)),
-                       "load_average_start_end": [load_at_start, os.getloadavg()], "runs": args.runs,
-                       "tools": tools, "images": results, "memory_checks": memory}, f, indent=2)
+        saved.save(runs=args.runs, tools=tools, images=results, memory_checks=memory)
 
     print(f"{args.runs} runs per side, alternating A B C, medians; page cache warmed first; sync before every run")
     try:
@@ -384,7 +376,7 @@ def main():
             print(f"  {'PASS' if ok else 'FAIL'}  {name}")
     print("\nMB/s: image bytes (10^6) per second of the whole pipeline; CPU: user + system seconds of all "
           "its processes (median); speed ratios: other side's median / A's")
-    print(f"\nresults: {out}")
+    print(f"\nresults: {saved.path}")
     passed = all(all(r["targets"].values()) and all(r["check"].values()) for r in results) and all(memory.values())
     return 0 if passed else 1
 
