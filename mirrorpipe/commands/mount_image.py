@@ -88,6 +88,8 @@ class MountImage(cli.Command):
 
 def unmount(mountpoint):
     """fusermount3 -u, which unprivileged users may run; umount as a fallback for root."""
+    if not os.path.ismount(mountpoint):
+        raise Error(f"cannot unmount {mountpoint}: it is not mounted")
     for argv in (["fusermount3", "-u", mountpoint], ["umount", mountpoint]):
         if shutil.which(argv[0]):
             result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
