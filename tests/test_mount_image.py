@@ -339,7 +339,7 @@ def damaged_raw_range(directory, volume, chunk):
     first = (volume - 1) * stored.volume_size + chunk * stored.chunk_size
     last = first + stored.chunk_size - 1
     image = CompressedBytes(stored, "set")
-    hit = [(raw_at, raw_at + raw_size - 1) for at, size, raw_at, raw_size in image.frames
+    hit = [(raw_at, raw_at + raw_size - 1) for at, size, raw_at, raw_size in map(image.frame, range(image.frame_count))
            if at <= last and at + size - 1 >= first]
     return hit[0][0], hit[-1][1]
 
@@ -370,7 +370,8 @@ def test_a_flipped_bit_without_parity_fails_its_range_with_eio_and_the_rest_read
 def test_a_damaged_frame_of_a_compressed_file_fails_its_bytes_with_eio_and_the_rest_reads(sources, tmp_path, mount_image):
     damaged = tmp_path / "sda.img.zst"
     shutil.copy(sources / "sda.img.zst", damaged)
-    frames = [frame for frame in CompressedBytes(FileBytes(str(damaged)), "file").frames if frame[3] == FRAME]
+    image = CompressedBytes(FileBytes(str(damaged)), "file")
+    frames = [frame for frame in map(image.frame, range(image.frame_count)) if frame[3] == FRAME]
     compressed_at, compressed_size, raw_at, raw_size = frames[len(frames) // 2]
     flip(damaged, compressed_at + compressed_size // 2)
     mount = mount_image(damaged)

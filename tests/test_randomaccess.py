@@ -104,10 +104,10 @@ def test_a_compressed_set_reads_as_the_raw_stream_it_holds(sets):
     assert isinstance(image, CompressedBytes) and name == "image"
     assert image.length == len(data)
     # Frames that start in one volume and end in the next, and volume boundaries themselves.
-    crossing = [raw_at for compressed_at, size, raw_at, _ in image.frames
+    crossing = [raw_at for compressed_at, size, raw_at, _ in map(image.frame, range(image.frame_count))
                 if compressed_at // VOLUME != (compressed_at + size - 1) // VOLUME]
     assert len(crossing) >= 3
-    assert_reads(image, data, crossing + image.frame_starts)
+    assert_reads(image, data, crossing + list(image.raw_starts))
     assert image.compressed.read(0, len(stream)) == stream
 
 
@@ -118,7 +118,7 @@ def test_two_lost_volumes_of_a_set_with_parity_2_are_rebuilt_and_said_once_each(
     said = []
     image, _ = open_set([str(directory)], say=said.append)
     data = sets["data"]
-    assert_reads(image, data, image.frame_starts, count=200)
+    assert_reads(image, data, image.raw_starts, count=200)
     assert image.read(0, len(data)) == data
     assert sorted(said) == ["volume 2 is missing; rebuilding what is read of it from the parity of group 1",
                             "volume 5 is missing; rebuilding what is read of it from the parity of group 2"]
@@ -230,7 +230,7 @@ def test_four_threads_reading_at_once_all_get_the_right_bytes(sets, tmp_path):
     wrong = []
 
     def reader(seed):
-        for offset, size in ranges_across(len(data), image.frame_starts, 150, seed):
+        for offset, size in ranges_across(len(data), image.raw_starts, 150, seed):
             if image.read(offset, size) != data[offset:offset + size]:
                 wrong.append((offset, size))
 
@@ -254,7 +254,7 @@ def reassemble_range(offset, length, *sources, status=0):
 def test_range_of_a_compressed_set_across_volume_and_frame_boundaries(sets):
     data = sets["data"]
     image, _ = open_set([str(sets["compressed"])])
-    crossing = [raw_at for compressed_at, size, raw_at, _ in image.frames
+    crossing = [raw_at for compressed_at, size, raw_at, _ in map(image.frame, range(image.frame_count))
                 if compressed_at // VOLUME != (compressed_at + size - 1) // VOLUME]
     offset = crossing[1] - 1000
     length = crossing[2] - offset + 5000     # several frames, across two volume boundaries

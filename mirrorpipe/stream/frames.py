@@ -21,6 +21,7 @@ and decodes larger or unsized frames (single-frame output of stock zstd) block b
 stays bounded whatever the input.
 """
 
+import array
 import os
 import queue
 import struct
@@ -155,7 +156,9 @@ def compress_stream(src_fd, dst_fd, level=DEFAULT_LEVEL, threads=None, frame_siz
         raise Error(f"frame size {frame_size} is out of range {MIN_FRAME_SIZE}-{MAX_FRAME_SIZE} bytes")
     threads = threads or default_threads()
     stats = CompressStats()
-    seek_entries = []
+    # The seek table's entries as they will be written, 12 bytes a frame: a list of tuples took
+    # ~150 bytes a frame, 150 MB for a 1 TiB disk in 1 MiB frames.
+    seek_entries = bytearray()
     local = threading.local()
 
     def compressor():
@@ -186,7 +189,7 @@ def compress_stream(src_fd, dst_fd, level=DEFAULT_LEVEL, threads=None, frame_siz
     def sink(item):
         frame, raw_length = item
         write_all(dst_fd, frame)
-        seek_entries.append((len(frame), raw_length, frame[-4:]))
+        seek_entries.extend(_SEEK_ENTRY.pack(len(frame), raw_length, frame[-4:]))
         stats.frames += 1
         stats.compressed_bytes += len(frame)
         if progress:
@@ -194,7 +197,7 @@ def compress_stream(src_fd, dst_fd, level=DEFAULT_LEVEL, threads=None, frame_siz
 
     header = stream_header()
     write_all(dst_fd, header)
-    seek_entries.append((len(header), 0, bytes(4)))
+    seek_entries.extend(_SEEK_ENTRY.pack(len(header), 0, bytes(4)))
     writer = _OrderedWriter(threads, depth, sink)
     try:
         buf = free_buffers.get()
@@ -260,14 +263,16 @@ def stream_header():
     return struct.pack("<II", STREAM_HEADER_MAGIC, len(STREAM_HEADER_PAYLOAD)) + STREAM_HEADER_PAYLOAD
 
 
+# One seek table entry with its checksum: compressed size, decompressed size, checksum.
+_SEEK_ENTRY = struct.Struct("<II4s")
+
+
 def seek_table(entries):
-    """The skippable frame holding the seek table for [(compressed, decompressed, checksum4)]."""
-    body = bytearray()
-    for compressed, decompressed, checksum in entries:
-        body += struct.pack("<II", compressed, decompressed)
-        body += checksum
-    body += struct.pack("<IBI", len(entries), SEEK_TABLE_CHECKSUM_FLAG, SEEKABLE_FOOTER_MAGIC)
-    return struct.pack("<II", SEEK_TABLE_MAGIC, len(body)) + bytes(body)
+    """The skippable frame holding the seek table whose entries (each _SEEK_ENTRY) are packed in
+    `entries`."""
+    count = len(entries) // _SEEK_ENTRY.size
+    footer = struct.pack("<IBI", count, SEEK_TABLE_CHECKSUM_FLAG, SEEKABLE_FOOTER_MAGIC)
+    return struct.pack("<II", SEEK_TABLE_MAGIC, len(entries) + len(footer)) + bytes(entries) + footer
 
 
 def check_stream_end(head, tail, length):
@@ -293,14 +298,15 @@ def check_stream_end(head, tail, length):
     if table_size > len(tail):
         return
     table = tail[-table_size:]
-    sizes = _seek_table_sizes(table[8:])
+    entries = _seek_table_entries_of(table[8:])
+    sizes = [entry[0] for entry in entries or ()]
     if struct.unpack("<II", table[:8]) != (SEEK_TABLE_MAGIC, table_size - 8) or not sizes \
             or sizes[0] != len(header) or sum(sizes) + table_size > length:
         raise missing
 
 
 def read_seek_table(read_at, length, name):
-    """[(compressed, decompressed)] of every frame of a stream in zstd's seekable format (compress's
+    """(compressed sizes, decompressed sizes), two arrays listing every frame of a stream in zstd's seekable format (compress's
     output, or another tool's) of `length` bytes, read through read_at(offset, size) from its
     end: the seek table, checked against the stream's length. Error naming `name` and what to do
     when there is none (stock zstd's output, an incomplete stream) or it is damaged."""
@@ -321,11 +327,15 @@ def read_seek_table(read_at, length, name):
     if table_size > min(length, 8 + MAX_SEEK_TABLE_SIZE):
         raise Error(f"{name}: its seek table is damaged (it gives {count} frames); {seekable_copy}")
     table = tail[-table_size:] if table_size <= len(tail) else read_at(length - table_size, table_size)
-    entries = _seek_table_sizes(table[8:], entries=True)
+    entries = _seek_table_entries_of(table[8:])
+    compressed, decompressed = array.array("Q"), array.array("Q")
+    for entry in entries or ():
+        compressed.append(entry[0])
+        decompressed.append(entry[1])
     if entries is None or struct.unpack("<II", table[:8]) != (SEEK_TABLE_MAGIC, table_size - 8) \
-            or sum(compressed for compressed, _, _ in entries) + table_size != length:
+            or sum(compressed) + table_size != length:
         raise Error(f"{name}: its seek table is damaged or does not describe it; {seekable_copy}")
-    return [(compressed, decompressed) for compressed, decompressed, _ in entries]
+    return compressed, decompressed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,11 +482,11 @@ def decompress_stream(src_fd, dst_fd, threads=None, progress=None):
             frame_offset = src.offset
             # Looking ahead for the table at every frame costs nothing measurable (256 MiB in 4096
             # frames decode in 0.35 s either way).
-            if stream.start is not None and _is_table_behind_damaged_header(src, len(stream.frames)):
+            if stream.start is not None and _is_table_behind_damaged_header(src, stream.count):
                 header = src.take(8)
                 stream.damage.append(f"the seek table at compressed offset {frame_offset}: its header "
                                      f"is damaged (bytes {header.hex()}, expected "
-                                     f"{_seek_table_header(len(stream.frames)).hex()})")
+                                     f"{_seek_table_header(stream.count).hex()})")
                 stream = stream.close(src.take(src.available()), frame_offset)
                 continue
             magic = struct.unpack("<I", src.peek(4))[0]
@@ -555,10 +565,24 @@ class _StreamCheck:
     that differs is a damaged entry (a flipped bit in the table), kept in `damage` while decoding
     goes on; two or more mean another frame (one missing, repeated or out of order), an error."""
 
+    # A frame read: offset, compressed size, decompressed size (-1: not given), checksum, whether
+    # it has one. Packed, as the seek table is: 25 bytes a frame where a tuple took ~200.
+    FRAME = struct.Struct("<QQq4s?")
+
     def __init__(self):
-        self.start = None      # offset of the open stream's header; None outside a stream
-        self.frames = []       # (offset, compressed, decompressed, checksum) of its header and frames
+        self.start = None           # offset of the open stream's header; None outside a stream
+        self.frames = bytearray()   # FRAME of its header and each frame read since
         self.damage = []
+
+    @property
+    def count(self):
+        """How many frames (the header one of them) the open stream has had."""
+        return len(self.frames) // self.FRAME.size
+
+    def _frames_read(self):
+        for offset, compressed, decompressed, checksum, has_checksum in self.FRAME.iter_unpack(self.frames):
+            yield (offset, compressed, None if decompressed < 0 else decompressed,
+                   checksum if has_checksum else None)
 
     def enter(self, payload, offset):
         if payload != STREAM_HEADER_PAYLOAD:
@@ -566,27 +590,30 @@ class _StreamCheck:
         if self.start is not None:
             raise Error(f"the compress stream starting at compressed offset {self.start} has no seek "
                         f"table before the next stream starts at offset {offset}: its end is missing")
-        self.start, self.frames = offset, [(offset, 8 + len(payload), 0, bytes(4))]
+        self.start, self.frames = offset, bytearray()
+        self.frame_read(offset, 8 + len(payload), 0, bytes(4))
         return self
 
     def frame_read(self, offset, compressed_size, decompressed_size, checksum):
         if self.start is not None:
-            self.frames.append((offset, compressed_size, decompressed_size, checksum))
+            self.frames.extend(self.FRAME.pack(
+                offset, compressed_size, -1 if decompressed_size is None else decompressed_size,
+                checksum or bytes(4), checksum is not None))
 
     def close(self, payload, offset):
         if self.start is None:
             return self  # a seek table after stock zstd frames: nothing to hold it against
-        entries, footer_damage = _seek_table_entries(payload, len(self.frames))
+        entries, listed, footer_damage = _seek_table_entries(payload, self.count)
         if entries is None:
             raise Error(f"corrupt seek table at compressed offset {offset}")
-        if len(entries) != len(self.frames):
-            raise Error(f"the seek table at compressed offset {offset} lists {len(entries) - 1} frames "
-                        f"but {len(self.frames) - 1} were read since the stream began at offset "
+        if listed != self.count:
+            raise Error(f"the seek table at compressed offset {offset} lists {listed - 1} frames "
+                        f"but {self.count - 1} were read since the stream began at offset "
                         f"{self.start}: part of the stream is missing or repeated")
         where = f"the seek table at compressed offset {offset}"
         if footer_damage:
             self.damage.append(f"{where}: {footer_damage}")
-        for number, (entry, (frame_offset, *read)) in enumerate(zip(entries, self.frames)):
+        for number, (entry, (frame_offset, *read)) in enumerate(zip(entries, self._frames_read())):
             differ = [(field, listed, got) for field, listed, got in zip(_ENTRY_FIELDS, entry, read)
                       if None not in (listed, got) and listed != got]
             if len(differ) == 1:
@@ -600,7 +627,7 @@ class _StreamCheck:
                 raise Error(f"frame {number} at compressed offset {frame_offset} is not the frame "
                             f"{where} lists there ({', '.join(field for field, _, _ in differ)} "
                             "differ): part of the stream is missing, repeated or out of order")
-        self.start, self.frames = None, []
+        self.start, self.frames = None, bytearray()
         return self
 
     def end(self, offset):
@@ -608,7 +635,7 @@ class _StreamCheck:
             raise TruncatedInput("no compressed data on input (the stream is empty)")
         if self.start is not None:
             raise TruncatedInput(f"truncated input: the stream ends at compressed offset {offset} "
-                                 f"after {len(self.frames) - 1} complete frames, without the seek "
+                                 f"after {self.count - 1} complete frames, without the seek "
                                  "table that ends every compress stream: its end is missing")
 
 
@@ -624,27 +651,27 @@ def _is_table_behind_damaged_header(src, frames_read):
     size = 8 + 9 + 12 * frames_read
     if not src.fill(size) or src.fill(size + 1) or src.peek(8) == _seek_table_header(frames_read):
         return False
-    listed = _seek_table_sizes(src.peek(size - 8, at=8))
-    return listed is not None and len(listed) == frames_read
+    layout = _seek_table_layout(src.peek(size - 8, at=8))
+    return layout is not None and layout[0] == frames_read
 
 
 def _seek_table_entries(payload, frames_read):
-    """([(compressed, decompressed, checksum or None)], footer damage or None) of a seek table's
-    payload; (None, None) when it is malformed. A table of FRAMES_READ entries with checksums
-    whose footer alone is damaged still gives its entries, the damage described."""
-    parsed = _seek_table_sizes(payload, entries=True)
-    if parsed is not None:
-        return parsed, None
+    """(entries, their count, footer damage or None) of a seek table's payload, the entries as
+    _seek_table_entries_of gives them; (None, None, None) when it is malformed. A table of
+    FRAMES_READ entries with checksums whose footer alone is damaged still gives its entries,
+    the damage described."""
+    layout = _seek_table_layout(payload)
+    if layout is not None:
+        return _seek_table_entries_of(payload), layout[0], None
     if len(payload) != 9 + 12 * frames_read:
-        return None, None
+        return None, None, None
     footer = struct.pack("<IBI", frames_read, SEEK_TABLE_CHECKSUM_FLAG, SEEKABLE_FOOTER_MAGIC)
-    return (_seek_table_sizes(payload[:-9] + footer, entries=True),
+    return (_seek_table_entries_of(payload[:-9] + footer), frames_read,
             f"its footer is damaged (bytes {payload[-9:].hex()}, expected {footer.hex()})")
 
 
-def _seek_table_sizes(payload, entries=False):
-    """Compressed sizes listed in a seek table's payload (with entries=True, whole entries:
-    (compressed, decompressed, checksum or None)), or None when it is malformed."""
+def _seek_table_layout(payload):
+    """(entry count, entry size) of a seek table's payload, or None when it is malformed."""
     if len(payload) < 9:
         return None
     count, descriptor, magic = struct.unpack("<IBI", payload[-9:])
@@ -652,10 +679,21 @@ def _seek_table_sizes(payload, entries=False):
     # The descriptor's other bits are reserved, zero in every valid table.
     if magic != SEEKABLE_FOOTER_MAGIC or descriptor & ~SEEK_TABLE_CHECKSUM_FLAG or len(payload) != 9 + count * entry:
         return None
-    if not entries:
-        return [struct.unpack_from("<I", payload, i * entry)[0] for i in range(count)]
-    return [struct.unpack_from("<II", payload, i * entry)
-            + ((payload[i * entry + 8:i * entry + 12],) if entry == 12 else (None,)) for i in range(count)]
+    return count, entry
+
+
+def _seek_table_entries_of(payload):
+    """The entries of a seek table's payload, one at a time (a table of a million frames is not
+    made into a million tuples at once): (compressed, decompressed, checksum or None); None when
+    the payload is malformed."""
+    layout = _seek_table_layout(payload)
+    if layout is None:
+        return None
+    count, entry = layout
+    entries = bytes(payload[:count * entry])   # a memoryview left exported crashed the interpreter's exit
+    if entry == _SEEK_ENTRY.size:
+        return _SEEK_ENTRY.iter_unpack(entries)
+    return ((compressed, decompressed, None) for compressed, decompressed in struct.iter_unpack("<II", entries))
 
 
 def _block_ends(src, frame_offset, header_size, has_checksum):
