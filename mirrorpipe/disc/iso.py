@@ -19,8 +19,6 @@ import re
 import struct
 from dataclasses import dataclass
 
-import pycdlib
-
 from . import discreadme
 from ..sets import manifests
 from ..sets.chunks import read_chunk
@@ -142,6 +140,9 @@ class _HoleWriter(io.RawIOBase):
 
 def _layout(members, labels):
     """A pycdlib image of MEMBERS ([(name, length, file object)]) at the root, not yet written."""
+    # Imported here, where images are written: it took ~25 ms of the start of every command that
+    # reads a set (reassemble, mount-image), which read ISO images without it.
+    import pycdlib
     image = pycdlib.PyCdlib()
     # pycdlib.new() takes one identifier for every file system, and Joliet's holds 16 characters;
     # ISO 9660 and UDF get their longer labels below. "2.60" is the only UDF value pycdlib 1.22

@@ -22,8 +22,9 @@ from . import frames
 from .streams import BLOCK_SIZE, write_all
 from ..errors import DamagedData, Error
 
-# 4 frames of compress's default 8 MiB. mount-image's peak over a whole read of a 2 GiB set
-# was 216 MB with 64 MiB of cache, 146 MB with 32 MiB (bench/bench_mount.py's 200 MB limit).
+# 32 frames of compress's default 1 MiB. mount-image's peak over a whole read of a 2 GiB set in
+# 8 MiB frames was 216 MB with 64 MiB of cache, 146 MB with 32 MiB (bench/bench_mount.py's
+# 200 MB limit).
 DEFAULT_CACHE_SIZE = 32 << 20
 
 
