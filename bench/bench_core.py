@@ -106,14 +106,14 @@ class Pipelines:
 
 def time_side_by_side(pipelines, runs, env, before=None, after=None):
     """Run each {name: shell pipeline} `runs` times, alternating between them so that the noise of
-    a shared machine falls on all alike. Untimed around each run: before(), then sync (so no run
-    pays for another's dirty pages), and after(name) once it ended.
+    a shared machine falls on all alike. Untimed around each run: before(name), then sync (so no
+    run pays for another's dirty pages), and after(name) once it ended.
     Returns {name: (median seconds, [every run's seconds])}; a failing pipeline raises BenchError."""
     samples = {name: [] for name in pipelines}
     for run in range(runs):
         for name, text in pipelines.items():
             if before:
-                before()
+                before(name)
             os.sync()
             start = time.perf_counter()
             proc = subprocess.run(["bash", "-o", "pipefail", "-c", text], env=dict(env, RUN=str(run)),
@@ -233,7 +233,7 @@ def compare_speed(image, workdir, runs, env):
     warm_cache(p.ours_zst, p.stock_zst)
     restored = []
     compare("compress -d | write-disk  vs  zstd -d | dd", "restore", p.restore(),
-            before=lambda: remove(p.target), after=lambda name: restored.append(same_bytes(p.target, image)))
+            before=lambda name: remove(p.target), after=lambda name: restored.append(same_bytes(p.target, image)))
     remove(p.target)
 
     compare("cat | checksum  vs  cat | xxh128sum", "checksum", p.checksum())
@@ -259,7 +259,7 @@ def memory_at_sizes(workdir, sizes, seed, env):
         p = Pipelines(image, measure_dir)
         print(f"bench: memory at {format_size(size)}", file=sys.stderr)
         for pipelines in (p.backup(), p.restore(), p.checksum()):
-            time_side_by_side({"ours": pipelines["ours"]}, 1, env, before=lambda target=p.target: remove(target))
+            time_side_by_side({"ours": pipelines["ours"]}, 1, env, before=lambda name, target=p.target: remove(target))
         remove(p.target)
         result[size] = ours_only({pipeline: measurements(measure_dir, pipeline)[0] for pipeline in
                                   ("backup-ours", "restore-ours", "checksum-ours")})

@@ -6,8 +6,9 @@ image, see bench/README.md), compressed to one file by compress, and the same st
 volumes by split-span --size 128M (4 volumes: reads cross volume boundaries):
   seq        dd if=MNT/DISK of=/dev/null bs=1M                mount-image X.zst  vs  ratarmount X.zst
   rand 4K    1,000 preads of 4 KiB at random offsets, the same offsets on both sides
-  copy       mount, loop-mount the ext4 read-only, cp the 50 MiB file out (mount-image on X.zst and
-             on the set)  vs  reassemble SET | compress -d > disk.img (a full restore)
+  copy       cp the 50 MiB file out of the ext4 loop-mounted read-only from the mount (mount-image
+             on X.zst and on the set), and the same with mount-image and the loop mount timed too
+             vs  reassemble SET | compress -d > disk.img (a full restore)
   memory     peak RSS (VmHWM) of each server, mount-image with its default cache
 Each run is on fresh mounts with the page cache dropped first (when it cannot be, both sides read
 the compressed file from the cache, and the report says so). Sides alternate, medians of --runs.
@@ -35,7 +36,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.realpath(__file__)))
 from bench_core import (BIN, MAX_RSS, MB, BenchError, Results, remove, sample_image, sh, size_label,  # noqa: E402
                         time_side_by_side, tool_versions)
-from mirrorpipe.units import format_size, parse_size  # noqa: E402 - bench_core put the checkout on sys.path
+from mirrorpipe.stream.frames import DEFAULT_FRAME_SIZE  # noqa: E402 - bench_core put the checkout on sys.path
+from mirrorpipe.units import format_size, parse_size  # noqa: E402
 
 # Targets (issue 13): sequential throughput at least ratarmount's, a median random 4 KiB read no
 # slower than ratarmount's, a 50 MiB file copied out at least 10x as fast as a full restore, and
@@ -84,8 +86,7 @@ def cached(path, make):
 
 def inputs(workdir, size, seed, file_size, volume_size, frame_size, env):
     """(the sample disk with BIG_FILE added, BIG_FILE's content, the disk compressed by
-    compress (--frame-size frame_size unless None), the same stream cut into a set of volumes),
-    each cached."""
+    compress --frame-size frame_size, the same stream cut into a set of volumes), each cached."""
     base = sample_image(workdir, size, seed)
     stem = os.path.splitext(base)[0] + f"-big{size_label(file_size)}"
     big = cached(stem + ".bin", lambda partial: real_data(partial, file_size))
@@ -97,11 +98,10 @@ def inputs(workdir, size, seed, file_size, volume_size, frame_size, env):
         subprocess.run(["e2fsck", "-fn", partial], capture_output=True, check=True)
 
     image = cached(stem + ".img", add_big_file)
-    frames = [] if frame_size is None else ["--frame-size", frame_size]
-    compressed_stem = stem + ("" if frame_size is None else f"-frames{size_label(frame_size)}")
+    compressed_stem = stem + f"-frames{size_label(frame_size)}"
     compressed = cached(compressed_stem + ".img.zst", lambda partial: subprocess.run(
-        f"{sh(BIN + '/compress', '-q', *frames)} < {sh(image)} > {sh(partial)}", shell=True, env=env,
-        check=True))
+        f"{sh(BIN + '/compress', '-q', '--frame-size', frame_size)} < {sh(image)} > {sh(partial)}",
+        shell=True, env=env, check=True))
     volumes = cached(f"{compressed_stem}.set-{size_label(volume_size)}", lambda partial: subprocess.run(
         f"{sh(BIN + '/split-span', '-q', '--size', volume_size, partial)} < {sh(compressed)}",
         shell=True, env=env, check=True))
@@ -251,34 +251,44 @@ def percentile(values, share):
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
+COPY_SIDES = {"mount-image X.zst": "compressed", "mount-image set": "volumes"}
+
+
 def copy_pipelines(compressed, volumes, disk_name, workdir):
-    """{side: shell text} of the copy comparison, with the paths each uses; mount points are
-    made (and the loop mount, the server and the copy undone) by the hooks around each run."""
+    """({side: shell text} of the copy comparison, the paths they use). Each source has two
+    sides: "copy ..." times cp out of the ext4 mounted (untimed) before it, as the issue puts it;
+    "mount + copy ..." times mount-image, the loop mount and cp, a user's whole way to the file.
+    The hooks around each run mount, unmount and check."""
     paths = {"copy": os.path.join(workdir, "copied-" + BIG_FILE),
              "restored": os.path.join(workdir, "restored-disk.img"),
              "mount": os.path.join(workdir, "mnt-copy"), "ext4": os.path.join(workdir, "mnt-copy-ext4")}
-
-    def mount_and_copy(source, name):
-        return " && ".join([sh(f"{BIN}/mount-image", "-q", source, paths["mount"]),
-                            sh("mount", "-o", "loop,ro", os.path.join(paths["mount"], name), paths["ext4"]),
-                            sh("cp", os.path.join(paths["ext4"], BIG_FILE), paths["copy"])])
-    texts = {"mount-image X.zst": mount_and_copy(compressed, disk_name),
-             "mount-image set": mount_and_copy(volumes, "image"),
-             "restore": (sh(f"{BIN}/reassemble", "-q", volumes) + " | "
-                         + sh(f"{BIN}/compress", "-d", "-q") + " > " + sh(paths["restored"]))}
-    return texts, paths
+    sources = {"compressed": (compressed, disk_name), "volumes": (volumes, "image")}
+    mount_steps = {}
+    texts = {}
+    for side, source in COPY_SIDES.items():
+        source, name = sources[source]
+        mount_steps[side] = [sh(f"{BIN}/mount-image", "-q", source, paths["mount"]),
+                             sh("mount", "-o", "loop,ro", os.path.join(paths["mount"], name), paths["ext4"])]
+        copy = sh("cp", os.path.join(paths["ext4"], BIG_FILE), paths["copy"])
+        texts[f"copy via {side}"] = copy
+        texts[f"mount + copy via {side}"] = " && ".join(mount_steps[side] + [copy])
+    texts["restore"] = (sh(f"{BIN}/reassemble", "-q", volumes) + " | " + sh(f"{BIN}/compress", "-d", "-q")
+                        + " > " + sh(paths["restored"]))
+    return texts, paths, mount_steps
 
 
 def compare_copy(compressed, volumes, disk_name, image, big, runs, env, workdir, usages):
     """Medians of the copy comparison and its checks (the copied file and the restored disk)."""
-    texts, paths = copy_pipelines(compressed, volumes, disk_name, workdir)
+    texts, paths, mount_steps = copy_pipelines(compressed, volumes, disk_name, workdir)
     for directory in (paths["mount"], paths["ext4"]):
         os.makedirs(directory, exist_ok=True)
     checks = {"copied": [], "restored": []}
 
-    def before():
+    def before(name):
         remove(paths["copy"])
         remove(paths["restored"])
+        if name.startswith("copy via "):
+            subprocess.run(["bash", "-c", " && ".join(mount_steps[name[len("copy via "):]])], env=env, check=True)
         drop_caches()
 
     def after(name):
@@ -288,7 +298,7 @@ def compare_copy(compressed, volumes, disk_name, image, big, runs, env, workdir,
             return
         checks["copied"].append(same_file(paths["copy"], big))
         subprocess.run(["umount", paths["ext4"]], check=True)
-        usages.setdefault(f"copy {name}", []).append(unmount(paths["mount"]))
+        usages.setdefault(name, []).append(unmount(paths["mount"]))
 
     try:
         timed = time_side_by_side(texts, runs, env, before=before, after=after)
@@ -340,11 +350,15 @@ def rows_and_checks(seq, rand, copy, image_size, usages):
                  "theirs": p95["ratarmount"] * 1e3, "ratio": p95["ratarmount"] / p95["mount-image"],
                  "target": "", "pass": True})
     restore = copy["restore"][0]
-    for side in ("mount-image set", "mount-image X.zst"):
-        ratio = restore / copy[side][0]
-        rows.append({"comparison": f"copy {BIG_FILE} via {side} vs restore (s)", "ours": copy[side][0],
-                     "theirs": restore, "ours_runs_s": copy[side][1], "theirs_runs_s": copy["restore"][1],
-                     "ratio": ratio, "target": f">= {MIN_COPY_RATIO:.0f}", "pass": ratio >= MIN_COPY_RATIO})
+    # The target is the issue's "copying one 50 MiB file out of the mounted ext4"; the whole way
+    # from the backup to the file (mount-image and the loop mount too) is shown beside it.
+    for side in COPY_SIDES:
+        for what, target in ((f"copy via {side}", MIN_COPY_RATIO), (f"mount + copy via {side}", None)):
+            ratio = restore / copy[what][0]
+            rows.append({"comparison": f"{what} vs restore (s)", "ours": copy[what][0], "theirs": restore,
+                         "ours_runs_s": copy[what][1], "theirs_runs_s": copy["restore"][1], "ratio": ratio,
+                         "target": "" if target is None else f">= {target:.0f}",
+                         "pass": target is None or ratio >= target})
     peaks = {name: max(usage["peak_rss_bytes"] for usage in runs) for name, runs in usages.items()}
     ours_peak = max(value for name, value in peaks.items() if "mount-image" in name)
     rows.append({"comparison": "peak RSS of the server (MB)", "ours": ours_peak / MB,
@@ -359,10 +373,10 @@ def print_report(image, compressed, runs, reads, cache_dropped, rows, peaks, usa
           f"{reads} random reads per run; page cache "
           + ("dropped before every run" if cache_dropped else "NOT dropped (not root): both sides "
              "read the compressed file from the cache"))
-    print(f"{'comparison':48} {'mount-image':>11} {'other':>10} {'ratio':>6} {'target':>10}  result")
+    print(f"{'comparison':52} {'mount-image':>11} {'other':>10} {'ratio':>6} {'target':>10}  result")
     for row in rows:
         ratio = "" if row["ratio"] is None else f"{row['ratio']:6.2f}"
-        print(f"{row['comparison']:48} {row['ours']:11.2f} {row['theirs']:10.2f} {ratio:>6} "
+        print(f"{row['comparison']:52} {row['ours']:11.2f} {row['theirs']:10.2f} {ratio:>6} "
               f"{row['target']:>10}  {'PASS' if row['pass'] else 'FAIL'}")
     print("ratio: other / ours for times and latencies, ours / other for MB/s: above 1.0 we are "
           "faster; 'other' is ratarmount, or the full restore for the copy rows; MB = 10^6 bytes")
@@ -398,9 +412,9 @@ def main():
     # 128M: the 2 GiB sample compresses to 483 MB, which 512M volumes would hold in one volume.
     parser.add_argument("--volume-size", type=parse_size, default=128 << 20,
                         help="volume size of the set (default 128M)")
-    parser.add_argument("--frame-size", type=parse_size,
+    parser.add_argument("--frame-size", type=parse_size, default=DEFAULT_FRAME_SIZE,
                         help="compress --frame-size for the compressed file and the set (default: "
-                             "compress's own, 8M)")
+                             f"compress's own, {size_label(DEFAULT_FRAME_SIZE)})")
     parser.add_argument("--ratarmount", default=DEFAULT_RATARMOUNT if os.path.exists(DEFAULT_RATARMOUNT)
                         else shutil.which("ratarmount"),
                         help=f"the ratarmount to compare with (default {DEFAULT_RATARMOUNT}, else PATH's)")

@@ -106,7 +106,7 @@ def bench(args):
     split_plain = f"cat {sh(stream)} | split-span --size {args.volume_size} {sh(plain)}"
     print(f"bench: split, {args.runs} runs each", file=sys.stderr)
 
-    def remove_outputs():
+    def remove_outputs(name):
         shutil.rmtree(plain, ignore_errors=True)
         shutil.rmtree(with_parity, ignore_errors=True)
         cpu.start()
@@ -124,7 +124,7 @@ def bench(args):
     timed = time_side_by_side({
         "reassemble": f"reassemble {sh(plain)} > /dev/null",
         "rebuild": f"reassemble {sh(with_parity)} > /dev/null 2>&1",
-    }, args.runs, env, before=cpu.start, after=cpu.stop)
+    }, args.runs, env, before=lambda name: cpu.start(), after=cpu.stop)
     rows.append((f"reassemble, volume {LOST_VOLUME} rebuilt", timed["rebuild"][0], timed["reassemble"][0],
                  MIN_REBUILD_RATIO, cpu.median("rebuild"), cpu.median("reassemble")))
 

@@ -67,7 +67,7 @@ def main():
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     size = args.volume_size
 
-    def clean():
+    def clean(name=None):
         shutil.rmtree(ours_dir, ignore_errors=True)
         fresh_dir(stock_dir)
 
