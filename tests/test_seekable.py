@@ -108,6 +108,14 @@ class CountingBytes:
         return self.file.read(offset, size)
 
 
+def read_ahead_done(image):
+    """Wait until the read-ahead threads have decoded every frame handed to them."""
+    deadline = time.monotonic() + 10
+    while image._ahead_queued:
+        assert time.monotonic() < deadline, "the read-ahead threads did not finish"
+        time.sleep(0.001)
+
+
 def test_the_cache_stays_within_its_byte_budget(stream):
     path, data = stream
     budget = 5 * FRAME // 2       # room for two whole frames, not three
@@ -117,7 +125,7 @@ def test_the_cache_stays_within_its_byte_budget(stream):
         before = tracemalloc.get_traced_memory()[0]
         for offset in range(0, len(data), 4096):
             assert image.read(offset, 16) == data[offset:offset + 16]
-        image._ahead.submit(lambda: None).result()    # the frame read ahead is in the cache too
+        read_ahead_done(image)    # the frames read ahead are in the cache too
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
@@ -142,7 +150,7 @@ def test_reads_in_order_decode_the_next_frame_ahead_and_random_reads_do_not(stre
     start = image.raw_starts[10]
     for offset in range(start, start + 4096, 512):        # in order, within frame 10
         assert image.read(offset, 512) == data[offset:offset + 512]
-    image._ahead.submit(lambda: None).result()    # the read-ahead thread has done its work
+    read_ahead_done(image)
     assert source.reads.get(image.frame(11)[0]) == 1      # frame 11 decoded ahead
     assert image.read(image.raw_starts[11], 100) == data[image.raw_starts[11]:image.raw_starts[11] + 100]
     assert source.reads[image.frame(11)[0]] == 1          # ... and served from the cache
@@ -152,8 +160,24 @@ def test_reads_in_order_decode_the_next_frame_ahead_and_random_reads_do_not(stre
     for number in (3, 20, 7, 15):                           # random: no frame read ahead
         offset = image.raw_starts[number]
         assert image.read(offset, 100) == data[offset:offset + 100]
-    image._ahead.submit(lambda: None).result()    # the read-ahead thread has done its work
+    read_ahead_done(image)
     assert all(image.frame(n + 1)[0] not in source.reads for n in (3, 20, 7, 15)), source.reads
+
+
+def test_reads_in_order_decode_a_quarter_of_the_cache_ahead(stream):
+    path, data = stream
+    source = CountingBytes(path)
+    image = CompressedBytes(source, str(path), cache_size=32 * FRAME)
+    start = image.raw_starts[10]
+    for offset in range(start, start + 4096, 512):
+        assert image.read(offset, 512) == data[offset:offset + 512]
+    read_ahead_done(image)
+    ahead = [number for number in range(11, 30) if image.frame(number)[0] in source.reads]
+    # Frames are FRAME bytes but where compress cut a zero run: 8 * FRAME is at least 8 frames.
+    raw = sum(image.frame(number)[3] for number in ahead)
+    assert ahead == list(range(11, 11 + len(ahead))) and len(ahead) >= 8, ahead
+    assert raw - image.frame(ahead[-1])[3] < 8 * FRAME <= raw, (ahead, raw)
+    assert all(count == 1 for count in source.reads.values()), source.reads
 
 
 def test_a_frame_is_decoded_once_when_eight_threads_want_it_at_once(stream):

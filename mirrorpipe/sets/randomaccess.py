@@ -104,6 +104,11 @@ class SetBytes:
             with reader.lock:
                 if reader.closed:
                     continue    # closed by another thread meanwhile: open it again
+                with self._lock:
+                    # Read by the thread this one waited for (the frames decoded ahead of a
+                    # sequential read want the same chunk at once): not read and checked again.
+                    if key in self._cache:
+                        return self._cache[key]
                 data = reader.read(index, number)
             break
         with self._lock:

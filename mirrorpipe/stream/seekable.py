@@ -26,6 +26,9 @@ from ..errors import DamagedData, Error
 # 8 MiB frames was 216 MB with 64 MiB of cache, 146 MB with 32 MiB (bench/bench_mount.py's
 # 200 MB limit).
 DEFAULT_CACHE_SIZE = 32 << 20
+# Decoded ahead of reads that go on in order, and by how many threads.
+READ_AHEAD = 8 << 20
+READ_AHEAD_THREADS = 2
 
 
 class FileBytes:
@@ -78,9 +81,11 @@ class CompressedBytes:
         self._decoding = {}                       # frame number -> threading.Event
         self._local = threading.local()
         self._last_frame = None                   # the frame the latest read ended in
-        # One thread decodes the next frame ahead while reads go through this one: a sequential
-        # read then overlaps decoding with serving (bench/bench_mount.py).
-        self._ahead = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="read-ahead")
+        self._ahead_queued = set()                # frames handed to the read-ahead threads
+        # While reads go on in order, the frames after them are decoded ahead, on a thread per
+        # core, READ_AHEAD bytes (bench/bench_mount.py).
+        self._ahead = concurrent.futures.ThreadPoolExecutor(
+            min(READ_AHEAD_THREADS, os.cpu_count() or 1), thread_name_prefix="read-ahead")
 
     @property
     def frame_count(self):
@@ -111,20 +116,31 @@ class CompressedBytes:
 
     def _read_ahead(self, number):
         """When reads go on in order (this frame is the last read's, or the one after it),
-        decode the next frame on the read-ahead thread; random reads start nothing."""
-        following = number + 1
-        if self._last_frame not in (number, number - 1) or following >= self.frame_count:
+        decode the frames after it, up to READ_AHEAD bytes (at least one frame, at most a
+        quarter of the cache), on the read-ahead threads; random reads start nothing."""
+        if self._last_frame not in (number, number - 1):
             return
-        with self._lock:
-            if following in self._cache or following in self._decoding:
-                return
-        self._ahead.submit(self._decode_quietly, following)
+        budget = min(READ_AHEAD, self.cache_size // 4)
+        following, ahead = number + 1, 0
+        while following < self.frame_count and (ahead == 0 or ahead < budget):
+            with self._lock:
+                wanted = not (following in self._cache or following in self._decoding
+                              or following in self._ahead_queued)
+                if wanted:
+                    self._ahead_queued.add(following)
+            if wanted:
+                self._ahead.submit(self._decode_quietly, following)
+            ahead += self.frame(following)[3]
+            following += 1
 
     def _decode_quietly(self, number):
         try:
             self._frame(number)
         except DamagedData:
             pass    # the read that needs the frame meets the damage and names it
+        finally:
+            with self._lock:
+                self._ahead_queued.discard(number)
 
     def _frame(self, number):
         while True:
