@@ -308,10 +308,11 @@ def check_stream_end(head, tail, length):
 
 
 def read_seek_table(read_at, length, name):
-    """(compressed sizes, decompressed sizes), two arrays listing every frame of a stream in zstd's seekable format (compress's
-    output, or another tool's) of `length` bytes, read through read_at(offset, size) from its
-    end: the seek table, checked against the stream's length. Error naming `name` and what to do
-    when there is none (stock zstd's output, an incomplete stream) or it is damaged."""
+    """(compressed sizes, decompressed sizes): two arrays, one entry for every frame of a stream
+    in zstd's seekable format (compress's output, or another tool's) of `length` bytes, read
+    through read_at(offset, size) from its end: the seek table, checked against the stream's
+    length. Error naming `name` and what to do when there is none (stock zstd's output, an
+    incomplete stream) or it is damaged."""
     head = read_at(0, len(stream_header()))
     tail = read_at(max(0, length - (1 << 20)), min(length, 1 << 20))
     seekable_copy = f"make a seekable copy: compress -d < {name} | compress > COPY.zst"
@@ -692,10 +693,12 @@ def _seek_table_entries_of(payload):
     if layout is None:
         return None
     count, entry = layout
-    entries = bytes(payload[:count * entry])   # a memoryview left exported crashed the interpreter's exit
+    # A copy: an iterator left unfinished over a memoryview crashed the interpreter at exit.
+    entries = bytes(payload[:count * entry])
     if entry == _SEEK_ENTRY.size:
         return _SEEK_ENTRY.iter_unpack(entries)
-    return ((compressed, decompressed, None) for compressed, decompressed in struct.iter_unpack("<II", entries))
+    return ((compressed, decompressed, None)
+            for compressed, decompressed in struct.iter_unpack("<II", entries))
 
 
 def _block_ends(src, frame_offset, header_size, has_checksum):
