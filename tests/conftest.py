@@ -259,9 +259,10 @@ class Terminal:
             start_new_session=True, preexec_fn=lambda: _take_terminal(slave))
         os.close(slave)
 
-    def read_until(self, text, timeout=30):
+    def read_until(self, text, timeout=30, since=0):
+        """Read until text shows in the output after its first `since` bytes."""
         deadline = time.monotonic() + timeout
-        while text.encode() not in self.output:
+        while text.encode() not in self.output[since:]:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"timed out waiting for {text!r}; terminal shows {self.output!r}")

@@ -372,15 +372,18 @@ def test_disc_by_disc_rebuilds_a_lost_disc_and_a_damaged_one_from_the_other_disc
     insert(drive, *volume_files(out, "image.001"))
     term = terminal(f"TMPDIR={tmp_path} exec reassemble {drive} > {tmp_path}/stream")
     term.read_until("insert disc 2 of set 'image' and press Enter (l if it is lost or unreadable, q to give up)")
+    answered = len(term.output)
     term.send("l")
     # Rebuilding volume 2 takes parity disc 1 of group 1 and disc 1 again.
     for wanted, name in (("parity disc 1 of group 1", "image.parity-001-1"), ("disc 1", "image.001"),
                          ("disc 3", "image.003"),
-                         # disc 3 is damaged: its group's parity disc and disc 4 rebuild it...
-                         ("parity disc 1 of group 2", "image.parity-002-1"), ("disc 4", "image.004"),
-                         # ...then disc 4 is read in its turn.
-                         ("disc 4", "image.004")):
-        term.read_until(f"insert {wanted} ")     # (disc 4 is 'disc 4 (of 4)' once the end is known)
+                         # disc 3 is damaged: its group's parity disc and disc 4 rebuild it,
+                         # then disc 4, still in the drive, is read in its turn unasked.
+                         ("parity disc 1 of group 2", "image.parity-002-1"), ("disc 4", "image.004")):
+        # Each prompt is looked for after the last answer: matching an earlier one made the test
+        # swap disc 4 while reassemble read it, which hung it under load.
+        term.read_until(f"insert {wanted} ", since=answered)   # ('disc 4 (of 4)' once the end is known)
+        answered = len(term.output)
         insert(drive, *volume_files(out, name))
         term.send("")
     assert term.wait() == 0, term.output.decode()
