@@ -251,7 +251,7 @@ def percentile(values, share):
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
-COPY_SIDES = {"mount-image X.zst": "compressed", "mount-image set": "volumes"}
+COPY_SIDES = ("mount-image X.zst", "mount-image set")
 
 
 def copy_pipelines(compressed, volumes, disk_name, workdir):
@@ -262,11 +262,10 @@ def copy_pipelines(compressed, volumes, disk_name, workdir):
     paths = {"copy": os.path.join(workdir, "copied-" + BIG_FILE),
              "restored": os.path.join(workdir, "restored-disk.img"),
              "mount": os.path.join(workdir, "mnt-copy"), "ext4": os.path.join(workdir, "mnt-copy-ext4")}
-    sources = {"compressed": (compressed, disk_name), "volumes": (volumes, "image")}
+    sources = dict(zip(COPY_SIDES, [(compressed, disk_name), (volumes, "image")]))
     mount_steps = {}
     texts = {}
-    for side, source in COPY_SIDES.items():
-        source, name = sources[source]
+    for side, (source, name) in sources.items():
         mount_steps[side] = [sh(f"{BIN}/mount-image", "-q", source, paths["mount"]),
                              sh("mount", "-o", "loop,ro", os.path.join(paths["mount"], name), paths["ext4"])]
         copy = sh("cp", os.path.join(paths["ext4"], BIG_FILE), paths["copy"])
