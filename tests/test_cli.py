@@ -68,9 +68,15 @@ def test_downstream_exit_ends_upstream_quietly(tmp_path):
 
 def test_progress_lines_of_a_pipeline_share_one_line(terminal, tmp_path):
     img = tmp_path / "data"
-    # Random data at level 19 on one thread keeps compress and checksum busy for several ticks.
-    img.write_bytes(os.urandom(8 << 20))
-    term = terminal(f"read-disk -P {img} | compress -P -19 -T1 | checksum -P > /dev/null")
+    # Random data does not shrink, so with the last reader held back every pipe fills and all
+    # three commands stay alive, drawing, until the shared line was seen (timing alone was not
+    # enough: compress finished 8 MiB at -19 within one tick once frames were 1 MiB).
+    img.write_bytes(os.urandom(16 << 20))
+    go = tmp_path / "go"
+    term = terminal(f"read-disk -P {img} | compress -P | checksum -P | "
+                    f"{{ while [ ! -e {go} ]; do sleep 0.05; done; cat > /dev/null; }}")
+    term.read_until(" | ", timeout=60)
+    go.touch()
     assert term.wait(timeout=240) == 0
     text = term.output.decode(errors="replace")
     # Every piece between carriage returns and newlines is one whole status or summary line of
@@ -84,7 +90,7 @@ def test_progress_lines_of_a_pipeline_share_one_line(terminal, tmp_path):
             # a name appears again only after the separator of the shared line
             assert piece.count(name + " ") + piece.count(name + ":") <= 1 or " | " in piece, piece
     assert any(" | " in p for p in pieces), "never drew the commands on one shared line: " + text
-    assert "compress: 8.0 MiB raw" in text
+    assert "compress: 16.0 MiB raw" in text
 
 
 def test_a_terminal_that_does_not_know_its_width_gets_whole_progress_lines(terminal, tmp_path):

@@ -182,7 +182,9 @@ def test_remote_messages_start_a_line_of_their_own(tmp_path, terminal, ssh):
     progress text."""
     big = tmp_path / "big.img"
     with open(big, "wb") as f:
-        f.write(os.urandom(8 << 20))
+        # More than the pipes and ssh's window hold while the first volume's --exec waits, so
+        # the local commands are still drawing when the test looks for their line.
+        f.write(os.urandom(32 << 20))
     remote_dir = tmp_path / "remote"
     # The first volume's --exec fails once the test has seen the local progress line drawn.
     go = tmp_path / "go"
