@@ -504,6 +504,37 @@ def test_mount_image_u_of_something_not_mounted_fails_in_one_line(tmp_path):
     assert result.returncode == 1
 
 
+def test_a_mount_whose_daemon_was_killed_is_named_and_undone_by_u(sources, mount_image):
+    """After SIGKILL (or the OOM killer) the mount stays with nothing serving it: mounting there
+    again says so and what to do, and mount-image -u takes it away (os.path.ismount cannot see it)."""
+    source = sources / "sda.img.zst"
+    mount = mount_image(source)
+    os.kill(daemon_of(mount.mountpoint), signal.SIGKILL)
+    wait_until(lambda: not live_mount_images(mount.mountpoint), what="the killed daemon to end")
+    with pytest.raises(OSError) as listing:
+        os.listdir(mount.mountpoint)
+    assert listing.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    again = command("mount-image", source, mount.mountpoint)
+    assert_one_line_error(again, "mount-image", str(mount.mountpoint), "nothing serves it",
+                          f"mount-image -u {mount.mountpoint}")
+    assert again.returncode == 1
+    result = command("mount-image", "-u", mount.mountpoint)
+    assert result.returncode == 0 and result.stderr == b"", result.stderr
+    assert not mounted_at(mount.mountpoint)
+    assert command("mount-image", source, mount.mountpoint).returncode == 0
+    assert os.listdir(mount.mountpoint) == ["sda.img"]
+
+
+def test_a_second_backup_is_not_mounted_over_the_first(sources, mount_image):
+    mount = mount_image(sources / "sda.img.zst")
+    result = command("mount-image", sources / "volumes", mount.mountpoint)
+    assert_one_line_error(result, "mount-image", "already has a backup mounted (sda.img)",
+                          f"mount-image -u {mount.mountpoint}")
+    assert result.returncode == 1
+    assert len(live_mount_images(mount.mountpoint)) == 1
+    assert os.listdir(mount.mountpoint) == ["sda.img"]
+
+
 def test_a_background_mount_lets_a_caller_reading_its_output_go_on(sources, tmp_path):
     """`out=$(mount-image ...)` returns once the mount is ready: the daemon keeps no pipe open."""
     need_fuse()

@@ -1,14 +1,11 @@
 """mount-image: a backup's disk, and each of its partitions, as read-only files."""
 
-import os
-import shutil
-import subprocess
-
 from .. import cli
 from ..errors import Error, UsageError
 from ..mount.background import detach
 from ..mount.images import open_image
 from ..mount.imagefs import serve
+from ..mount.mountpoint import check_mountpoint, unmount
 from ..stream.seekable import DEFAULT_CACHE_SIZE
 from ..units import format_size
 
@@ -64,12 +61,12 @@ class MountImage(cli.Command):
         if args.unmount:
             if args.sources:
                 raise UsageError("-u takes the mount point alone")
-            return unmount(args.mountpoint)
+            unmount(args.mountpoint)
+            return None
         if not args.sources:
             raise UsageError("give the backup (SOURCE...) and then the MOUNTPOINT")
         sources, mountpoint = args.sources, args.mountpoint
-        if not os.path.isdir(mountpoint):
-            raise Error(f"{mountpoint} is not a directory; give an empty directory to mount on")
+        check_mountpoint(mountpoint)
         image, name = open_image(sources, args.cache, say=self.messages.note)
         if args.foreground:
             serve(image, name, mountpoint, lambda problem: problem and self.messages.error(problem),
@@ -84,19 +81,6 @@ class MountImage(cli.Command):
             report(str(exc))
             raise
         return None
-
-
-def unmount(mountpoint):
-    """fusermount3 -u, which unprivileged users may run; umount as a fallback for root."""
-    if not os.path.ismount(mountpoint):
-        raise Error(f"cannot unmount {mountpoint}: it is not mounted")
-    for argv in (["fusermount3", "-u", mountpoint], ["umount", mountpoint]):
-        if shutil.which(argv[0]):
-            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-            if result.returncode == 0:
-                return None
-            raise Error(f"cannot unmount {mountpoint}: {result.stderr.strip() or 'no reason given'}")
-    raise Error("neither fusermount3 nor umount is installed (Debian packages fuse3, mount)")
 
 
 main = cli.entry_point(MountImage)

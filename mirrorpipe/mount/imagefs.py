@@ -19,6 +19,7 @@ import time
 
 from ..disk import partitiontable
 from ..errors import Error
+from .mountpoint import SOURCE_PREFIX
 
 
 # The kernel's read-ahead on the mount, in KiB: 1 MiB requests instead of 128 KiB ones took
@@ -137,7 +138,7 @@ M_ARENA_MAX = -8    # mallopt's parameter number (glibc malloc.h)
 
 
 def _one_malloc_arena():
-    """glibc gives each of libfuse's threads its own arena, which keeps the 8 MiB frames freed
+    """glibc gives each of libfuse's threads its own arena, which keeps the decoded frames freed
     in it: the daemon's peak RSS reached 223-270 MB over a sequential read of the 2 GiB sample,
     117-159 MB with one arena (bench/bench_mount.py)."""
     try:
@@ -155,7 +156,7 @@ def serve(image, name, mountpoint, ready, say):
         image, name, mountpoint, ready, say)
     try:
         fuse.FUSE(operations, mountpoint, foreground=True, nothreads=False, ro=True,
-                  fsname=f"mirrorpipe:{name}", subtype="mirrorpipe", default_permissions=True,
+                  fsname=SOURCE_PREFIX + name, subtype="mirrorpipe", default_permissions=True,
                   # libfuse 3.14 warns on every mount about its own default (-1) without it
                   max_idle_threads=10)
     except RuntimeError as exc:

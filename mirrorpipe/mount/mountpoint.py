@@ -1,0 +1,50 @@
+"""The directory mount-image mounts on: checked before the backup is opened, and unmounted by
+mount-image -u. A mount whose daemon died (SIGKILL, the OOM killer) stays in the mount table,
+and listing it fails (ENOTCONN; ECONNABORTED at first). os.path.ismount and isdir can call it
+neither a mount nor a directory, so the mount table is asked instead."""
+
+import os
+import shutil
+import subprocess
+
+from ..disk.blockdev import mounts
+from ..errors import Error
+
+# libfuse's fsname for our mounts (imagefs.serve): the source column of the mount table.
+SOURCE_PREFIX = "mirrorpipe:"
+
+
+def _mount_sources(path):
+    """The sources of the mounts at path, the newest last ([] when it is no mount point)."""
+    where = os.path.realpath(path)    # leaves a dead mount's own name as it is
+    return [source for _, point, _, source in mounts() if point == where]
+
+
+def check_mountpoint(path):
+    """Error unless path is a directory to mount on, saying what to do."""
+    sources = _mount_sources(path)
+    if sources:
+        try:
+            os.listdir(path)    # stat of a dead mount's root can still answer from the kernel's cache
+        except OSError as exc:
+            raise Error(f"{path} is still mounted but nothing serves it ({exc.strerror}); "
+                        f"unmount it with `mount-image -u {path}`, then mount again") from None
+        if sources[-1].startswith(SOURCE_PREFIX):
+            raise Error(f"{path} already has a backup mounted ({sources[-1][len(SOURCE_PREFIX):]}); "
+                        f"unmount it with `mount-image -u {path}` or give another directory")
+    if not os.path.isdir(path):
+        raise Error(f"{path} is not a directory; give an empty directory to mount on")
+
+
+def unmount(path):
+    """fusermount3 -u, which unprivileged users may run (and which unmounts a dead mount too);
+    umount as a fallback for root."""
+    if not _mount_sources(path):
+        raise Error(f"cannot unmount {path}: it is not mounted")
+    for argv in (["fusermount3", "-u", path], ["umount", path]):
+        if shutil.which(argv[0]):
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if result.returncode == 0:
+                return
+            raise Error(f"cannot unmount {path}: {result.stderr.strip() or 'no reason given'}")
+    raise Error("neither fusermount3 nor umount is installed (Debian packages fuse3, mount)")
