@@ -535,6 +535,19 @@ def test_a_second_backup_is_not_mounted_over_the_first(sources, mount_image):
     assert os.listdir(mount.mountpoint) == ["sda.img"]
 
 
+def test_unmounting_while_a_partition_is_mounted_names_that_mount(sources, mount_image):
+    mount = mount_image(sources / "volumes")
+    with attached(mount.path("image.p1")) as device, files_of(device, "ext4") as directory:
+        result = command("mount-image", "-u", mount.mountpoint)
+        assert_one_line_error(result, "mount-image", f"cannot unmount {mount.mountpoint}: "
+                              f"{mount.path('image.p1')} backs {device}, which is mounted at "
+                              f"{directory} (read-only); unmount that first")
+        assert result.returncode == 1
+        assert mounted_at(mount.mountpoint) and (directory / "lost+found").is_dir()
+    result = command("mount-image", "-u", mount.mountpoint)
+    assert result.returncode == 0, result.stderr
+
+
 def test_a_background_mount_lets_a_caller_reading_its_output_go_on(sources, tmp_path):
     """`out=$(mount-image ...)` returns once the mount is ready: the daemon keeps no pipe open."""
     need_fuse()

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 
-from ..disk.blockdev import mounts
+from ..disk.blockdev import mounts, uses_of
 from ..errors import Error
 
 # libfuse's fsname for our mounts (imagefs.serve): the source column of the mount table.
@@ -46,5 +46,22 @@ def unmount(path):
             result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True)
             if result.returncode == 0:
                 return
-            raise Error(f"cannot unmount {path}: {result.stderr.strip() or 'no reason given'}")
+            reason = result.stderr.strip() or "no reason given"
+            if "busy" in reason:
+                reason = _why_busy(path) or (f"{reason}; a process is using it (an open file, "
+                                             "a working directory): end that, then try again")
+            raise Error(f"cannot unmount {path}: {reason}")
     raise Error("neither fusermount3 nor umount is installed (Debian packages fuse3, mount)")
+
+
+def _why_busy(path):
+    """What keeps a mount busy that the user can undo: its files behind loop devices that are
+    mounted ('m/sda.img.p2 backs /dev/loop5, which is mounted at /mnt (read-only)'), the usual
+    way a partition of a backup is read; None when it is something else."""
+    found = []
+    for name in sorted(os.listdir(path)):
+        file = os.path.join(path, name)
+        found += uses_of(file_stat=os.stat(file), name=file)
+    if not found:
+        return None
+    return "; ".join(found) + f"; unmount {'that' if len(found) == 1 else 'those'} first"
