@@ -548,6 +548,49 @@ def test_unmounting_while_a_partition_is_mounted_names_that_mount(sources, mount
     assert result.returncode == 0, result.stderr
 
 
+def children_of(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def test_a_mount_killed_before_it_was_ready_is_said_with_what_it_left(sources, tmp_path):
+    """The command waits for its serving child to say the mount is ready; a child killed before
+    that (here as soon as it is seen) is an error saying what was left at the mount point."""
+    need_fuse()
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    for attempt in range(5):
+        parent = subprocess.Popen([str(BIN / "mount-image"), str(sources / "sda.img.zst"), str(mountpoint)],
+                                  stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while parent.poll() is None and not (children := children_of(parent.pid)):
+            time.sleep(0.0005)
+        if parent.poll() is None:
+            os.kill(children[0], signal.SIGKILL)
+        stderr = parent.communicate(timeout=60)[1].decode()
+        if parent.returncode == 0:     # the mount was ready before the child was seen: again
+            unmount_for_good(mountpoint)
+            continue
+        error = "\n".join(line for line in stderr.splitlines() if line.strip())
+        assert error.startswith(f"mount-image: error: the process that was to serve {mountpoint} "
+                                "ended before the mount was ready (killed?); "), stderr
+        if mounted_at(mountpoint):
+            assert error.endswith(f"it left a mount with nothing serving it: mount-image -u {mountpoint}")
+            assert command("mount-image", "-u", mountpoint).returncode == 0
+        else:
+            assert error.endswith("nothing is mounted there"), stderr
+        assert parent.returncode == 1 and not mounted_at(mountpoint)
+        return
+    pytest.fail("the serving process was never seen before the mount was ready")
+
+
 def test_a_background_mount_lets_a_caller_reading_its_output_go_on(sources, tmp_path):
     """`out=$(mount-image ...)` returns once the mount is ready: the daemon keeps no pipe open."""
     need_fuse()

@@ -5,7 +5,7 @@ from ..errors import Error, UsageError
 from ..mount.background import detach
 from ..mount.images import open_image
 from ..mount.imagefs import serve
-from ..mount.mountpoint import check_mountpoint, unmount
+from ..mount.mountpoint import check_mountpoint, left_behind, unmount
 from ..stream.seekable import DEFAULT_CACHE_SIZE
 from ..units import format_size
 
@@ -74,6 +74,9 @@ class MountImage(cli.Command):
             return None
         report, status = detach()
         if report is None:
+            if status is None:
+                raise Error(f"the process that was to serve {mountpoint} ended before the mount "
+                            f"was ready (killed?); {left_behind(mountpoint)}")
             return status
         try:
             serve(image, name, mountpoint, report, self.messages.note)

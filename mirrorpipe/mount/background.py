@@ -8,7 +8,8 @@ import sys
 
 def detach():
     """Fork. In the parent, wait for the child's report and return (None, exit status): 0 when
-    the mount is ready, 1 (the child has said why) when not. In the child, return (report, None):
+    the mount is ready, 1 (the child has said why) when not, None when the child ended without
+    a word (killed). In the child, return (report, None):
     report(problem) tells the parent, problem None meaning ready. The child runs in a session of
     its own with stdin and stdout on /dev/null. Until it reports, the child's stderr
     is the command's (libfuse's own errors reach the user); after, it keeps stderr only when that
@@ -20,7 +21,7 @@ def detach():
         while chunk := os.read(read_end, 4096):
             report += chunk
         os.close(read_end)
-        return None, 0 if report == b"ready" else 1
+        return None, {b"ready": 0, b"failed": 1}.get(report)
     os.close(read_end)
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)

@@ -36,6 +36,13 @@ def check_mountpoint(path):
         raise Error(f"{path} is not a directory; give an empty directory to mount on")
 
 
+def left_behind(path):
+    """What a mount-image killed while mounting left at path, and what to do about it."""
+    if not _mount_sources(path):
+        return "nothing is mounted there"
+    return f"it left a mount with nothing serving it: mount-image -u {path}"
+
+
 def unmount(path):
     """fusermount3 -u, which unprivileged users may run (and which unmounts a dead mount too);
     umount as a fallback for root."""
