@@ -66,9 +66,12 @@ def _why_busy(path):
     mounted ('m/sda.img.p2 backs /dev/loop5, which is mounted at /mnt (read-only)'), the usual
     way a partition of a backup is read; None when it is something else."""
     found = []
-    for name in sorted(os.listdir(path)):
-        file = os.path.join(path, name)
-        found += uses_of(file_stat=os.stat(file), name=file)
+    try:
+        for name in sorted(os.listdir(path)):
+            file = os.path.join(path, name)
+            found += uses_of(file_stat=os.stat(file), name=file)
+    except OSError:
+        return None     # a dead mount: fusermount3's own reason is all there is
     if not found:
         return None
     return "; ".join(found) + f"; unmount {'that' if len(found) == 1 else 'those'} first"
