@@ -567,7 +567,7 @@ def test_a_mount_killed_before_it_was_ready_is_said_with_what_it_left(sources, t
     need_fuse()
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
-    for attempt in range(5):
+    for _ in range(5):
         parent = subprocess.Popen([str(BIN / "mount-image"), str(sources / "sda.img.zst"), str(mountpoint)],
                                   stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         while parent.poll() is None and not (children := children_of(parent.pid)):
