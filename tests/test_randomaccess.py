@@ -12,8 +12,8 @@ import tracemalloc
 
 import pytest
 
-from conftest import (KIB, MIB, assert_one_line_error, command, compressible_data, flip,
-                      random_data, restore_set, write_set)
+from conftest import (KIB, MIB, assert_one_line_error, command, compressible_data, flip, need_tools,
+                      random_data, restore_set, sh, write_set)
 from mirrorpipe.errors import DamagedData, Error
 from mirrorpipe.sets import manifests
 from mirrorpipe.sets.randomaccess import SetBytes, open_set
@@ -47,7 +47,8 @@ def compress(data, tmp_path):
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
     """{'data': the disk's bytes, 'raw': a set of them as they are, 'compressed': a set of their
-    compressed stream, 'parity': the same with 2 parity volumes per group of 4} (directories)."""
+    compressed stream, 'parity': the same with 2 parity volumes per group of 4 (directories);
+    'file': the compressed stream as one file, 'image': the disk's bytes as one file}."""
     top = tmp_path_factory.mktemp("randomaccess")
     data = disk_data()
     stream = compress(data, top)
@@ -56,7 +57,7 @@ def sets(tmp_path_factory):
     write_set(top / "parity", stream, VOLUME, CHUNK,
               parity=manifests.ParityScheme(count=2, group_size=4), parity_workers=1)
     return dict(data=data, stream=stream, raw=top / "raw", compressed=top / "compressed",
-                parity=top / "parity")
+                parity=top / "parity", file=top / "disk.img.zst", image=top / "disk.img")
 
 
 def copy_of(directory, tmp_path):
@@ -269,6 +270,25 @@ def test_range_of_a_raw_set_and_sizes_as_people_type_them(sets):
     assert result.stdout == data[MIB:MIB + 512 * KIB]
     offset = VOLUME - 7
     assert reassemble_range(offset, 20, sets["raw"]).stdout == data[offset:offset + 20]
+
+
+def test_range_of_one_compressed_file_or_raw_image_as_mount_image_takes_them(sets):
+    data = sets["data"]
+    offset, length = 3 * MIB - 777, MIB + 2000     # across frames of FRAME bytes
+    for source in (sets["file"], sets["image"]):
+        result = reassemble_range(offset, length, source)
+        assert result.stdout == data[offset:offset + length], source
+        assert result.stderr == b""
+
+
+def test_range_of_stock_zstd_output_says_how_to_make_a_seekable_copy(sets, tmp_path):
+    need_tools("zstd")
+    stock = tmp_path / "stock.zst"
+    sh(f"zstd -q -o {stock} {sets['image']}", check=True)
+    result = reassemble_range(0, 512, stock, status=1)
+    assert_one_line_error(result, "reassemble", f"{stock} is a zstd stream without a seek table",
+                          f"compress -d < {stock} | compress > ")
+    assert result.stdout == b""
 
 
 def test_range_past_the_end_is_refused(sets):

@@ -3,7 +3,8 @@
 import sys
 
 from .. import cli, terminal, units
-from ..sets import randomaccess, reader, verifier
+from ..mount.images import open_image
+from ..sets import reader, verifier
 from ..stream import seekable
 from ..errors import EXIT_REBUILDABLE, UsageError
 
@@ -73,7 +74,8 @@ class Reassemble(cli.Command):
         parser.add_argument("--range", type=cli.range_argument, metavar="OFFSET:LENGTH",
                             help="write only these bytes of the disk (of the decompressed stream, "
                                  "for a compressed set), read at random through the seek table and "
-                                 "checked the same way")
+                                 "checked the same way; SOURCE may also be one file made by "
+                                 "compress, or a raw image file, as for mount-image")
         parser.add_argument("--rebuild-into", metavar="DIR",
                             help="with --verify, for a set with parity: write each lost or damaged "
                                  "volume, data or parity, rebuilt, with its manifest into DIR, to "
@@ -89,7 +91,7 @@ class Reassemble(cli.Command):
         if args.range and args.verify:
             raise UsageError("--range and --verify do not go together: --verify reads the whole set")
         if args.range:
-            image, _ = randomaccess.open_set(args.sources, say=self.messages.warn)
+            image, _ = open_image(args.sources, say=self.messages.warn)
             out_fd = cli.open_output(args.output)
             seekable.copy_range(image, *args.range, out_fd)
             cli.finish_output(out_fd)
