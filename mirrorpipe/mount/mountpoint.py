@@ -3,12 +3,15 @@ mount-image -u. A mount whose daemon died (SIGKILL, the OOM killer) stays in the
 and listing it fails (ENOTCONN; ECONNABORTED at first). os.path.ismount and isdir can call it
 neither a mount nor a directory, so the mount table is asked instead."""
 
+import errno
 import os
 import shutil
 import subprocess
 
 from ..disk.blockdev import mounts, uses_of
 from ..errors import Error
+
+DEAD_MOUNT_ERRORS = (errno.ENOTCONN, errno.ECONNABORTED)
 
 # libfuse's fsname for our mounts (imagefs.serve): the source column of the mount table.
 SOURCE_PREFIX = "mirrorpipe:"
@@ -27,6 +30,8 @@ def check_mountpoint(path):
         try:
             os.listdir(path)    # stat of a dead mount's root can still answer from the kernel's cache
         except OSError as exc:
+            if exc.errno not in DEAD_MOUNT_ERRORS:
+                raise Error(f"cannot mount on {path}: {exc.strerror}") from None
             raise Error(f"{path} is still mounted but nothing serves it ({exc.strerror}); "
                         f"unmount it with `mount-image -u {path}`, then mount again") from None
         if sources[-1].startswith(SOURCE_PREFIX):
